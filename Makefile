@@ -1,0 +1,52 @@
+# dbpaper: `make test` and `make book` work on a fresh machine with Python 3.11 and make.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JOBS ?= 2
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: all venv test test-package test-notebooks book notebooks figures bench lint clean
+
+all: test book
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing dbpaper and its pinned dependencies into $(VENV) (log: $(VENV)/pip.log)"
+	@$(BIN)/python -m pip install --progress-bar off -q "torch==2.13.0" > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@$(BIN)/python -m pip install --progress-bar off -q -e ".[test,book,dev]" >> $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: test-package test-notebooks
+
+test-package: $(STAMP)
+	$(BIN)/python -m pytest tests -n $(JOBS) -q
+
+test-notebooks: $(STAMP)
+	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg \
+		-p no:cacheprovider -n $(JOBS) --dist loadfile -q book
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --all --builder html -W -n --keep-going
+	@echo "The book is built: open $(CURDIR)/_build/html/index.html"
+
+# Re-execute every chapter in place so that its stored outputs are current (then commit them).
+notebooks: $(STAMP)
+	$(BIN)/python tools/run_notebooks.py book
+
+figures: $(STAMP)
+	$(BIN)/python -m dbpaper figures
+
+bench: $(STAMP)
+	$(BIN)/python -m dbpaper bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check dbpaper tests tools
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,61 @@
+"""dbpaper: the executable companion to "A Closer Look at Double Backpropagation" (Etmann, 2019).
+
+The public API is listed in ``__all__``; everything else is private.
+"""
+
+from . import activations, operators
+from .activations import (
+    ELU,
+    Activation,
+    Identity,
+    IdentityOutput,
+    LeakyReLU,
+    OutputMap,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+)
+from .diagnostics import AdjointErrors, adjoint_errors, dtype_tolerance
+from .figures import save_figure
+from .operators import (
+    AvgPool2d,
+    BilinearOperator,
+    Conv1d,
+    Conv2d,
+    Dense,
+    Hadamard,
+    InvertibleDownsampling,
+    LocallyConnected2d,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ELU",
+    "Activation",
+    "AdjointErrors",
+    "AvgPool2d",
+    "BilinearOperator",
+    "Conv1d",
+    "Conv2d",
+    "Dense",
+    "Hadamard",
+    "Identity",
+    "IdentityOutput",
+    "InvertibleDownsampling",
+    "LeakyReLU",
+    "LocallyConnected2d",
+    "OutputMap",
+    "ReLU",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "Tanh",
+    "activations",
+    "adjoint_errors",
+    "dtype_tolerance",
+    "operators",
+    "save_figure",
+]

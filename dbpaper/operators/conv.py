@@ -1,0 +1,106 @@
+"""Convolutions ``K(w, x) = w * x`` in one and two dimensions (Section 2.1).
+
+``theta`` is laid out like ``nn.Conv1d.weight`` / ``nn.Conv2d.weight``:
+``(C_out, C_in / groups, *kernel_size)``. Only zero padding is bilinear in
+this sense (it is what ``padding_mode="zeros"`` does). The transposed
+operator is the "transposed convolution" (Remark 2.2); the weight-adjoint is
+what frameworks call the filter gradient. Both are evaluated by the
+convolution-backward kernels of ``torch.nn.grad`` (explicit kernels, no
+autograd graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.nn import grad as nn_grad
+
+from .base import BilinearOperator
+
+__all__ = ["Conv1d", "Conv2d"]
+
+
+def _tuple(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    if isinstance(v, int):
+        return (v,) * n
+    t = tuple(int(a) for a in v)
+    if len(t) != n:
+        raise ValueError(f"{name} must be an int or a sequence of {n} ints, got {v!r}")
+    return t
+
+
+class _ConvNd(BilinearOperator):
+    _dim: int
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+    ):
+        n = self._dim
+        in_shape = tuple(int(s) for s in in_shape)
+        if len(in_shape) != n + 1:
+            raise ValueError(f"{type(self).__name__}: in_shape must be (C_in, {'L' if n == 1 else 'H, W'}), got {in_shape}")
+        self.kernel_size = _tuple(kernel_size, n, "kernel_size")
+        self.stride = _tuple(stride, n, "stride")
+        self.padding = _tuple(padding, n, "padding")
+        self.dilation = _tuple(dilation, n, "dilation")
+        self.groups = int(groups)
+        c_in = in_shape[0]
+        if c_in % self.groups or out_channels % self.groups:
+            raise ValueError(
+                f"{type(self).__name__}: groups={groups} must divide in_channels={c_in} and out_channels={out_channels}"
+            )
+        spatial = []
+        for size, k, s, p, d in zip(in_shape[1:], self.kernel_size, self.stride, self.padding, self.dilation):
+            out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+            if out <= 0:
+                raise ValueError(f"{type(self).__name__}: input {in_shape} is too small for kernel {self.kernel_size}")
+            spatial.append(out)
+        super().__init__(in_shape, (out_channels, *spatial), (out_channels, c_in // self.groups, *self.kernel_size))
+
+    def _kw(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def _hyper(self) -> str:
+        return (
+            f"out_channels={self.out_shape[0]}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}"
+        )
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution; ``in_shape = (C_in, L)``; hyperparameters as in ``nn.Conv1d``."""
+
+    _dim = 1
+
+    def _apply(self, theta, x):
+        return F.conv1d(x, theta, **self._kw())
+
+    def _transpose(self, theta, y):
+        return nn_grad.conv1d_input((y.shape[0], *self.in_shape), theta, y, **self._kw())
+
+    def _weight_adjoint(self, x, y):
+        return nn_grad.conv1d_weight(x, self.param_shape, y, **self._kw())
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution; ``in_shape = (C_in, H, W)``; hyperparameters as in ``nn.Conv2d``."""
+
+    _dim = 2
+
+    def _apply(self, theta, x):
+        return F.conv2d(x, theta, **self._kw())
+
+    def _transpose(self, theta, y):
+        return nn_grad.conv2d_input((y.shape[0], *self.in_shape), theta, y, **self._kw())
+
+    def _weight_adjoint(self, x, y):
+        return nn_grad.conv2d_weight(x, self.param_shape, y, **self._kw())
