@@ -17,7 +17,7 @@ from .activations import (
     Softplus,
     Tanh,
 )
-from .diagnostics import AdjointErrors, adjoint_errors, dtype_tolerance
+from .diagnostics import AdjointErrors, adjoint_errors, dtype_tolerance, theorem_2_3_errors
 from .figures import save_figure
 from .operators import (
     AvgPool2d,
@@ -58,4 +58,5 @@ __all__ = [
     "dtype_tolerance",
     "operators",
     "save_figure",
+    "theorem_2_3_errors",
 ]

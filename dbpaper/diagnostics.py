@@ -16,7 +16,7 @@ import torch
 
 from .operators.base import BilinearOperator
 
-__all__ = ["AdjointErrors", "adjoint_errors", "dtype_tolerance", "inner", "operator_norm"]
+__all__ = ["AdjointErrors", "adjoint_errors", "dtype_tolerance", "inner", "operator_norm", "theorem_2_3_errors"]
 
 
 def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -104,3 +104,38 @@ def adjoint_errors(
         e_t = float(abs(kxy - x_kty)) / scale_x if scale_x > 0 else float(abs(kxy - x_kty))
         e_w = float(abs(kxy - th_kby)) / scale_t if scale_t > 0 else float(abs(kxy - th_kby))
     return AdjointErrors(transpose=e_t, weight_adjoint=e_w)
+
+
+def _vjp(fn, primal: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        primal = primal.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(primal), primal, cotangent)
+    return g
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = float(torch.linalg.vector_norm(b))
+    diff = float(torch.linalg.vector_norm(a - b))
+    return diff / scale if scale > 0 else diff
+
+
+def theorem_2_3_errors(op: BilinearOperator, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Relative errors of the hand-written adjoints against torch autograd (the independent oracle).
+
+    Returns a dict with
+
+    * ``"transpose_vs_vjp"``: ``Kᵀ(θ, y)`` against the VJP of ``x ↦ K(θ, x)``;
+    * ``"weight_adjoint_vs_vjp"``: ``K□(x, y)`` against the VJP of ``θ ↦ K(θ, x)``;
+    * ``"adjoint_of_transpose_in_theta"``: the VJP of ``θ ↦ Kᵀ(θ, y)`` at ``x``
+      against ``K□(x, y)`` (Theorem 2.3, first half);
+    * ``"adjoint_of_weight_adjoint_in_x"``: the VJP of ``x ↦ K□(x, y)`` at
+      ``θ`` against ``Kᵀ(θ, y)`` (Theorem 2.3, second half).
+    """
+    kt = op.transpose(theta, y).detach()
+    kb = op.weight_adjoint(x, y).detach()
+    return {
+        "transpose_vs_vjp": _rel(kt, _vjp(lambda u: op.apply(theta, u), x, y)),
+        "weight_adjoint_vs_vjp": _rel(kb, _vjp(lambda t: op.apply(t, x), theta, y)),
+        "adjoint_of_transpose_in_theta": _rel(_vjp(lambda t: op.transpose(t, y), theta, x), kb),
+        "adjoint_of_weight_adjoint_in_x": _rel(_vjp(lambda u: op.weight_adjoint(u, y), x, theta), kt),
+    }
