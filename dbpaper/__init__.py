@@ -3,7 +3,7 @@
 The public API is listed in ``__all__``; everything else is private.
 """
 
-from . import activations, operators
+from . import activations, algorithms, operators, penalties, reference
 from .activations import (
     ELU,
     Activation,
@@ -17,8 +17,11 @@ from .activations import (
     Softplus,
     Tanh,
 )
+from .algorithms import double_backprop
+from .autograd import objective, penalty
 from .diagnostics import AdjointErrors, adjoint_errors, dtype_tolerance, theorem_2_3_errors
 from .figures import save_figure
+from .network import Network
 from .operators import (
     AvgPool2d,
     BilinearOperator,
@@ -33,6 +36,13 @@ from .operators import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Network",
+    "algorithms",
+    "double_backprop",
+    "objective",
+    "penalties",
+    "penalty",
+    "reference",
     "ELU",
     "Activation",
     "AdjointErrors",

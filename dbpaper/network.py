@@ -1,0 +1,323 @@
+"""The layered network model of Section 3.1, eq. (8).
+
+    z_j = K_j(θ_j, x_{j-1}) + b_j,    x_j = g_j(z_j),    j = 1, ..., L.
+
+:meth:`Network.from_sequential` reads an ``nn.Sequential`` and *shares* its
+parameters (no copies): every layer holds the module's own ``weight`` and
+``bias`` tensors. :meth:`Network.forward` runs one forward pass and records
+exactly what the algorithms need: the activations ``x_0, ..., x_L`` and the
+derivatives ``g'_j(z_j)`` (and ``g''_j(z_j)`` where it is not zero) for the
+hidden layers.
+
+Supported modules: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` (zero
+padding), :class:`dbpaper.nn.LocallyConnected2d`, ``nn.AvgPool2d``,
+``nn.PixelUnshuffle``, ``nn.Flatten`` (a reshape), the activations
+``nn.ReLU``, ``nn.LeakyReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Softplus``,
+``nn.ELU``, ``nn.Identity``, and a final ``nn.Softmax(dim=-1)`` or nothing
+(identity output). A bias applied to a convolution is shared by all
+positions: ``b_j`` in eq. (8) is then the broadcast of the module's bias,
+and its gradient is summed over the positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from . import activations as act
+from . import nn as dbnn
+from .operators import (
+    AvgPool2d,
+    BilinearOperator,
+    Conv1d,
+    Conv2d,
+    Dense,
+    InvertibleDownsampling,
+)
+
+__all__ = ["ForwardRecord", "Layer", "Network", "SUPPORTED_MODULES"]
+
+SUPPORTED_MODULES = (
+    "Linear, Conv1d, Conv2d, dbpaper.nn.LocallyConnected2d, AvgPool2d, PixelUnshuffle, Flatten, "
+    "ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, ELU, Identity, and a final Softmax(dim=-1)"
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Layer:
+    """One layer ``(K_j, θ_j, b_j, g_j)`` of eq. (8).
+
+    ``weight`` and ``bias`` are the torch module's own tensors (``None`` when
+    absent); ``weight`` is ``None`` exactly for parameter-free operators.
+    ``in_shape`` is the per-example shape of ``x_{j-1}`` as the previous layer
+    produced it (a ``Flatten`` in between makes it differ from
+    ``op.in_shape``).
+    """
+
+    op: BilinearOperator
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    activation: act.Activation | act.OutputMap
+    in_shape: tuple[int, ...]
+    module_names: tuple[str, ...]
+
+    def theta(self, like: torch.Tensor) -> torch.Tensor:
+        """``θ_j``: the module weight, or the fixed scalar 1 of a parameter-free operator."""
+        if self.weight is not None:
+            return self.weight
+        return torch.ones((), dtype=like.dtype, device=like.device)
+
+    @property
+    def _bias_view(self) -> tuple[int, ...]:
+        extra = len(self.op.out_shape) - self.bias.ndim
+        return tuple(self.bias.shape) + (1,) * extra
+
+    def add_bias(self, y: torch.Tensor) -> torch.Tensor:
+        """``K_j(θ_j, x) + b_j`` (the bias broadcast over positions where it is shared)."""
+        return y if self.bias is None else y + self.bias.reshape(self._bias_view)
+
+    def bias_adjoint(self, eta: torch.Tensor) -> torch.Tensor | None:
+        """The adjoint of ``b ↦ broadcast(b)`` applied to a batch: sums over the batch and shared positions."""
+        if self.bias is None:
+            return None
+        dims = (0,) + tuple(range(1 + self.bias.ndim, eta.ndim))
+        return eta.sum(dim=dims)
+
+    def K(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``K_j(θ_j, x)`` for ``x`` shaped like ``x_{j-1}``."""
+        return self.op.apply(theta, x.reshape(x.shape[0], *self.op.in_shape))
+
+    def KT(self, theta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``K_jᵀ(θ_j, y)``, shaped like ``x_{j-1}``."""
+        return self.op.transpose(theta, y).reshape(y.shape[0], *self.in_shape)
+
+    def Kbox(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``K_j□(x, y)`` for ``x`` shaped like ``x_{j-1}``."""
+        return self.op.weight_adjoint(x.reshape(x.shape[0], *self.op.in_shape), y)
+
+
+@dataclasses.dataclass(eq=False)
+class ForwardRecord:
+    """What one forward pass leaves for the algorithms.
+
+    ``xs[j]`` is ``x_j`` (``j = 0..L``); ``dg[j]`` is ``g'_j(z_j)`` and
+    ``d2g[j]`` is ``g''_j(z_j)`` (``None`` where it is identically zero) for the
+    hidden layers ``j = 1..L-1``; index 0 and ``L`` hold ``None``. ``z_L`` is
+    kept only for the identity output (where it equals ``x_L``).
+    """
+
+    xs: list[torch.Tensor]
+    dg: list[torch.Tensor | None]
+    d2g: list[torch.Tensor | None]
+
+    @property
+    def output(self) -> torch.Tensor:
+        """``x_L``."""
+        return self.xs[-1]
+
+
+class Network:
+    """An ``L``-layer network in the form of eq. (8), sharing a torch model's parameters."""
+
+    def __init__(self, layers: Sequence[Layer], in_shape: Sequence[int]):
+        if not layers:
+            raise ValueError("Network: needs at least one layer with a bilinear operator")
+        self.layers = tuple(layers)
+        self.in_shape = tuple(int(s) for s in in_shape)
+        for layer in self.layers[:-1]:
+            if not isinstance(layer.activation, act.Activation):
+                raise ValueError(f"Network: {layer.module_names}: only the last layer may use softmax")
+        last = self.layers[-1].activation
+        if not isinstance(last, act.OutputMap):
+            raise ValueError(
+                f"Network: the last layer's map must be softmax or the identity (Appendix B), got {last!r}; "
+                "append a linear layer or remove the final activation"
+            )
+        if isinstance(last, act.Softmax) and len(self.layers[-1].op.out_shape) != 1:
+            raise ValueError(f"Network: softmax output needs a flat output, got {self.layers[-1].op.out_shape}")
+
+    # -- construction ----------------------------------------------------------------
+    @classmethod
+    def from_sequential(cls, model: nn.Module, in_shape: Sequence[int]) -> Network:
+        """Read ``model`` (an ``nn.Sequential``, possibly nested) for per-example inputs of shape ``in_shape``."""
+        modules = list(_flatten(model))
+        shape = tuple(int(s) for s in in_shape)
+        layers: list[Layer] = []
+        pending: dict | None = None  # the layer being assembled
+        flat_shape = shape  # shape of the running tensor (changed by Flatten)
+
+        def close(activation):
+            nonlocal pending
+            layers.append(Layer(activation=activation, **pending))
+            pending = None
+
+        for idx, (name, m) in enumerate(modules):
+            where = f"module {idx} ({name}: {type(m).__name__})"
+            if isinstance(m, nn.Flatten):
+                if m.start_dim != 1 or m.end_dim != -1:
+                    raise ValueError(f"Network: {where}: only Flatten(start_dim=1, end_dim=-1) is supported")
+                if pending is not None:
+                    close(act.Identity())
+                flat_shape = (math.prod(flat_shape),)
+                continue
+            if isinstance(m, nn.Identity):
+                continue
+            op_weight_bias = _operator(m, flat_shape, where)
+            if op_weight_bias is not None:
+                if pending is not None:
+                    close(act.Identity())
+                op, weight, bias = op_weight_bias
+                pending = dict(op=op, weight=weight, bias=bias, in_shape=flat_shape, module_names=(name,))
+                flat_shape = op.out_shape
+                continue
+            a = _activation(m, where, is_last=idx == len(modules) - 1)
+            if pending is None:
+                raise ValueError(f"Network: {where}: an activation must follow a linear module (eq. (8))")
+            pending["module_names"] = pending["module_names"] + (name,)
+            close(a)
+        if pending is not None:
+            close(act.IdentityOutput())
+        if not layers:
+            raise ValueError(f"Network: the model has no linear module; supported modules: {SUPPORTED_MODULES}")
+        last = layers[-1]
+        if isinstance(last.activation, act.Identity):  # a Flatten after the last layer: still an identity output
+            layers[-1] = dataclasses.replace(last, activation=act.IdentityOutput())
+        return cls(layers, shape)
+
+    # -- properties --------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """``L``."""
+        return len(self.layers)
+
+    @property
+    def output_map(self) -> act.OutputMap:
+        """``g_L``."""
+        return self.layers[-1].activation
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Per-example shape of ``x_L``."""
+        return self.layers[-1].op.out_shape
+
+    @property
+    def locally_linear(self) -> bool:
+        """Whether every hidden activation is locally linear (Section 5.2)."""
+        return all(layer.activation.locally_linear for layer in self.layers[:-1])
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The trainable tensors, weight then bias per layer (the model's own tensors)."""
+        out = []
+        for layer in self.layers:
+            out += [t for t in (layer.weight, layer.bias) if t is not None]
+        return out
+
+    # -- forward -----------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError/TypeError naming the problem if ``x`` does not fit the network."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"Network: x must be a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.in_shape or x.ndim != len(self.in_shape) + 1:
+            raise ValueError(f"Network: x has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, self.in_shape))})")
+        for layer in self.layers:
+            for t in (layer.weight, layer.bias):
+                if t is not None and (t.dtype != x.dtype or t.device != x.device):
+                    raise ValueError(
+                        f"Network: layer {layer.module_names} has parameters of dtype {t.dtype} on {t.device}, "
+                        f"but x is {x.dtype} on {x.device}"
+                    )
+
+    def forward(self, x: torch.Tensor) -> ForwardRecord:
+        """One recorded forward pass (``L`` evaluations of ``K``)."""
+        self.check_input(x)
+        L = self.depth
+        xs, dg, d2g = [x], [None] * (L + 1), [None] * (L + 1)
+        for j, layer in enumerate(self.layers, start=1):
+            z = layer.add_bias(layer.K(layer.theta(x), xs[-1]))
+            g = layer.activation
+            xs.append(g.f(z))
+            if j < L:
+                dg[j] = g.df(z)
+                d2g[j] = None if g.locally_linear else g.d2f(z)
+        return ForwardRecord(xs=xs, dg=dg, d2g=d2g)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x).output
+
+    def __repr__(self) -> str:
+        lines = [f"Network(L={self.depth}, in_shape={self.in_shape})"]
+        for j, layer in enumerate(self.layers, start=1):
+            lines.append(f"  {j}: {layer.op!r} + {'b' if layer.bias is not None else 'no bias'} -> {layer.activation!r}")
+        return "\n".join(lines)
+
+
+def _flatten(model: nn.Module, prefix: str = ""):
+    if isinstance(model, nn.Sequential):
+        for name, child in model.named_children():
+            yield from _flatten(child, f"{prefix}{name}.")
+    else:
+        yield prefix.rstrip(".") or type(model).__name__, model
+
+
+def _padding(m, where):
+    if getattr(m, "padding_mode", "zeros") != "zeros":
+        raise ValueError(f"Network: {where}: only padding_mode='zeros' is bilinear-supported, got {m.padding_mode!r}")
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            return 0
+        raise ValueError(f"Network: {where}: string padding {m.padding!r} is not supported; give the padding as ints")
+    return m.padding
+
+
+def _operator(m: nn.Module, shape: tuple[int, ...], where: str):
+    """The bilinear operator (and weight, bias) of a linear module, or None for other modules."""
+    try:
+        if isinstance(m, nn.Linear):
+            if shape != (m.in_features,):
+                raise ValueError(f"input of per-example shape {shape} does not match in_features={m.in_features}")
+            return Dense(m.in_features, m.out_features), m.weight, m.bias
+        if isinstance(m, nn.Conv1d | nn.Conv2d):
+            cls = Conv1d if isinstance(m, nn.Conv1d) else Conv2d
+            if len(shape) != len(m.kernel_size) + 1 or shape[0] != m.in_channels:
+                raise ValueError(f"input of per-example shape {shape} does not fit in_channels={m.in_channels}")
+            op = cls(shape, m.out_channels, m.kernel_size, m.stride, _padding(m, where), m.dilation, m.groups)
+            return op, m.weight, m.bias
+        if isinstance(m, dbnn.LocallyConnected2d):
+            if shape != m.operator.in_shape:
+                raise ValueError(f"input of per-example shape {shape} does not match the layer's {m.operator.in_shape}")
+            return m.operator, m.weight, m.bias
+        if isinstance(m, nn.AvgPool2d):
+            if m.divisor_override is not None:
+                raise ValueError("divisor_override is not supported")
+            return AvgPool2d(shape, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad), None, None
+        if isinstance(m, nn.PixelUnshuffle):
+            return InvertibleDownsampling(shape, m.downscale_factor), None, None
+    except ValueError as e:
+        raise ValueError(f"Network: {where}: {e}") from None
+    return None
+
+
+def _activation(m: nn.Module, where: str, is_last: bool):
+    if isinstance(m, nn.Softmax):
+        if not is_last:
+            raise ValueError(f"Network: {where}: softmax is only supported as the final module (Appendix B)")
+        if m.dim not in (-1, 1):
+            raise ValueError(f"Network: {where}: softmax must act on the last dimension (dim=-1), got dim={m.dim}")
+        return act.Softmax()
+    if isinstance(m, nn.ReLU):
+        return act.ReLU()
+    if isinstance(m, nn.LeakyReLU):
+        return act.LeakyReLU(m.negative_slope)
+    if isinstance(m, nn.Tanh):
+        return act.Tanh()
+    if isinstance(m, nn.Sigmoid):
+        return act.Sigmoid()
+    if isinstance(m, nn.Softplus):
+        return act.Softplus(m.beta, m.threshold)
+    if isinstance(m, nn.ELU):
+        return act.ELU(m.alpha)
+    raise ValueError(f"Network: {where} is not supported; supported modules: {SUPPORTED_MODULES}")

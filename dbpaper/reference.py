@@ -1,0 +1,112 @@
+"""Autograd implementations of the penalties: the oracle of the tests and the peers of the benchmarks.
+
+Nothing here is used by the algorithms. Three flavours:
+
+* :func:`autograd_penalty` builds ``R`` with ``create_graph=True`` (double
+  backward); with ``summed=True`` all ``v``'s are summed before the parameter
+  backward, with ``summed=False`` each ``v`` gets its own backward ("class by
+  class");
+* :func:`func_jacobian_frobenius` uses ``torch.func`` (``vmap(jacrev)``) for
+  the Jacobian penalty;
+* :func:`reference_gradients` returns ``R`` and its parameter gradients from
+  either flavour, in the order of :meth:`dbpaper.network.Network.parameters`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .algorithms.initial_values import loss_value
+from .network import Network
+from .penalties import ClassicalDoubleBackprop, JacobianFrobenius, OperatorNorm, OutputNodeGradient, Penalty
+
+__all__ = ["autograd_penalty", "func_jacobian_frobenius", "reference_gradients"]
+
+
+def _vs(penalty: Penalty, net: Network, out: torch.Tensor, x: torch.Tensor, model: nn.Module):
+    if isinstance(penalty, OutputNodeGradient):
+        v = torch.zeros_like(out).reshape(out.shape[0], -1)
+        v[:, penalty.index] = 1
+        return [v.reshape(out.shape)]
+    if isinstance(penalty, JacobianFrobenius):
+        vs = []
+        for i in range(out[0].numel()):
+            v = torch.zeros_like(out).reshape(out.shape[0], -1)
+            v[:, i] = 1
+            vs.append(v.reshape(out.shape))
+        return vs
+    if isinstance(penalty, OperatorNorm):
+        v = penalty.sample_v(out.detach())
+        xd = x.detach()
+        for _ in range(penalty.iterations - 1):
+            _, vjp = torch.func.vjp(model, xd)
+            (w,) = vjp(v)
+            _, jw = torch.func.jvp(model, (xd,), (w,))
+            n = torch.linalg.vector_norm(jw.reshape(jw.shape[0], -1), dim=1).reshape((-1,) + (1,) * (jw.ndim - 1))
+            v = jw / torch.where(n > 0, n, torch.ones_like(n))
+        return [v.detach()]
+    raise TypeError(f"no reference implementation for {penalty!r}")
+
+
+def autograd_penalty(model: nn.Module, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The summands ``mean_n p(ξ_0^{(k)})`` of ``R``, one per ``v``, each differentiable (``create_graph=True``)."""
+    net = Network.from_sequential(model, x.shape[1:])
+    x = x.detach().requires_grad_(True)
+    out = model(x)
+    n = x.shape[0]
+    if isinstance(penalty, ClassicalDoubleBackprop):
+        loss = loss_value(net.output_map, out, y, penalty.loss) * n  # Σ_n ℓ_n: per-example input gradients
+        (xi,) = torch.autograd.grad(loss, x, create_graph=True)
+        return [penalty.p.value(xi).sum() / n]
+    terms = []
+    for v in _vs(penalty, net, out, x, model):
+        (xi,) = torch.autograd.grad(out, x, grad_outputs=v, create_graph=True, retain_graph=True)
+        terms.append(penalty.p.value(xi).sum() / n)
+    return terms
+
+
+def func_jacobian_frobenius(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mean_n ‖J(x_n)‖_F²`` with ``torch.func.vmap(jacrev)`` (differentiable in the parameters)."""
+
+    def single(xi):
+        return model(xi.unsqueeze(0)).squeeze(0)
+
+    jac = torch.func.vmap(torch.func.jacrev(single))(x.detach())
+    return torch.sum(jac * jac) / x.shape[0]
+
+
+def reference_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    penalty: Penalty,
+    y: torch.Tensor | None = None,
+    *,
+    mode: str = "summed",
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``R`` and ``∇R`` for the parameters (Network order) by autograd.
+
+    ``mode``: ``"summed"`` (all ``v``'s summed, one backward), ``"per_class"``
+    (one backward per ``v``, accumulated) or ``"func"`` (``torch.func``; Jacobian
+    penalty only).
+    """
+    net = Network.from_sequential(model, x.shape[1:])
+    params = net.parameters()
+    if mode == "func":
+        if not isinstance(penalty, JacobianFrobenius):
+            raise ValueError("mode='func' is implemented for JacobianFrobenius only")
+        value = func_jacobian_frobenius(model, x)
+        return value.detach(), [g.detach() for g in torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)]
+    terms = autograd_penalty(model, x, penalty, y)
+    if mode == "summed":
+        value = sum(terms[1:], terms[0])
+        return value.detach(), [g.detach() for g in torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)]
+    if mode == "per_class":
+        grads = [torch.zeros_like(p) for p in params]
+        for k, t in enumerate(terms):
+            for acc, g in zip(grads, torch.autograd.grad(t, params, retain_graph=k < len(terms) - 1, allow_unused=True, materialize_grads=True)):
+                acc += g
+        return sum(t.detach() for t in terms), grads
+    raise ValueError(f"unknown mode {mode!r}; use 'summed', 'per_class' or 'func'")
+
+
