@@ -202,7 +202,7 @@ class Softmax(OutputMap):
         return torch.softmax(z, dim=-1)
 
     def jvp(self, x, u):
-        return x * u - torch.sum(x * u, dim=-1, keepdim=True) * x
+        return x * (u - torch.sum(x * u, dim=-1, keepdim=True))
 
 
 class IdentityOutput(OutputMap):

@@ -148,7 +148,8 @@ class Network:
         shape = tuple(int(s) for s in in_shape)
         layers: list[Layer] = []
         pending: dict | None = None  # the layer being assembled
-        flat_shape = shape  # shape of the running tensor (changed by Flatten)
+        flat_shape = shape  # shape the next operator sees (changed by Flatten)
+        x_shape = shape  # shape of x_{j-1} as the previous layer produced it
 
         def close(activation):
             nonlocal pending
@@ -171,8 +172,8 @@ class Network:
                 if pending is not None:
                     close(act.Identity())
                 op, weight, bias = op_weight_bias
-                pending = dict(op=op, weight=weight, bias=bias, in_shape=flat_shape, module_names=(name,))
-                flat_shape = op.out_shape
+                pending = dict(op=op, weight=weight, bias=bias, in_shape=x_shape, module_names=(name,))
+                flat_shape = x_shape = op.out_shape
                 continue
             a = _activation(m, where, is_last=idx == len(modules) - 1)
             if pending is None:

@@ -21,7 +21,7 @@ from .algorithms.initial_values import loss_value
 from .network import Network
 from .penalties import ClassicalDoubleBackprop, JacobianFrobenius, OperatorNorm, OutputNodeGradient, Penalty
 
-__all__ = ["autograd_penalty", "func_jacobian_frobenius", "reference_gradients"]
+__all__ = ["autograd_penalty", "func_jacobian_frobenius", "reference_gradients", "traced_quantities"]
 
 
 def _vs(penalty: Penalty, net: Network, out: torch.Tensor, x: torch.Tensor, model: nn.Module):
@@ -110,3 +110,74 @@ def reference_gradients(
     raise ValueError(f"unknown mode {mode!r}; use 'summed', 'per_class' or 'func'")
 
 
+
+
+def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None) -> dict[str, list]:
+    """The quantities of Section 4 *defined* as gradients, computed by autograd.
+
+    The forward pass and Algorithm 1 are run with autograd recording (the
+    operators are differentiable torch code), ``R = mean_n p(ξ_0)`` is formed
+    and differentiated once. Then, by their definitions,
+
+    * ``q_j = ∇_{ξ_j} R`` (eq. (18)), ``h_j = ∇_{ζ_j} R``,
+    * ``η_j = ∇_{z_j} R`` (Section 4.4), ``γ_j = ∇_{x_j} R`` (eq. (29)),
+    * ``∇_{θ_j} R``, ``∇_{b_j} R``,
+
+    are the ``.grad`` of the recorded tensors. Single-seed penalties only.
+    Returns lists indexed by the layer number ``j`` (``None`` where undefined),
+    together with the forward values ``xs``, ``zs`` and ``xis``, ``zetas``.
+    """
+    if penalty.num_seeds(net) != 1:
+        raise ValueError("traced_quantities supports penalties with a single v")
+    L = net.depth
+    params = net.parameters()
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            xs = [x.detach().clone().requires_grad_(True)]
+            zs: list = [None]
+            dgs: list = [None]
+            for j, layer in enumerate(net.layers, start=1):
+                z = layer.add_bias(layer.K(layer.theta(x), xs[-1]))
+                z.retain_grad()
+                zs.append(z)
+                xj = layer.activation.f(z)
+                xj.retain_grad()
+                xs.append(xj)
+                dgs.append(layer.activation.df(z) if j < L else None)
+            from .network import ForwardRecord
+
+            rec = ForwardRecord(xs=xs, dg=[None] * (L + 1), d2g=[None] * (L + 1))
+            (seed,) = list(penalty.seeds(net, rec, y))
+            zetas: list = [None] * (L + 1)
+            xis: list = [None] * (L + 1)
+            zetas[L] = seed.zeta_L()
+            for j in range(L, 0, -1):
+                zetas[j].retain_grad()
+                layer = net.layers[j - 1]
+                xis[j - 1] = layer.KT(layer.theta(x), zetas[j])
+                xis[j - 1].retain_grad()
+                if j > 1:
+                    zetas[j - 1] = dgs[j - 1] * xis[j - 1]
+            value = penalty.p.value(xis[0]).sum() / x.shape[0]
+            value.backward()
+        out = {
+            "value": value.detach(),
+            "xs": [t.detach() for t in xs],
+            "zs": [None] + [t.detach() for t in zs[1:]],
+            "xis": [t.detach() if t is not None else None for t in xis],
+            "zetas": [t.detach() if t is not None else None for t in zetas],
+            "q": [t.grad if t is not None else None for t in xis],
+            "h": [t.grad if t is not None else None for t in zetas],
+            "eta": [None] + [t.grad for t in zs[1:]],
+            "gamma": [t.grad for t in xs],
+            "weight_grads": [None] + [lay.weight.grad.clone() if lay.weight is not None and lay.weight.grad is not None else None for lay in net.layers],
+            "bias_grads": [None] + [lay.bias.grad.clone() if lay.bias is not None and lay.bias.grad is not None else None for lay in net.layers],
+        }
+    finally:
+        for p, s in zip(params, saved):
+            p.grad = None
+            p.requires_grad_(s)
+    return out

@@ -61,3 +61,73 @@ def random_triple(op, dtype, batch=3, seed=0):
 
 def tol(dtype, factor=100.0):
     return dbp.dtype_tolerance(dtype, factor)
+
+
+# -- random networks for the algorithm tests ---------------------------------------------------
+
+TORCH_ACT_FACTORIES = {
+    "relu": lambda: torch.nn.ReLU(),
+    "leaky-relu": lambda: torch.nn.LeakyReLU(0.2),
+    "tanh": lambda: torch.nn.Tanh(),
+    "sigmoid": lambda: torch.nn.Sigmoid(),
+    "softplus": lambda: torch.nn.Softplus(beta=1.5),
+    "elu": lambda: torch.nn.ELU(0.8),
+}
+
+ARCHITECTURES = ("dense", "conv1d", "conv2d", "locally-connected", "pool-downsample")
+
+
+def random_model(arch, act, softmax, *, seed=0, classes=4, dtype=torch.float64):
+    """A small random ``nn.Sequential`` of the given architecture; returns (model, per-example input shape)."""
+    from dbpaper.nn import LocallyConnected2d
+
+    g = torch.Generator().manual_seed(seed)
+    r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
+    a = TORCH_ACT_FACTORIES[act]
+    nn = torch.nn
+    if arch == "dense":
+        depth = r(1, 4)
+        widths = [r(2, 6) for _ in range(depth)]
+        mods, prev = [], widths[0]
+        for w in widths[1:]:
+            mods += [nn.Linear(prev, w, bias=bool(r(0, 3))), a()]
+            prev = w
+        mods.append(nn.Linear(prev, classes))
+        in_shape = (widths[0],)
+    elif arch == "conv1d":
+        c, length = r(1, 3), r(8, 12)
+        conv2 = nn.Conv1d(4, 4, 3, stride=2, padding=1, groups=2)
+        mods = [nn.Conv1d(c, 4, 3, padding=r(0, 1), dilation=r(1, 2)), a(), conv2, a(), nn.Flatten()]
+        in_shape = (c, length)
+    elif arch == "conv2d":
+        c = r(1, 2)
+        mods = [nn.Conv2d(c, 4, 3, stride=r(1, 2), padding=1), a(), nn.AvgPool2d(2, ceil_mode=True), nn.Conv2d(4, 4, 2, groups=2, bias=False), a(), nn.Flatten()]
+        in_shape = (c, r(7, 9), r(7, 9))
+    elif arch == "locally-connected":
+        in_shape = (2, r(5, 6), r(5, 6))
+        mods = [LocallyConnected2d(in_shape, 3, 3, stride=r(1, 2), padding=1, dtype=torch.float32), a(), nn.Flatten()]
+    elif arch == "pool-downsample":
+        in_shape = (1, 8, 8)
+        mods = [nn.PixelUnshuffle(2), nn.Conv2d(4, 3, 3, padding=1), a(), nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), nn.Flatten()]
+    else:
+        raise ValueError(arch)
+    if arch != "dense":
+        with torch.no_grad():
+            flat = torch.nn.Sequential(*mods)(torch.zeros(1, *in_shape)).shape[1]
+        mods += [nn.Linear(flat, 5), a(), nn.Linear(5, classes)]
+    if softmax:
+        mods.append(nn.Softmax(dim=-1))
+    torch.manual_seed(seed)
+    model = nn.Sequential(*mods)
+    for name, p in model.named_parameters():  # re-draw, scaled to keep pre-activations O(1) (no saturated softmax)
+        fan_in = max(1, p[0].numel() if "weight" in name else 1)
+        if isinstance(model[int(name.split(".")[0])], LocallyConnected2d) and "weight" in name:
+            fan_in = p[0, 0, 0].numel()
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=g) * (1.5 / fan_in**0.5 if "weight" in name else 0.5))
+    return model.to(dtype), in_shape
+
+
+def random_input(in_shape, batch=3, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(1000 + seed)
+    return torch.randn((batch, *in_shape), generator=g, dtype=dtype)

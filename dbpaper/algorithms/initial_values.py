@@ -38,7 +38,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def softmax_jacobian_apply(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``S(x) u = x ⊙ u − ⟨x, u⟩ x`` (Appendix B.1, eq. (41))."""
-    return x * u - _dot(x, u) * x
+    return x * (u - _dot(x, u))
 
 
 class Seed(abc.ABC):
