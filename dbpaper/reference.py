@@ -154,6 +154,8 @@ def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.
             zetas: list = [None] * (L + 1)
             xis: list = [None] * (L + 1)
             zetas[L] = seed.zeta_L()
+            if not zetas[L].requires_grad:  # a network-independent ζ_L: a leaf, so that h_L = ∇_{ζ_L} R is recorded
+                zetas[L] = zetas[L].detach().requires_grad_(True)
             for j in range(L, 0, -1):
                 zetas[j].retain_grad()
                 layer = net.layers[j - 1]
@@ -161,6 +163,12 @@ def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.
                 xis[j - 1].retain_grad()
                 if j > 1:
                     zetas[j - 1] = dgs[j - 1] * xis[j - 1]
+            # the definitions (14): ξ_j = (dz_L/dx_j)* ζ_L and ζ_j = (dz_L/dz_j)* ζ_L, by autograd's VJPs
+            zl = zetas[L].detach()
+            xi_vjp = list(torch.autograd.grad(zs[L], xs[:L], zl, retain_graph=True)) + [None]
+            zeta_vjp = [None] + list(torch.autograd.grad(zs[L], zs[1:], zl, retain_graph=True))
+            for tensor in [*xs, *zs[1:], *xis[:L], *zetas[1:]]:
+                tensor.grad = None  # retain_grad hooks also fire in the autograd.grad calls above
             value = penalty.p.value(xis[0]).sum() / x.shape[0]
             value.backward()
         out = {
@@ -169,6 +177,8 @@ def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.
             "zs": [None] + [t.detach() for t in zs[1:]],
             "xis": [t.detach() if t is not None else None for t in xis],
             "zetas": [t.detach() if t is not None else None for t in zetas],
+            "xi_vjp": xi_vjp,
+            "zeta_vjp": zeta_vjp,
             "q": [t.grad if t is not None else None for t in xis],
             "h": [t.grad if t is not None else None for t in zetas],
             "eta": [None] + [t.grad for t in zs[1:]],

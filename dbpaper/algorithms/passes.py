@@ -115,6 +115,7 @@ def forward_backward_pass(
     bp: BackwardPass,
     bbp: BackwardBackwardPass,
     eta_L: torch.Tensor | None,
+    trace: dict | None = None,
 ) -> LayerGradients:
     """Algorithm 3 (eqs. (22)–(31)) with the corrected argument order of ``K□`` (erratum E3).
 
@@ -129,9 +130,13 @@ def forward_backward_pass(
     ``L - 1`` evaluations of ``Kᵀ`` in general; none where ``η_j`` vanishes
     identically (``None``), e.g. for all ``j`` with an identity output and a
     network-independent ``v`` in a locally linear network (Section 5.3).
+    With a dict ``trace``, the lists ``trace["eta"]`` and ``trace["gamma"]``
+    (indexed by ``j``) are filled for inspection.
     """
     L = net.depth
     grads = LayerGradients.zeros(L)
+    if trace is not None:
+        trace["eta"], trace["gamma"] = [None] * (L + 1), [None] * (L + 1)
     gamma: torch.Tensor | None = None
     eta: torch.Tensor | None = None
     for j in range(L, 0, -1):
@@ -154,6 +159,10 @@ def forward_backward_pass(
             grads.biases[j - 1] = layer.bias_adjoint(eta) if eta is not None else torch.zeros_like(layer.bias)
         if j > 1:
             gamma = layer.KT(layer.theta(rec.xs[0]), eta) if eta is not None else None
+        if trace is not None:
+            trace["eta"][j] = eta
+            if j > 1:
+                trace["gamma"][j - 1] = gamma
     grads.eta_1 = eta
     return grads
 
