@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def save_figure(fig, name: str, out: str | os.PathLike | None = None) -> dict[st
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"save_figure: name must be a plain file stem, got {name!r}")
     folder = figure_dir(out)
+    # font subsetting for the PDF logs harmless warnings about the font's own timestamps
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
     paths = {}
     with matplotlib.rc_context({"svg.hashsalt": "dbpaper"}):
         for fmt in FIGURE_FORMATS:
