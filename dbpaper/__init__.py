@@ -3,7 +3,7 @@
 The public API is listed in ``__all__``; everything else is private.
 """
 
-from . import activations, algorithms, operators, penalties, reference
+from . import activations, algorithms, numdiff, operators, penalties, reference
 from .activations import (
     ELU,
     Activation,
@@ -39,6 +39,7 @@ __all__ = [
     "Network",
     "algorithms",
     "double_backprop",
+    "numdiff",
     "objective",
     "penalties",
     "penalty",
