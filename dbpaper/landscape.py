@@ -535,10 +535,6 @@ def regions(net: Network, sl: Slice, lo: float, hi: float, x0: torch.Tensor | No
     t, forced = lo, set()
     while True:
         vals, slopes, pats, gates = state(t, forced)
-        patterns.append(tuple(fixed_patterns) + tuple(pats))
-        jac, out = region_pieces(t, vals, slopes, gates)
-        jacs.append(jac)
-        outs.append(out)
         # next crossing among the hidden layers k..L-1
         best, cands = math.inf, []
         for m in range(k, L):
@@ -549,10 +545,19 @@ def regions(net: Network, sl: Slice, lo: float, hi: float, x0: torch.Tensor | No
                 for n, tn in zip(np.flatnonzero(moving), tc):
                     cands.append((float(tn), m, int(n)))
                     best = min(best, float(tn))
+        tol = 1e-12 * max(1.0, abs(best) if math.isfinite(best) else 1.0)
+        hit = {(m, n) for tn, m, n in cands if tn <= best + tol}
+        if boundaries and best <= t + tol:
+            # a neuron that rounding left a hair away from zero crosses at the same boundary: merge, re-propagate
+            forced = forced | hit
+            crossings[-1] = tuple(sorted(set(crossings[-1]) | hit))
+            continue
+        patterns.append(tuple(fixed_patterns) + tuple(pats))
+        jac, out = region_pieces(t, vals, slopes, gates)
+        jacs.append(jac)
+        outs.append(out)
         if best >= hi:
             break
-        tol = 1e-12 * max(1.0, abs(best))
-        hit = {(m, n) for tn, m, n in cands if tn <= best + tol}
         boundaries.append(best)
         crossings.append(tuple(sorted(hit)))
         t, forced = best, hit
@@ -893,13 +898,14 @@ def example_jumps(
     lo: float,
     hi: float,
     penalties: Mapping[str, Penalty],
-    rel_delta: float = 1e-7,
+    rel_delta: float = 1e-9,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Every example's boundaries on ``[lo, hi]`` (exact, :func:`regions`) and the jumps of its ``∂_t R_n`` there.
 
     The jumps are one-sided limits at ``t ± δ`` (:func:`limits` without
-    extrapolation) of the per-example derivative from the algorithms
-    (:func:`per_example`), example by example.
+    extrapolation, half the evaluations) of the per-example derivative from the
+    algorithms (:func:`per_example`), example by example; with the default
+    ``δ = 10⁻⁹ max(1, |t|)`` their ``O(δ)`` error is far below the reported digits.
 
     Returns
     -------
