@@ -19,6 +19,7 @@ from .activations import (
 )
 from .algorithms import double_backprop
 from .autograd import objective, penalty
+from .counting import count_operations
 from .diagnostics import AdjointErrors, adjoint_errors, dtype_tolerance, theorem_2_3_errors
 from .figures import save_figure
 from .network import Network
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Network",
     "algorithms",
+    "count_operations",
     "double_backprop",
     "numdiff",
     "objective",

@@ -3,6 +3,7 @@
 Only the layers' bilinear operators are called; no autograd runs here.
 """
 
+from . import jacobian
 from .driver import ALGORITHMS, Result, double_backprop, loss_kind, register_algorithm
 from .initial_values import ConstantSeed, LossGradientSeed, Seed, loss_value, softmax_jacobian_apply
 from .passes import (
@@ -29,6 +30,7 @@ __all__ = [
     "backward_pass",
     "double_backprop",
     "forward_backward_pass",
+    "jacobian",
     "linearized_forward",
     "loss_kind",
     "loss_value",

@@ -1,0 +1,475 @@
+"""Algorithm 4 (Section 5.4, Appendix C): the Jacobian penalty's gradient for locally linear networks.
+
+For ``R = Σ_i mean_n ‖∇_{x_0} x_L^i‖²`` (:class:`~dbpaper.penalties.JacobianFrobenius`)
+on a network whose hidden activations are locally linear (ReLU, leaky ReLU,
+identity; Section 5.2) and whose output map is the softmax or the identity,
+the ``C`` per-class forward-backward passes of Algorithm 3 collapse into one:
+with ``G'' = 0`` the forward-backward recursion is linear in ``η_L``, so it can
+be run once on ``η̂_L = Σ_i η_L^{(i)}`` (Section 5.4, points 3–6). What remains
+per class is a backward pass (Algorithm 1) and a backward-backward pass
+(Algorithm 2), whose weight-adjoint terms ``θ̂¹_j = Σ_i K_j□(q_{j-1}^{(i)}, ζ_j^{(i)})``
+are accumulated on the fly. Operation count (``K`` and ``Kᵀ``): ``2CL + 2L - 1``
+instead of the ``L + C(3L - 1)`` of the class-by-class Algorithms 1–3; ``K□``
+(dense layers): ``CL + L`` instead of ``2CL``.
+
+Corrections to the printed Algorithm 4 (the *Runtimes* chapter lists them):
+
+* ``η̂_L`` is accumulated with the corrected Appendix B.1 formula
+  ``η_L^{(i)} = S(e_i ⊙ h − x^i h − ⟨x, h⟩ e_i)``, ``S = diag(x_L) − x_L x_Lᵀ``
+  (erratum E5); the printed update is B.1's printed line with ``v = e^{(i)}``;
+* ``ζ_L^{(i)} = S e^{(i)}``, not ``M_L(a_L, e^{(i)})``: the softmax is not
+  coordinate-wise, and its ``a_L = g'_L(z_L)`` does not exist as a vector;
+* ``x_L`` is needed by every class, so it cannot be deleted inside the loop,
+  and ``x_0, ..., x_{L-1}`` must be kept for the final ``K□``;
+* the final pass uses the accumulators: ``∇_{θ_j} R = θ̂¹_j + K_j□(x_{j-1}, η̂_j)``
+  and ``∇_{b_j} R = η̂_j`` (printed: per-class symbols, ``K□``'s arguments in
+  the wrong order, erratum E3), and it must keep ``η̂_{j-1}``, which the printed
+  line ``delete a_{j-1}, η̂_{j-1}`` erases right after computing it;
+* the value ``R = Σ_i mean_n ‖ξ_0^{(i)}‖²`` is accumulated too.
+
+Memory: no per-class tensor outlives its pass over the classes; only the
+accumulators ``θ̂¹_j`` (they become the returned weight gradients), ``η̂_L``
+and the forward record are kept, and weight-adjoints of dense layers are
+written straight into their accumulators. The memory is therefore ``O(1)``
+in the number of classes processed — but tensors of the output layer (its
+weight, ``x_L`` and ``ζ_L^{(i)}`` of shape ``(N, C)``) have sizes proportional
+to ``C`` for every method.
+
+Variants, all exact (they differ in rounding only)
+--------------------------------------------------
+``chunk_size``
+    Classes are processed ``chunk_size`` at a time, stacked along the batch
+    dimension (every operator accepts any batch size): fewer, larger operator
+    evaluations, at ``chunk_size`` times the per-class memory. ``1`` is
+    Algorithm 4 as printed; ``None`` processes all classes at once; ``"auto"``
+    stacks about :data:`TARGET_CHUNK_ROWS` examples. The ``ceil(C / chunk_size)``
+    passes get balanced sizes. A stacked evaluation counts as *one* operator
+    evaluation for :func:`dbpaper.count_operations`, though it does the work
+    of ``k``.
+``gram`` (beyond the paper)
+    ``p = ‖·‖²`` makes ``ξ_0 = K_1ᵀ(θ_1, ζ_1)`` enter only through
+    ``‖ξ_0‖² = ⟨ζ_1, G ζ_1⟩`` and ``h_1 = K_1(θ_1, q_0) = (2/N) G ζ_1`` with
+    ``G = K_1 K_1ᵀ`` (``W_1 W_1ᵀ`` for a dense first layer, evaluated as one ``K``
+    on the rows of ``W_1``); the layer-1 part of ``θ̂¹`` is
+    ``Σ_{i,n} ζ_1 q_0ᵀ = (2/N) A W_1`` with ``A = Σ_{i,n} ζ_1 ζ_1ᵀ``, one ``K□`` at
+    the end. Per class the input dimension drops out: ``2 N d_1²`` instead of
+    ``3 N d_0 d_1`` multiply-adds. Dense first layers only.
+``onehot`` (beyond the paper)
+    ``v = e^{(i)}`` gives the dense output layer closed forms: with
+    ``u = W_Lᵀ x_L`` (one ``Kᵀ``), ``ξ_{L-1}^{(i)} = x^i (W_{L,i} − u)`` (softmax)
+    or ``W_{L,i}`` (identity); ``θ̂¹_L = Q − K_L□(P, x_L)`` with rows
+    ``Q_i = Σ_n x_n^i q_{L-1,n}^{(i)}`` and ``P_n = Σ_i x_n^i q_{L-1,n}^{(i)}``;
+    ``η̂_L = S(a − K_L(θ_L, P))`` with ``a_{n,i} = ⟨W_{L,i} − u_n, q_{L-1,n}^{(i)}⟩``.
+    The output layer then costs ``O(N C d)`` instead of ``O(N C² d)``. Dense
+    output layers and ``L ≥ 2`` only.
+
+``gram="auto"`` and ``onehot="auto"`` consult the cost model of
+:func:`shortcut_costs` and use a shortcut only where it is cheaper.
+
+Registered algorithms (for :func:`dbpaper.double_backprop`, :func:`dbpaper.penalty`
+and :func:`dbpaper.count_operations`)
+----------------------------------------------------------------------------------
+``"optimized"``
+    Algorithm 4 as in the paper (corrected): one class at a time, no
+    shortcuts; its operation counts are the paper's. ``"auto"`` picks it (it is
+    registered first).
+``"optimized-shortcuts"``
+    One class at a time with ``gram="auto"`` and ``onehot="auto"``: ``O(1)``
+    memory in ``C`` and the fewest FLOPs.
+``"optimized-chunked"``
+    :data:`DEFAULT_CHUNK_SIZE` classes at a time (read at call time), with both
+    shortcuts on ``"auto"``: the fastest.
+
+Other combinations are built with the factory :func:`optimized_algorithm` and
+registered with :func:`dbpaper.algorithms.register_algorithm` under a name of
+your choice, e.g. ``register_algorithm("optimized-64", optimized_algorithm(chunk_size=64),
+applies=applies)``; or call :func:`jacobian_penalty_gradients` directly. The
+penalty itself (:class:`~dbpaper.penalties.JacobianFrobenius`) stays the same
+whichever way it is evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
+from .. import _counting
+from ..activations import IdentityOutput, Softmax
+from ..network import ForwardRecord, Network
+from ..operators import Dense
+from ..penalties import JacobianFrobenius, SquaredNorm
+from .driver import register_algorithm
+from .initial_values import ConstantSeed
+from .passes import LayerGradients
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "ELEMENTWISE_COST",
+    "TARGET_CHUNK_ROWS",
+    "Plan",
+    "applies",
+    "jacobian_penalty_gradients",
+    "optimized_algorithm",
+    "plan",
+    "shortcut_costs",
+    "why_not",
+]
+
+#: Classes per stacked pass for ``"optimized-chunked"`` (an int, ``None`` for all classes, or
+#: ``"auto"``); read at call time, so it may be changed.
+DEFAULT_CHUNK_SIZE: int | str | None = "auto"
+
+#: ``chunk_size="auto"`` stacks about this many examples (``chunk_size * N``) per pass: enough
+#: for efficient matrix products, small enough for the per-chunk tensors to stay in cache.
+TARGET_CHUNK_ROWS = 1024
+
+_AUTO = "auto"
+
+
+def why_not(net: Network, penalty) -> str | None:
+    """Why Algorithm 4 does not apply to ``penalty`` on ``net`` (``None`` when it does)."""
+    if not isinstance(penalty, JacobianFrobenius):
+        return f"Algorithm 4 computes the Jacobian penalty (JacobianFrobenius) only, got {penalty!r}"
+    if not isinstance(net, Network):
+        return f"Algorithm 4 needs a dbpaper.Network, got {type(net).__name__}"
+    bad = [
+        f"layer {j} ({layer.activation!r})"
+        for j, layer in enumerate(net.layers[:-1], start=1)
+        if not layer.activation.locally_linear
+    ]
+    if bad:
+        return (
+            "Algorithm 4 needs locally linear hidden activations (ReLU, leaky ReLU, identity; Section 5.2), "
+            f"but {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not; use algorithm='general'"
+        )
+    return None
+
+
+def applies(net: Network, penalty) -> bool:
+    """Whether Algorithm 4 applies: a Jacobian penalty on a network with locally linear hidden activations."""
+    return why_not(net, penalty) is None
+
+
+#: Cost of touching one tensor element in an elementwise pass, in multiply-adds: elementwise
+#: work is memory-bound and costs far more per operation than a matrix product. A rough
+#: machine-balance figure for CPUs; it only steers the ``"auto"`` choices.
+ELEMENTWISE_COST = 16
+
+
+def shortcut_costs(net: Network, batch: int) -> dict[str, dict[str, int]]:
+    """The cost model behind ``gram="auto"`` and ``onehot="auto"``, in multiply-add equivalents.
+
+    Returns ``{"gram": {"without": ..., "with": ...}, "onehot": {...}}`` for a
+    batch of ``N = batch`` examples and all ``C`` classes; a shortcut that
+    cannot be used is absent. Only the terms that differ are counted, matrix
+    products by their multiply-adds and elementwise passes by
+    ``ELEMENTWISE_COST`` per element (``w`` below):
+
+    * Gram trick (dense first layer ``d_0 -> d_1``): without, ``3 N C d_0 d_1``
+      (``K_1ᵀ``, ``K_1``, ``K_1□`` per class) plus ``2 w N C d_0`` (``p`` and
+      ``∇p`` of ``ξ_0``); with, ``2 N C d_1² + 2 d_1² d_0`` (``G ζ_1`` and ``A`` per
+      class, ``G`` and ``A W_1`` once) plus ``w N C d_1`` (the value);
+    * one-hot output (dense output layer ``d -> C``, ``L ≥ 2``): without,
+      ``3 N C² d`` (``K_L``, ``K_Lᵀ``, ``K_L□`` per class) plus ``13 w N C²``
+      (``ζ_L`` and ``η_L`` per class); with, ``6 w N C d`` (six passes over the
+      stacked ``(N, d)`` tensors per class) plus ``3 N C d`` once.
+    """
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"shortcut_costs: batch must be a positive int, got {batch!r}")
+    n, c, w = batch, net.layers[-1].op.out_numel, ELEMENTWISE_COST
+    out: dict[str, dict[str, int]] = {}
+    first, last = net.layers[0], net.layers[-1]
+    if isinstance(first.op, Dense):
+        d0, d1 = first.op.in_numel, first.op.out_numel
+        out["gram"] = {
+            "without": 3 * n * c * d0 * d1 + 2 * w * n * c * d0,
+            "with": 2 * n * c * d1 * d1 + 2 * d1 * d1 * d0 + w * n * c * d1,
+        }
+    if net.depth >= 2 and isinstance(last.op, Dense):
+        d = last.op.in_numel
+        out["onehot"] = {"without": 3 * n * c * c * d + 13 * w * n * c * c, "with": 6 * w * n * c * d + 3 * n * c * d}
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The resolved variant: classes per stacked pass and which shortcuts are used."""
+
+    chunk_size: int
+    gram: bool
+    onehot: bool
+
+
+def _check_chunk_size(chunk_size) -> None:
+    if chunk_size is None or chunk_size == _AUTO:
+        return
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, None (all classes at once) or 'auto', got {chunk_size!r}")
+
+
+def _check_choice(value, name: str) -> None:
+    if not (value is True or value is False or value == _AUTO):
+        raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
+
+
+def plan(net: Network, penalty, batch: int, *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Plan:
+    """Resolve ``chunk_size`` and the ``"auto"`` shortcuts (with :func:`shortcut_costs`).
+
+    ``chunk_size``: a positive int, ``None`` (all classes at once) or
+    ``"auto"`` (``max(1, TARGET_CHUNK_ROWS // batch)`` classes). Raises a
+    ValueError when a shortcut is requested explicitly (``True``) but cannot
+    be used on ``net``.
+    """
+    _check_chunk_size(chunk_size)
+    if chunk_size == _AUTO:
+        chunk_size = max(1, TARGET_CHUNK_ROWS // batch)
+    _check_choice(gram, "gram")
+    _check_choice(onehot, "onehot")
+    c = net.layers[-1].op.out_numel
+    costs = shortcut_costs(net, batch)
+    quadratic = isinstance(penalty.p, SquaredNorm)
+    if gram is True and ("gram" not in costs or not quadratic):
+        raise ValueError(
+            "gram=True needs a dense first layer (nn.Linear) and the squared norm p = ‖·‖²; "
+            f"the first layer is {net.layers[0].op!r}"
+        )
+    if onehot is True and "onehot" not in costs:
+        raise ValueError(f"onehot=True needs L ≥ 2 and a dense output layer; the network has L={net.depth}, last layer {net.layers[-1].op!r}")
+
+    def decide(choice, key, extra_ok=True):
+        if choice == _AUTO:
+            return key in costs and extra_ok and costs[key]["with"] < costs[key]["without"]
+        return bool(choice)
+
+    return Plan(
+        chunk_size=c if chunk_size is None else min(chunk_size, c),
+        gram=decide(gram, "gram", quadratic),
+        onehot=decide(onehot, "onehot"),
+    )
+
+
+def _mul_(t: torch.Tensor, dg: torch.Tensor, k: int) -> torch.Tensor:
+    """``M(g'(z), t) = g'(z) ⊙ t`` in place, for ``k`` classes stacked along the batch (``dg`` broadcast)."""
+    if not t.is_contiguous():
+        t = t.contiguous()
+    t.view(k, *dg.shape).mul_(dg)
+    return t
+
+
+def _kbox_into(layer, acc: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """``acc + alpha K_j□(x, y)`` (``alpha K_j□(x, y)`` when ``acc`` is ``None``), in place.
+
+    For a dense layer ``K□(x, y) = Σ_n y_n x_nᵀ`` is written straight into the
+    accumulator (``addmm``), so that no temporary of the weight's size exists:
+    for the output layer that temporary would be ``O(C)``. The evaluation is
+    counted like any other ``K□``.
+    """
+    if acc is not None and type(layer.op) is Dense:
+        _counting.record("weight_adjoint")
+        return torch.addmm(acc, y.reshape(y.shape[0], -1).T, x.reshape(x.shape[0], -1), alpha=alpha, out=acc)
+    value = layer.Kbox(x, y)
+    if acc is None:
+        return value if alpha == 1.0 else value.mul_(alpha)
+    return acc.add_(value, alpha=alpha)
+
+
+@torch.no_grad()
+def jacobian_penalty_gradients(
+    net: Network,
+    rec: ForwardRecord,
+    penalty,
+    *,
+    chunk_size: int | str | None = 1,
+    gram: bool | str = False,
+    onehot: bool | str = False,
+) -> tuple[torch.Tensor, LayerGradients]:
+    """``R`` and ``∇_θ R``, ``∇_b R`` of the Jacobian penalty by Algorithm 4 (Appendix C), corrected.
+
+    Parameters
+    ----------
+    net : Network
+        A network with locally linear hidden activations and a softmax or
+        identity output (Section 5.2).
+    rec : ForwardRecord
+        Its recorded forward pass (``net.forward(x)``: ``L`` evaluations of ``K``).
+    penalty : JacobianFrobenius
+        The penalty ``R = Σ_i mean_n ‖∇_{x_0} x_L^i‖²`` (Section 5.4).
+    chunk_size : int, None or "auto"
+        Classes per stacked pass (``1``: Algorithm 4 as printed, ``O(1)`` memory
+        in ``C``; ``None``: all classes at once; ``"auto"``: about
+        :data:`TARGET_CHUNK_ROWS` stacked examples).
+    gram : bool or "auto"
+        Use ``G = K_1 K_1ᵀ`` for a dense first layer (see the module docstring).
+    onehot : bool or "auto"
+        Use the closed forms of ``v = e^{(i)}`` for a dense output layer.
+
+    Returns
+    -------
+    tuple
+        ``R`` (a 0-d tensor) and the :class:`~dbpaper.algorithms.LayerGradients`
+        (with ``η̂_1``, from which ``∇_{x_0} R = K_1ᵀ(θ_1, η̂_1)``).
+
+    Raises
+    ------
+    ValueError
+        If Algorithm 4 does not apply (see :func:`why_not`) or an option is invalid.
+    """
+    reason = why_not(net, penalty)
+    if reason is not None:
+        raise ValueError(reason)
+    x0 = rec.xs[0]
+    n, L = x0.shape[0], net.depth
+    layers = net.layers
+    out = rec.output
+    c = layers[-1].op.out_numel
+    softmax = isinstance(net.output_map, Softmax)
+    assert softmax or isinstance(net.output_map, IdentityOutput)
+    p = plan(net, penalty, n, chunk_size=chunk_size, gram=gram, onehot=onehot)
+    thetas = [layer.theta(x0) for layer in layers]
+    acc: list[torch.Tensor | None] = [None] * (L + 1)  # θ̂¹_j, indexed by j
+    value = x0.new_zeros(())
+    eta_hat = torch.zeros_like(out) if softmax else None  # η̂_L (identically zero for the identity output)
+    x_flat = out.reshape(n, c)
+
+    if p.gram:
+        # K_1(θ_1, ·) applied to the rows of W_1 gives W_1 W_1ᵀ; the factor 2/N of q_0 = 2 ξ_0 / N is folded in
+        G2 = layers[0].K(thetas[0], thetas[0]).mul_(2.0 / n)
+        A = x0.new_zeros(G2.shape)  # Σ_{i,n} ζ_1 ζ_1ᵀ
+    if p.onehot:
+        W_L = thetas[L - 1]
+        u = layers[-1].KT(W_L, out).reshape(n, -1)  # u_n = W_Lᵀ x_{L,n}
+        Q = torch.zeros_like(W_L)  # rows Σ_n x_n^i q_{L-1,n}^{(i)} (or Σ_n q for the identity output)
+        P = x0.new_zeros(u.shape)  # P_n = Σ_i x_n^i q_{L-1,n}^{(i)}
+        a = x0.new_zeros((n, c))  # a_{n,i} = ⟨W_{L,i} − u_n, q_{L-1,n}^{(i)}⟩
+
+    passes = -(-c // p.chunk_size)  # ceil(C / chunk_size) passes of balanced sizes (10 = 4 + 3 + 3, not 4 + 4 + 2)
+    bounds = [c * t // passes for t in range(passes + 1)]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        k = stop - start
+        zetas: list[torch.Tensor | None] = [None] * (L + 1)
+        seed = None
+        # -- backward pass (Algorithm 1), k classes stacked along the batch ------------------
+        if p.onehot:
+            rows = W_L[start:stop]  # (k, d)
+            if softmax:
+                x_i = x_flat[:, start:stop].T.unsqueeze(-1)  # x^i, (k, n, 1)
+                r = rows.unsqueeze(1) - u  # W_{L,i} − u_n, (k, n, d)
+                xi = r * x_i  # ξ_{L-1}^{(i)} = x^i (W_{L,i} − u)
+            else:
+                xi = rows.repeat_interleave(n, dim=0)  # ξ_{L-1}^{(i)} = W_{L,i}
+            xi = xi.reshape(k * n, *layers[-1].in_shape)  # stands in for K_Lᵀ(θ_L, ζ_L)
+        else:
+            v = torch.zeros((k, n, c), dtype=out.dtype, device=out.device)
+            v[torch.arange(k, device=out.device), :, torch.arange(start, stop, device=out.device)] = 1
+            x_rep = out.unsqueeze(0).expand(k, *out.shape).reshape(k * n, *out.shape[1:])
+            seed = ConstantSeed(net.output_map, x_rep, v.reshape(x_rep.shape))
+            del v
+            zetas[L] = seed.zeta_L()  # ζ_L^{(i)} = S e^{(i)} (softmax) or e^{(i)} (identity)
+            xi = None
+        for j in range(L, 0, -1):
+            if j == 1 and p.gram:  # with the Gram trick ξ_0 is never formed
+                break
+            if xi is None:
+                xi = layers[j - 1].KT(thetas[j - 1], zetas[j])  # ξ_{j-1} = K_jᵀ(θ_j, ζ_j)
+            if j > 1:
+                zetas[j - 1] = _mul_(xi, rec.dg[j - 1], k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
+                xi = None
+        # -- value and the start of the backward-backward pass (Algorithm 2) ------------------
+        if p.gram:
+            Z = zetas[1].reshape(k * n, -1)
+            zetas[1] = None
+            h = torch.mm(Z, G2)  # h_1 = K_1(θ_1, q_0) = (2/N) G ζ_1
+            value = value + torch.dot(Z.reshape(-1), h.reshape(-1)) / 2  # (1/N) Σ ⟨ζ_1, G ζ_1⟩ = (1/N) Σ ‖ξ_0‖²
+            A = torch.addmm(A, Z.T, Z)  # out of place: FlopCounterMode does not see addmm_
+            del Z
+            h = h.reshape(k * n, *layers[0].op.out_shape)
+            q = _mul_(h, rec.dg[1], k) if L > 1 else None
+            first_bb = 2
+        else:
+            value = value + penalty.p.value(xi).sum() / n
+            q = penalty.p.grad(xi).div_(n)  # q_0 = ∇p(ξ_0) / N (batch mean)
+            xi = None
+            h = None
+            first_bb = 1
+        for j in range(first_bb, L + 1):
+            layer = layers[j - 1]
+            if j == L and p.onehot:
+                qf = q.reshape(k, n, -1)
+                if softmax:
+                    Q[start:stop] = torch.bmm(x_i.transpose(1, 2), qf).squeeze(1)  # Σ_n x_n^i q_n^{(i)}
+                    for t in range(k):  # P_n += Σ_i x_n^i q_n^{(i)}, in place
+                        P.addcmul_(qf[t], x_i[t])
+                    a[:, start:stop] = r.mul_(qf).sum(-1).T  # ⟨W_{L,i} − u_n, q_n^{(i)}⟩
+                    r = None
+                else:
+                    Q[start:stop] = qf.sum(1)
+                q = h = None
+                break
+            if layer.weight is not None:
+                acc[j] = _kbox_into(layer, acc[j], q, zetas[j])  # θ̂¹_j += K_j□(q_{j-1}, ζ_j)
+            zetas[j] = None
+            h = layer.K(thetas[j - 1], q)  # h_j = K_j(θ_j, q_{j-1})
+            q = _mul_(h, rec.dg[j], k) if j < L else None  # q_j = M(g'_j, h_j), in place (h_j is not needed again)
+        # -- η̂_L += Σ_i η_L^{(i)} with the corrected Appendix B.1 formula ------------------------
+        if softmax and not p.onehot:
+            eta_hat.add_(seed.eta_L(h).reshape(k, *out.shape).sum(0))
+        del seed, h, zetas
+
+    if p.onehot:
+        acc[L] = Q
+        if softmax:
+            acc[L] = _kbox_into(layers[-1], Q, P, out, alpha=-1.0)  # θ̂¹_L = Q − Σ_n x_n P_nᵀ
+            inner = a - layers[-1].K(W_L, P).reshape(n, c)  # a − W_L P
+            eta_hat.add_((x_flat * (inner - torch.sum(x_flat * inner, dim=1, keepdim=True))).reshape(out.shape))
+
+    # -- the single, accumulated forward-backward pass (Algorithm 3 on η̂) ----------------------
+    grads = LayerGradients.zeros(L)
+    eta = eta_hat
+    for j in range(L, 0, -1):
+        layer = layers[j - 1]
+        if layer.weight is not None:
+            if j == 1 and p.gram:
+                g = layer.Kbox(thetas[0], A.mul_(2.0 / n))  # θ̂¹_1 = (2/N) A W_1
+            else:
+                g = acc[j]
+            if eta is not None:
+                g = _kbox_into(layer, g, rec.xs[j - 1], eta)  # + K_j□(x_{j-1}, η̂_j)
+            grads.weights[j - 1] = torch.zeros_like(layer.weight) if g is None else g
+        acc[j] = None
+        if layer.bias is not None:
+            grads.biases[j - 1] = layer.bias_adjoint(eta) if eta is not None else torch.zeros_like(layer.bias)
+        if j > 1:
+            eta = layer.KT(thetas[j - 1], eta).mul_(rec.dg[j - 1]) if eta is not None else None  # η̂_{j-1}
+    grads.eta_1 = eta
+    return value, grads
+
+
+def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Callable:
+    """A registrable algorithm ``(net, rec, penalty, y) -> (R, gradients, [])`` with fixed options.
+
+    ``chunk_size`` as in :func:`jacobian_penalty_gradients`; ``"default"``
+    reads :data:`DEFAULT_CHUNK_SIZE` at call time.
+    The options are validated now (``chunk_size`` and the choices) and
+    against the network at call time.
+    """
+    if chunk_size != "default":
+        _check_chunk_size(chunk_size)
+    _check_choice(gram, "gram")
+    _check_choice(onehot, "onehot")
+
+    def algorithm(net: Network, rec: ForwardRecord, penalty, y=None):
+        size = DEFAULT_CHUNK_SIZE if chunk_size == "default" else chunk_size
+        value, grads = jacobian_penalty_gradients(net, rec, penalty, chunk_size=size, gram=gram, onehot=onehot)
+        return value, grads, []
+
+    algorithm.options = {"chunk_size": chunk_size, "gram": gram, "onehot": onehot}
+    algorithm.__doc__ = f"Algorithm 4 (Appendix C) with chunk_size={chunk_size!r}, gram={gram!r}, onehot={onehot!r}."
+    return algorithm
+
+
+# "optimized" first: "auto" picks the first registered algorithm that applies.
+register_algorithm("optimized", optimized_algorithm(), applies=applies)
+register_algorithm("optimized-shortcuts", optimized_algorithm(gram=_AUTO, onehot=_AUTO), applies=applies)
+register_algorithm("optimized-chunked", optimized_algorithm(chunk_size="default", gram=_AUTO, onehot=_AUTO), applies=applies)

@@ -1,0 +1,579 @@
+"""Benchmarks of the *Runtimes* chapter: Algorithm 4 (Appendix C) against autograd peers.
+
+``python -m dbpaper bench [--quick] [--device cpu|cuda] [--threads N] [--out FILE] [--plots DIR]``
+
+Every workload computes ``R = Σ_i mean_n ‖∇_{x_0} x_L^i‖²`` (the squared
+Frobenius norm of the input Jacobian, Section 5.4) and its gradient with
+respect to all parameters, side by side in one process, with these methods:
+
+=====================  =========================================================================
+``alg4``               Algorithm 4 as printed (corrected), one class at a time (``"optimized"``)
+``alg4-shortcuts``     Algorithm 4, one class at a time, Gram and one-hot shortcuts (``O(1)`` in C)
+``alg4-chunked``       Algorithm 4, classes stacked in chunks, with the shortcuts
+``alg1-3``             Algorithms 1–3 class by class (the paper's naive count)
+``autograd-summed``    autograd: ``C`` input gradients with ``create_graph=True``, the ``C``
+                       penalties summed, one backward
+``autograd-per-class`` autograd: one double backward per class, accumulated
+``vmap-jacrev``        ``torch.func.vmap(jacrev)`` Jacobian, then one backward
+``hoffman-1proj``      the random-projection estimator of Hoffman et al. (2019) with one
+                       projection (autograd): ``C ‖J_nᵀ v_n‖²`` with ``v_n`` uniform on the
+                       unit sphere — an unbiased *estimate*, not the exact gradient
+=====================  =========================================================================
+
+Metrics, per workload and method:
+
+* ``flops``: :class:`torch.utils.flop_counter.FlopCounterMode` (matrix
+  products and convolutions only; elementwise work is not counted) over one call;
+* ``time_ms``: the median wall time of ``repeats`` calls (at least 5) after
+  a warm-up call, the methods interleaved round-robin so that drifts of a
+  shared machine hit all of them alike (all samples are stored);
+* ``peak_mib``: the peak memory allocated *during* one call, above what was
+  allocated before it (parameters and input excluded, returned gradients
+  included). On CUDA: ``torch.cuda.max_memory_allocated`` minus the
+  allocation before the call. On CPU, where torch keeps no such statistic:
+  the call runs once under ``torch.profiler`` with ``profile_memory=True``,
+  which records every allocation and release of the CPU allocator with its
+  size, and the peak is the maximum of the running sum of these events in
+  time order. (Process RSS would include the allocator's caching and the
+  interpreter, and ``tracemalloc`` does not see torch's allocations.)
+* ``max_rel_diff``: the largest relative difference of a gradient block
+  from ``autograd-summed`` (a consistency check in the workload's dtype).
+
+Workloads: ``mlp`` (784-256-256-256-10 ReLU MLP with softmax, batch 128,
+float32), ``cnn`` (a small ReLU CNN with average pooling on 1×28×28), and
+sweeps over the number of classes ``C ∈ {2, 10, 100, 1000}`` (the MLP with
+batch 32, so that ``C = 1000`` stays affordable for the naive peers), the
+depth and the batch size. ``--quick`` runs shrunken versions in seconds.
+
+The result is a JSON file with the machine (torch version, CPU model,
+threads, device), the settings and every measurement, plus quick-look plots
+(PNG) in ``--plots``. The book chapter reads the committed JSON; it never
+times anything itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["METHODS", "Workload", "main", "measure_peak_memory", "run", "workloads"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+# -- methods -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A way to compute ``R`` and its parameter gradients; ``build`` returns a zero-argument callable."""
+
+    label: str
+    exact: bool
+    description: str
+    build: Callable  # (model, net, params, x, classes) -> callable returning (R, [grads])
+
+
+def _ours(algorithm: str) -> Callable:
+    def build(model, net, params, x, classes):
+        from .algorithms.driver import double_backprop
+        from .penalties import JacobianFrobenius
+
+        pen = JacobianFrobenius()
+
+        def call():
+            res = double_backprop(net, x, pen, algorithm=algorithm)
+            out = []
+            for layer, gw, gb in zip(net.layers, res.gradients.weights, res.gradients.biases):
+                out += [g for t, g in ((layer.weight, gw), (layer.bias, gb)) if t is not None]
+            return res.value, out
+
+        return call
+
+    return build
+
+
+def _onehots(out: torch.Tensor, classes: int):
+    """The ``v = e^{(i)}`` one at a time (a generator: no list of ``C`` tensors of shape ``(N, C)``)."""
+    for i in range(classes):
+        v = torch.zeros_like(out)
+        v[:, i] = 1
+        yield v
+
+
+def _autograd_summed(model, net, params, x, classes):
+    n = x.shape[0]
+
+    def call():
+        xx = x.detach().requires_grad_(True)
+        out = model(xx.view_as(xx))  # a non-leaf input: FlopCounterMode's module hooks reject leaf inputs here
+        value = 0
+        for v in _onehots(out, classes):
+            (xi,) = torch.autograd.grad(out, xx, v, create_graph=True, retain_graph=True)
+            value = value + xi.pow(2).sum() / n
+        return value.detach(), list(torch.autograd.grad(value, params))
+
+    return call
+
+
+def _autograd_per_class(model, net, params, x, classes):
+    n = x.shape[0]
+
+    def call():
+        xx = x.detach().requires_grad_(True)
+        out = model(xx.view_as(xx))
+        grads = [torch.zeros_like(p) for p in params]
+        value = 0.0
+        for v in _onehots(out, classes):
+            (xi,) = torch.autograd.grad(out, xx, v, create_graph=True, retain_graph=True)
+            term = xi.pow(2).sum() / n
+            for acc, g in zip(grads, torch.autograd.grad(term, params, retain_graph=True)):
+                acc += g
+            value = value + term.detach()  # this class's graph is freed here: memory O(1) in C
+        return value, grads
+
+    return call
+
+
+def _vmap_jacrev(model, net, params, x, classes):
+    n = x.shape[0]
+
+    def single(xi):
+        return model(xi.unsqueeze(0)).squeeze(0)
+
+    def call():
+        jac = torch.func.vmap(torch.func.jacrev(single))(x.detach())
+        value = torch.sum(jac * jac) / n
+        return value.detach(), list(torch.autograd.grad(value, params))
+
+    return call
+
+
+def _hoffman(model, net, params, x, classes):
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(0)
+
+    def call():
+        xx = x.detach().requires_grad_(True)
+        out = model(xx.view_as(xx))
+        v = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)  # uniform on the unit sphere
+        (xi,) = torch.autograd.grad(out, xx, v, create_graph=True)
+        value = classes * xi.pow(2).sum() / n  # E_v[C ‖Jᵀv‖²] = ‖J‖_F²
+        return value.detach(), list(torch.autograd.grad(value, params))
+
+    return call
+
+
+METHODS: dict[str, Method] = {
+    "alg4": Method("Algorithm 4 (paper)", True, "Algorithm 4 as printed, corrected; one class at a time", _ours("optimized")),
+    "alg4-shortcuts": Method(
+        "Algorithm 4 + shortcuts", True, "one class at a time with the Gram and one-hot shortcuts", _ours("optimized-shortcuts")
+    ),
+    "alg4-chunked": Method(
+        "Algorithm 4 chunked", True, "classes stacked in chunks (chunk_size='auto') with the shortcuts", _ours("optimized-chunked")
+    ),
+    "alg1-3": Method("Algorithms 1-3 per class", True, "Algorithms 1-3 class by class (the naive count)", _ours("general")),
+    "autograd-summed": Method(
+        "autograd, summed", True, "C create_graph input gradients, penalties summed, one backward", _autograd_summed
+    ),
+    "autograd-per-class": Method("autograd, per class", True, "one double backward per class, accumulated", _autograd_per_class),
+    "vmap-jacrev": Method("vmap(jacrev)", True, "torch.func.vmap(jacrev) Jacobian, one backward", _vmap_jacrev),
+    "hoffman-1proj": Method(
+        "random projection (1)", False, "Hoffman et al. (2019) estimator, one projection, autograd", _hoffman
+    ),
+}
+
+# -- workloads -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A model, an input batch and the methods to run on it."""
+
+    name: str
+    group: str  # "main", "classes", "depth" or "batch"
+    description: str
+    params: dict
+    make: Callable  # (device, dtype) -> (model, in_shape, batch, classes)
+    methods: tuple[str, ...]
+
+
+def _mlp(widths: list[int], seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    mods: list[nn.Module] = []
+    for a, b in zip(widths[:-2], widths[1:-1]):
+        mods += [nn.Linear(a, b), nn.ReLU()]
+    mods += [nn.Linear(widths[-2], widths[-1]), nn.Softmax(dim=-1)]
+    return nn.Sequential(*mods)
+
+
+def _cnn(channels: tuple[int, int], hidden: int, classes: int, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    c1, c2 = channels
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(c2 * 7 * 7, hidden), nn.ReLU(), nn.Linear(hidden, classes), nn.Softmax(dim=-1),
+    )  # fmt: skip
+
+
+ALL = tuple(METHODS)
+SWEEP = ("alg4", "alg4-shortcuts", "alg4-chunked", "autograd-summed", "autograd-per-class", "vmap-jacrev", "hoffman-1proj")
+
+
+def workloads(quick: bool = False) -> list[Workload]:
+    """The benchmark workloads (shrunken with ``quick``)."""
+    out: list[Workload] = []
+    if quick:
+        mlp_w, batch, cnn_ch, cnn_hidden = [64, 32, 32, 10], 16, (2, 4), 16
+        class_sweep, class_batch, depths, batches = (2, 10, 30), 8, (2, 3), (8, 32)
+    else:
+        mlp_w, batch, cnn_ch, cnn_hidden = [784, 256, 256, 256, 10], 128, (8, 16), 64
+        class_sweep, class_batch, depths, batches = (2, 10, 100, 1000), 32, (2, 3, 4, 6, 8), (16, 64, 128, 512)
+    cnn_batch = 16 if quick else 64
+
+    out.append(
+        Workload(
+            "mlp", "main", f"{'-'.join(map(str, mlp_w))} ReLU MLP, softmax, batch {batch}",
+            {"widths": mlp_w, "batch": batch, "classes": mlp_w[-1]},
+            lambda: (_mlp(mlp_w), (mlp_w[0],), batch, mlp_w[-1]), ALL,
+        )
+    )  # fmt: skip
+    out.append(
+        Workload(
+            "cnn", "main", f"ReLU CNN conv{cnn_ch[0]}-pool-conv{cnn_ch[1]}-pool-{cnn_hidden}-10 on 1x28x28, softmax, batch {cnn_batch}",
+            {"channels": list(cnn_ch), "hidden": cnn_hidden, "batch": cnn_batch, "classes": 10},
+            lambda: (_cnn(cnn_ch, cnn_hidden, 10), (1, 28, 28), cnn_batch, 10), ALL,
+        )
+    )  # fmt: skip
+    for c in class_sweep:
+        w = mlp_w[:-1] + [c]
+        out.append(
+            Workload(
+                f"classes-{c}", "classes", f"{'-'.join(map(str, w))} MLP, batch {class_batch}",
+                {"widths": w, "batch": class_batch, "classes": c, "x": c},
+                (lambda w=w, c=c: (_mlp(w), (w[0],), class_batch, c)), SWEEP,
+            )
+        )  # fmt: skip
+    for L in depths:
+        w = [mlp_w[0]] + [mlp_w[1]] * (L - 1) + [mlp_w[-1]]
+        out.append(
+            Workload(
+                f"depth-{L}", "depth", f"{'-'.join(map(str, w))} MLP, batch {batch}",
+                {"widths": w, "batch": batch, "classes": w[-1], "x": L},
+                (lambda w=w: (_mlp(w), (w[0],), batch, w[-1])), SWEEP,
+            )
+        )  # fmt: skip
+    for b in batches:
+        out.append(
+            Workload(
+                f"batch-{b}", "batch", f"{'-'.join(map(str, mlp_w))} MLP, batch {b}",
+                {"widths": mlp_w, "batch": b, "classes": mlp_w[-1], "x": b},
+                (lambda b=b: (_mlp(mlp_w), (mlp_w[0],), b, mlp_w[-1])), SWEEP,
+            )
+        )  # fmt: skip
+    return out
+
+
+# -- measurements ----------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_peak_memory(fn: Callable, device: torch.device | str = "cpu") -> int:
+    """Peak bytes allocated during ``fn()`` above the allocation before it (see the module docstring)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        result = fn()
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        del result
+        return int(peak)
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+        del result
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())
+    running = peak = 0
+    for e in events:
+        running += e.nbytes()
+        peak = max(peak, running)
+    return int(peak)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler backend's start/stop lines, which it writes to file descriptor 2."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _flops(fn: Callable) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _rel_diff(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    scale = max(float(torch.linalg.vector_norm(r.double())) for r in ref)
+    return max(float(torch.linalg.vector_norm(g.double() - r.double())) for g, r in zip(grads, ref)) / max(scale, 1e-300)
+
+
+def machine_info(device: torch.device) -> dict:
+    """Torch version, CPU model, threads, device and platform."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        fam = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("cpu family")]
+        mod = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model\t")]
+        if names:
+            cpu = names[0] + (f" (family {fam[0]}, model {mod[0]})" if fam and mod else "")
+    except OSError:
+        pass
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int, budget_s: float, bar) -> dict:
+    model, in_shape, batch, classes = w.make()
+    model = model.to(device=device, dtype=dtype)
+    from .network import Network
+
+    net = Network.from_sequential(model, in_shape)
+    params = net.parameters()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((batch, *in_shape), generator=g, dtype=dtype).to(device)
+    calls = {m: METHODS[m].build(model, net, params, x, classes) for m in w.methods}
+    results: dict[str, dict] = {}
+    ref = None
+    for m, fn in calls.items():  # warm-up, consistency and FLOPs
+        t0 = time.perf_counter()
+        value, grads = fn()
+        _sync(device)
+        warm = time.perf_counter() - t0
+        if m == "autograd-summed":
+            ref = (float(value), [t.detach() for t in grads])
+        results[m] = {"warmup_s": warm, "value": float(value), "_grads": [t.detach() for t in grads]}
+        results[m]["flops"] = _flops(fn)
+        bar.update(1)
+    for m in results:
+        grads = results[m].pop("_grads")
+        if ref is not None:
+            results[m]["max_rel_diff"] = _rel_diff(grads, ref[1])
+            results[m]["value_rel_diff"] = abs(results[m]["value"] - ref[0]) / max(abs(ref[0]), 1e-300)
+    for m, fn in calls.items():
+        results[m]["peak_mib"] = measure_peak_memory(fn, device) / 2**20
+        bar.update(1)
+    # timing: round-robin, as many rounds as the budget allows (at least min_repeats, at most repeats)
+    slowest = sum(r["warmup_s"] for r in results.values())
+    rounds = max(min_repeats, min(repeats, int(budget_s / max(slowest, 1e-9))))
+    bar.total += rounds - min_repeats
+    bar.refresh()
+    samples: dict[str, list[float]] = {m: [] for m in calls}
+    for _ in range(rounds):
+        for m, fn in calls.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[m].append(time.perf_counter() - t0)
+        bar.update(1)
+    for m, s in samples.items():
+        results[m]["time_ms"] = statistics.median(s) * 1e3
+        results[m]["time_ms_samples"] = [round(v * 1e3, 4) for v in s]
+        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
+        results[m]["time_ms_iqr"] = [q[0] * 1e3, q[2] * 1e3]
+    return {
+        "name": w.name,
+        "group": w.group,
+        "description": w.description,
+        "params": w.params,
+        "num_parameters": sum(p.numel() for p in params),
+        "depth_L": net.depth,
+        "rounds": rounds,
+        "results": results,
+    }
+
+
+def run(*, quick: bool = False, device: str = "cpu", threads: int | None = None, only: list[str] | None = None,
+        repeats: int = 15, min_repeats: int = 5, budget_s: float = 20.0, progress: bool = True) -> dict:  # fmt: skip
+    """Run the benchmarks and return the JSON-ready result (see the module docstring)."""
+    from tqdm import tqdm
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested, but CUDA is not available")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    if min_repeats < 5 and not quick:
+        raise ValueError("at least 5 timed repeats are required (use --quick for a smoke run)")
+    dtype = torch.float32
+    chosen = workloads(quick)
+    if only:
+        unknown = set(only) - {w.name for w in chosen} - {w.group for w in chosen}
+        if unknown:
+            raise ValueError(f"unknown workloads {sorted(unknown)}; choose from {[w.name for w in chosen]} or groups")
+        chosen = [w for w in chosen if w.name in only or w.group in only]
+    min_rounds = 3 if quick else min_repeats
+    total = sum(2 * len(w.methods) + min_rounds for w in chosen)
+    bar = tqdm(total=total, desc="bench", unit="step", disable=not progress)
+    started = time.perf_counter()
+    out = {
+        "schema": 1,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(dev),
+        "settings": {
+            "quick": quick, "dtype": str(dtype).replace("torch.", ""), "repeats_max": repeats,
+            "repeats_min": min_repeats, "budget_s": budget_s, "timing": "median of round-robin repeats after one warm-up call",
+            "memory": "CUDA max_memory_allocated" if dev.type == "cuda" else "torch.profiler(profile_memory=True): peak of the running sum of CPU allocator events",
+            "flops": "torch.utils.flop_counter.FlopCounterMode (matrix products and convolutions)",
+        },  # fmt: skip
+        "methods": {k: {"label": m.label, "exact": m.exact, "description": m.description} for k, m in METHODS.items()},
+        "workloads": [],
+    }
+    for w in chosen:
+        bar.set_postfix_str(w.name)
+        out["workloads"].append(_measure_workload(w, dev, dtype, repeats, min_rounds, budget_s / (4 if quick else 1), bar))
+    bar.close()
+    out["elapsed_s"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+# -- plots and summary ---------------------------------------------------------------------------
+
+
+def summary(result: dict) -> str:
+    """A plain-text table of the measurements."""
+    lines = []
+    for w in result["workloads"]:
+        lines.append(f"{w['name']}: {w['description']}")
+        base = w["results"].get("autograd-summed")
+        for m, r in w["results"].items():
+            rel = ""
+            if base:
+                rel = f"  time x{base['time_ms'] / r['time_ms']:.2f} vs summed, flops x{r['flops'] / base['flops']:.3f}"
+            lines.append(f"  {m:20s} {r['time_ms']:10.2f} ms {r['flops'] / 1e9:9.3f} GFLOP {r['peak_mib']:9.2f} MiB{rel}")
+    return "\n".join(lines)
+
+
+def plots(result: dict, folder: Path) -> list[Path]:
+    """Quick-look PNG plots of the sweeps (the book draws its own figures from the JSON)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for group, xlabel in (("classes", "classes C"), ("depth", "depth L"), ("batch", "batch N")):
+        ws = [w for w in result["workloads"] if w["group"] == group]
+        if not ws:
+            continue
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for m in ws[0]["results"]:
+            xs = [w["params"]["x"] for w in ws]
+            for ax, key in zip(axes, ("time_ms", "flops", "peak_mib")):
+                ax.plot(xs, [w["results"][m][key] for w in ws], marker="o", label=m)
+        for ax, ylabel in zip(axes, ("median time [ms]", "FLOPs", "peak memory [MiB]")):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / f"bench-{group}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point (``python -m dbpaper bench``)."""
+    parser = argparse.ArgumentParser(prog="python -m dbpaper bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run on shrunken workloads (seconds)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    parser.add_argument("--only", nargs="*", default=None, help="workload names or groups (main, classes, depth, batch)")
+    parser.add_argument("--repeats", type=int, default=15, help="most timed calls per method (default 15)")
+    parser.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls per method (default 5)")
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds of timing per workload that decide the repeats")
+    parser.add_argument("--out", default=None, help="JSON output (default: book/data/bench-<device>.json; bench-out/ for --quick)")
+    parser.add_argument("--plots", default=None, help="folder for quick-look PNGs (default: bench-out/plots-<device>)")
+    parser.add_argument("--no-plots", action="store_true", help="do not draw the quick-look plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    argv = list(argv) if argv is not None else None
+    if argv and argv[0] == "--":  # ``python -m dbpaper bench -- --quick``
+        argv = argv[1:]
+    args = parser.parse_args(argv)
+    dev = torch.device(args.device)
+    tag = dev.type + ("-quick" if args.quick else "")
+    out = Path(args.out) if args.out else (REPO / "bench-out" / f"bench-{tag}.json" if args.quick else REPO / "book" / "data" / f"bench-{tag}.json")
+    result = run(quick=args.quick, device=args.device, threads=args.threads, only=args.only, repeats=args.repeats,
+                 min_repeats=args.min_repeats, budget_s=args.budget, progress=not args.no_progress)  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, sort_keys=False, default=_json_default) + "\n")
+    print(summary(result))
+    print(f"results written to {out} ({result['elapsed_s']} s)")
+    if not args.no_plots:
+        folder = Path(args.plots) if args.plots else REPO / "bench-out" / f"plots-{tag}"
+        for p in plots(result, folder):
+            print(f"plot: {p}")
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,264 @@
+"""Algorithm 4 (Appendix C) and its variants against autograd on random locally linear networks."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dbpaper
+from dbpaper import penalties as P
+from dbpaper.algorithms import ALGORITHMS
+from dbpaper.algorithms import jacobian as J
+from dbpaper.bench import measure_peak_memory
+from dbpaper.reference import reference_gradients
+
+from .helpers import ARCHITECTURES, random_input, random_model
+
+RTOL = 1e-10
+REGISTERED = ("optimized", "optimized-shortcuts", "optimized-chunked")
+# (chunk_size, gram, onehot); explicit True only where the network allows it (dense first/last layers)
+VARIANTS = [(1, False, False), (2, "auto", "auto"), (3, False, "auto"), (None, "auto", False), ("auto", "auto", "auto")]
+DENSE_VARIANTS = [(1, True, False), (1, False, True), (2, True, True), (None, True, True), (4, True, True)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine the
+    thread synchronisation of every small operation can cost milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _flat(net, grads):
+    out = []
+    for layer, gw, gb in zip(net.layers, grads.weights, grads.biases):
+        out += [g for t, g in ((layer.weight, gw), (layer.bias, gb)) if t is not None]
+    return out
+
+
+def _assert_close(value, grads, ref_value, ref, rtol=RTOL, what=""):
+    assert abs(float(value) - float(ref_value)) <= rtol * abs(float(ref_value)) + 1e-300, what
+    assert len(grads) == len(ref)
+    scale = max(float(r.norm()) for r in ref)
+    for a, b in zip(grads, ref):  # relative to the largest block: an (almost) zero block is compared absolutely
+        assert float((a.double() - b).norm()) <= rtol * max(scale, 1e-300), what
+
+
+def _run(net, x, **kw):
+    with torch.no_grad():
+        value, grads = J.jacobian_penalty_gradients(net, net.forward(x), P.JacobianFrobenius(), **kw)
+    return value, _flat(net, grads)
+
+
+GRID = list(itertools.product(ARCHITECTURES, ["relu", "leaky-relu"], [True, False]))
+
+
+@pytest.mark.parametrize("arch,act,softmax", GRID, ids=["-".join(map(str, c)) for c in GRID])
+def test_float64_against_autograd(arch, act, softmax):
+    """Every variant and every registered name, on dense, convolutional, locally connected and pooling networks."""
+    for seed in (0, 1):
+        model, shape = random_model(arch, act, softmax, seed=seed, classes=5)
+        x = random_input(shape, batch=3, seed=seed)
+        net = dbpaper.Network.from_sequential(model, shape)
+        ref_value, ref = reference_gradients(model, x, P.JacobianFrobenius())
+        variants = VARIANTS + (DENSE_VARIANTS if arch == "dense" and net.depth >= 2 else [])
+        for chunk, gram, onehot in variants:
+            value, grads = _run(net, x, chunk_size=chunk, gram=gram, onehot=onehot)
+            _assert_close(value, grads, ref_value, ref, what=(arch, act, softmax, seed, chunk, gram, onehot))
+        for name in REGISTERED:
+            res = dbpaper.double_backprop(net, x, P.JacobianFrobenius(), algorithm=name)
+            _assert_close(res.value, _flat(net, res.gradients), ref_value, ref, what=(arch, name))
+
+
+@st.composite
+def dense_networks(draw):
+    """Random dense networks: depth, widths, biases, ReLU / leaky ReLU / identity hidden layers, output map."""
+    depth = draw(st.integers(1, 4))
+    widths = [draw(st.integers(1, 6)) for _ in range(depth)]
+    classes = draw(st.integers(1, 6))
+    nn = torch.nn
+    mods, prev = [], widths[0]
+    for k, w in enumerate(widths[1:] + [classes]):
+        mods.append(nn.Linear(prev, w, bias=draw(st.booleans())))
+        prev = w
+        if k < depth - 1:  # a hidden layer
+            kind = draw(st.sampled_from(["relu", "leaky", "identity"]))
+            if kind == "relu":
+                mods.append(nn.ReLU())
+            elif kind == "leaky":
+                mods.append(nn.LeakyReLU(draw(st.floats(-2.0, 2.0, allow_nan=False))))
+            # identity: consecutive Linear modules (an identity activation, eq. (8))
+    softmax = draw(st.booleans())
+    if softmax:
+        mods.append(nn.Softmax(dim=-1))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(*mods).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 1.2 / max(1, p.shape[-1]) ** 0.5)
+    batch = draw(st.integers(1, 4))
+    x = torch.randn((batch, widths[0]), generator=g, dtype=torch.float64)
+    options = (
+        draw(st.sampled_from([1, 2, 3, None, "auto"])),
+        draw(st.sampled_from([False, "auto"] + ([True] if depth >= 1 else []))),
+        draw(st.sampled_from([False, "auto"] + ([True] if depth >= 2 else []))),
+    )
+    return model, x, options
+
+
+@settings(max_examples=60, deadline=None)
+@given(dense_networks())
+def test_random_dense_networks_against_autograd(case):
+    model, x, (chunk, gram, onehot) = case
+    net = dbpaper.Network.from_sequential(model, x.shape[1:])
+    ref_value, ref = reference_gradients(model, x, P.JacobianFrobenius())
+    value, grads = _run(net, x, chunk_size=chunk, gram=gram, onehot=onehot)
+    _assert_close(value, grads, ref_value, ref, what=(net, chunk, gram, onehot))
+
+
+def test_float32_against_float64_autograd():
+    model, shape = random_model("conv2d", "relu", True, seed=3, classes=5, dtype=torch.float32)
+    model64 = random_model("conv2d", "relu", True, seed=3, classes=5)[0]
+    x = random_input(shape, seed=3, dtype=torch.float32)
+    net = dbpaper.Network.from_sequential(model, shape)
+    ref_value, ref = reference_gradients(model64, x.double(), P.JacobianFrobenius())
+    for name in REGISTERED:
+        res = dbpaper.double_backprop(net, x, P.JacobianFrobenius(), algorithm=name)
+        assert res.value.dtype == torch.float32
+        _assert_close(res.value, _flat(net, res.gradients), ref_value, ref, rtol=2e-4, what=name)
+
+
+def test_differentiable_penalty_and_input_gradient():
+    """``dbpaper.penalty(..., algorithm=...)`` delivers ∇_θ R and ∇_{x_0} R = K_1ᵀ(θ_1, η̂_1) through backward."""
+    model, shape = random_model("dense", "leaky-relu", True, seed=4, classes=4)
+    x = random_input(shape, seed=4)
+    params = list(model.parameters())
+    xa = x.clone().requires_grad_(True)
+    out = model(xa)
+    r = 0
+    for i in range(4):
+        v = torch.zeros_like(out)
+        v[:, i] = 1
+        (xi,) = torch.autograd.grad(out, xa, v, create_graph=True)
+        r = r + xi.pow(2).sum() / x.shape[0]
+    ref = torch.autograd.grad(r, params + [xa])
+    for name in REGISTERED:
+        xb = x.clone().requires_grad_(True)
+        value = dbpaper.penalty(model, xb, P.JacobianFrobenius(), algorithm=name)
+        got = torch.autograd.grad(value, params + [xb])
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_registration_and_auto():
+    for name in REGISTERED:
+        assert name in ALGORITHMS
+    relu, shape = random_model("dense", "relu", True, seed=5)
+    tanh, _ = random_model("dense", "tanh", True, seed=5)
+    x = random_input(shape, seed=5)
+    assert dbpaper.double_backprop(dbpaper.Network.from_sequential(relu, shape), x, P.JacobianFrobenius(), algorithm="auto").algorithm == "optimized"
+    assert dbpaper.double_backprop(dbpaper.Network.from_sequential(tanh, shape), x, P.JacobianFrobenius(), algorithm="auto").algorithm == "general"
+    assert dbpaper.double_backprop(dbpaper.Network.from_sequential(relu, shape), x, P.OutputNodeGradient(0), algorithm="auto").algorithm == "general"
+
+
+def test_where_it_does_not_apply():
+    tanh, shape = random_model("dense", "tanh", True, seed=6)
+    relu, _ = random_model("dense", "relu", True, seed=6)
+    x = random_input(shape, seed=6)
+    net_tanh, net_relu = (dbpaper.Network.from_sequential(m, shape) for m in (tanh, relu))
+    for name in REGISTERED:
+        with pytest.raises(ValueError, match="does not apply"):
+            dbpaper.double_backprop(net_tanh, x, P.JacobianFrobenius(), algorithm=name)
+        with pytest.raises(ValueError, match="does not apply"):
+            dbpaper.double_backprop(net_relu, x, P.OutputNodeGradient(0), algorithm=name)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="locally linear"):
+            J.jacobian_penalty_gradients(net_tanh, net_tanh.forward(x), P.JacobianFrobenius())
+        with pytest.raises(ValueError, match="JacobianFrobenius"):
+            J.jacobian_penalty_gradients(net_relu, net_relu.forward(x), P.ClassicalDoubleBackprop())
+    assert not J.applies(net_tanh, P.JacobianFrobenius()) and J.applies(net_relu, P.JacobianFrobenius())
+
+
+def test_invalid_options():
+    model, shape = random_model("dense", "relu", True, seed=7)
+    x = random_input(shape, seed=7)
+    net = dbpaper.Network.from_sequential(model, shape)
+    conv, cshape = random_model("conv2d", "relu", True, seed=7)
+    cnet = dbpaper.Network.from_sequential(conv, cshape)
+    one_layer = dbpaper.Network.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4)).double(), (3,))
+    for bad in (0, -1, 1.5, "all", True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            _run(net, x, chunk_size=bad)
+        with pytest.raises(ValueError, match="chunk_size"):
+            J.optimized_algorithm(chunk_size=bad)
+    with pytest.raises(ValueError, match="gram must be"):
+        _run(net, x, gram="yes")
+    with pytest.raises(ValueError, match="onehot must be"):
+        J.optimized_algorithm(onehot=1)
+    with pytest.raises(ValueError, match="dense first layer"):
+        _run(cnet, random_input(cshape, seed=7), gram=True)
+    with pytest.raises(ValueError, match="L ≥ 2"):
+        _run(one_layer, torch.randn(2, 3, dtype=torch.float64), onehot=True)
+    with pytest.raises(ValueError, match="batch"):
+        J.shortcut_costs(net, 0)
+
+
+def test_plan_follows_the_cost_model():
+    mlp = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    net = dbpaper.Network.from_sequential(mlp, (784,))
+    plan = J.plan(net, P.JacobianFrobenius(), 128, chunk_size="auto", gram="auto", onehot="auto")
+    assert plan == J.Plan(chunk_size=J.TARGET_CHUNK_ROWS // 128, gram=True, onehot=False)  # d_0 = 784 > d_1: Gram pays
+    wide_first = dbpaper.Network.from_sequential(torch.nn.Sequential(torch.nn.Linear(4, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1000)), (4,))
+    plan = J.plan(wide_first, P.JacobianFrobenius(), 8, chunk_size=None, gram="auto", onehot="auto")
+    assert plan == J.Plan(chunk_size=1000, gram=False, onehot=True)  # d_1 ≫ d_0: no Gram; many classes: one-hot
+    costs = J.shortcut_costs(net, 128)
+    assert set(costs) == {"gram", "onehot"} and costs["gram"]["with"] < costs["gram"]["without"]
+
+
+def test_variants_agree_with_each_other():
+    model, shape = random_model("dense", "relu", True, seed=8, classes=9)
+    x = random_input(shape, batch=5, seed=8)
+    net = dbpaper.Network.from_sequential(model, shape)
+    base_value, base = _run(net, x)
+    for chunk, gram, onehot in DENSE_VARIANTS + VARIANTS:
+        if net.depth < 2 and onehot is True:
+            continue
+        value, grads = _run(net, x, chunk_size=chunk, gram=gram, onehot=onehot)
+        _assert_close(value, grads, base_value, base, rtol=1e-12)
+
+
+def _peak(net, x, **kw):
+    def call():
+        with torch.no_grad():
+            return J.jacobian_penalty_gradients(net, net.forward(x), P.JacobianFrobenius(), **kw)
+
+    return measure_peak_memory(call)
+
+
+def test_memory_is_constant_in_the_number_of_classes():
+    """No per-class tensor outlives its class pass: from C = 4 to C = 64 the peak grows only by
+    a few tensors of the output layer's size, never by C per-class hidden tensors."""
+    torch.manual_seed(0)
+    n, hidden = 8, 64
+    peaks = {}
+    for c in (4, 64):
+        model = torch.nn.Sequential(
+            torch.nn.Linear(32, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+            torch.nn.Linear(hidden, c), torch.nn.Softmax(dim=-1),
+        ).double()  # fmt: skip
+        net = dbpaper.Network.from_sequential(model, (32,))
+        x = torch.randn(n, 32, dtype=torch.float64)
+        peaks[c] = {kw: _peak(net, x, chunk_size=kw[0], gram=kw[1], onehot=kw[1]) for kw in ((1, False), (1, "auto"), (None, False))}
+    output_layer = 8 * (hidden * 64 + n * 64)  # bytes of W_L and of one (N, C) tensor at C = 64
+    per_class_hidden = 8 * n * hidden * 4  # ζ and q of two hidden layers, per class
+    for kw in ((1, False), (1, "auto")):
+        assert peaks[64][kw] - peaks[4][kw] <= 4 * output_layer, (kw, peaks)
+    # the test can see the growth: all classes at once keeps 64 classes' tensors alive
+    assert peaks[64][(None, False)] - peaks[4][(None, False)] > 60 * per_class_hidden / 2

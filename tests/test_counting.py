@@ -1,0 +1,166 @@
+"""Section 5: operation counts measured by instrumenting the operators, against the closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import dbpaper
+from dbpaper import _counting
+from dbpaper import penalties as P
+from dbpaper.algorithms import jacobian as J
+from dbpaper.counting import (
+    CASES,
+    count_operations,
+    count_table,
+    measure_case,
+    optimized_ratio,
+    paper_count,
+    weight_adjoint_count,
+)
+
+from .helpers import random_input, random_model
+
+DEPTHS = (1, 2, 3, 4, 6, 9)
+CLASSES = (2, 3, 10)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine the
+    thread synchronisation of every small operation can cost milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_measured_counts_equal_closed_forms(case):
+    """Every count of Sections 5.1-5.4 (and ours for K□) on a grid of depths and classes."""
+    for row in count_table([case], depths=DEPTHS, classes=CLASSES):
+        assert row["measured"] == row["closed"], row
+        assert row["kbox_measured"] == row["kbox_closed"], row
+
+
+def test_paper_closed_forms_as_printed():
+    for L in DEPTHS:
+        assert paper_count("general", L) == 4 * L - 1
+        assert paper_count("general+loss", L) == 5 * L - 2
+        assert paper_count("loss", L) == 2 * L - 1
+        assert paper_count("linear-output", L) == 3 * L
+        assert paper_count("linear-output+loss", L) == 4 * L - 1
+        for C in CLASSES:
+            assert paper_count("jacobian-naive", L, C) == L + C * (3 * L - 1) == 3 * C * L + L - C
+            assert paper_count("jacobian-naive+loss", L, C) == 2 * L - 1 + C * (3 * L - 1)
+            assert paper_count("jacobian-optimized", L, C) == 2 * C * L + 2 * L - 1
+
+
+def test_section_5_3_reduces_by_one_only_without_local_linearity():
+    """Identity output with tanh: only γ_{L-1} vanishes (4L-2); with ReLU everything after it (3L)."""
+    for L in (2, 3, 5):
+        smooth = measure_case("linear-output-smooth", L)
+        assert (smooth["apply"], smooth["transpose"]) == (2 * L, 2 * L - 2)
+        linear = measure_case("linear-output", L)
+        assert (linear["apply"], linear["transpose"]) == (2 * L, L)
+
+
+def test_plain_backprop_count():
+    model, shape = random_model("dense", "tanh", True, seed=1)
+    net = dbpaper.Network.from_sequential(model, shape)
+    x = random_input(shape, seed=1)
+    y = torch.tensor([0, 1, 2])
+    c = count_operations(model, x, None, y, with_loss=True)
+    assert c["apply"] + c["transpose"] == 2 * net.depth - 1
+    assert c["weight_adjoint"] == sum(layer.weight is not None for layer in net.layers)
+
+
+def test_counts_do_not_depend_on_batch_or_dtype():
+    base = measure_case("jacobian-optimized", 3, 4)
+    assert measure_case("jacobian-optimized", 3, 4, batch=7) == base
+    model, shape = random_model("dense", "relu", True, seed=2, dtype=torch.float32)
+    x = random_input(shape, seed=2, dtype=torch.float32)
+    net = dbpaper.Network.from_sequential(model, shape)
+    c = count_operations(net, x, P.JacobianFrobenius(), algorithm="optimized")
+    L, C = net.depth, 4
+    assert c["apply"] + c["transpose"] == 2 * C * L + 2 * L - 1
+
+
+def test_auto_picks_algorithm_4_where_it_applies():
+    for act, expected in (("relu", "jacobian-optimized"), ("tanh", None)):
+        model, shape = random_model("dense", act, True, seed=3)
+        net = dbpaper.Network.from_sequential(model, shape)
+        x = random_input(shape, seed=3)
+        auto = count_operations(net, x, P.JacobianFrobenius(), algorithm="auto")
+        general = count_operations(net, x, P.JacobianFrobenius(), algorithm="general")
+        if expected:
+            assert auto == count_operations(net, x, P.JacobianFrobenius(), algorithm="optimized")
+            assert auto["apply"] + auto["transpose"] < general["apply"] + general["transpose"]
+        else:
+            assert auto == general
+
+
+def test_convolutional_network_counts():
+    """Parameter-free layers (pooling, pixel-unshuffle) count K and Kᵀ but have no K□."""
+    model, shape = random_model("pool-downsample", "relu", True, seed=4)
+    net = dbpaper.Network.from_sequential(model, shape)
+    x = random_input(shape, seed=4)
+    L, C, weighted = net.depth, 4, sum(layer.weight is not None for layer in net.layers)
+    naive = count_operations(net, x, P.JacobianFrobenius())
+    assert naive["apply"] + naive["transpose"] == L + C * (3 * L - 1)
+    assert naive["weight_adjoint"] == 2 * C * weighted
+    opt = count_operations(net, x, P.JacobianFrobenius(), algorithm="optimized")
+    assert opt["apply"] + opt["transpose"] == 2 * C * L + 2 * L - 1
+    assert opt["weight_adjoint"] == C * weighted + weighted
+
+
+def test_chunked_evaluations_count_once():
+    """Stacking k classes: ceil(C/k) class passes, each counted as one evaluation per operator."""
+    model, shape = random_model("dense", "relu", True, seed=5, classes=7)
+    net = dbpaper.Network.from_sequential(model, shape)
+    x = random_input(shape, seed=5)
+    L = net.depth
+    for k in (1, 2, 3, 7, None):
+        with torch.no_grad(), _counting.count() as c:
+            J.jacobian_penalty_gradients(net, net.forward(x), P.JacobianFrobenius(), chunk_size=k)
+        passes = math.ceil(7 / (7 if k is None else k))
+        assert c["apply"] + c["transpose"] == 2 * passes * L + 2 * L - 1
+        assert c["weight_adjoint"] == passes * L + L
+
+
+def test_optimized_ratio_tends_to_two_thirds_and_three_fifths():
+    assert optimized_ratio(3, 10) == pytest.approx((2 * 30 + 5) / (3 + 10 * 8))
+    # many classes: 2L/(3L-1) (4/5 for L = 2, 8/11 for L = 4), and only for deep networks 2/3
+    assert optimized_ratio(2, 10**7) == pytest.approx(4 / 5, abs=1e-5)
+    assert optimized_ratio(4, 10**7) == pytest.approx(8 / 11, abs=1e-5)
+    assert optimized_ratio(10**4, 10**7) == pytest.approx(2 / 3, abs=1e-4)
+    # counting K□ as well: 3L/(5L-1) -> 3/5
+    assert optimized_ratio(4, 10**7, with_kbox=True) == pytest.approx(12 / 19, abs=1e-5)
+    assert optimized_ratio(10**4, 10**7, with_kbox=True) == pytest.approx(3 / 5, abs=1e-4)
+    assert optimized_ratio(1, 5) == 1.0  # L = 1: nothing to save
+    for L in DEPTHS[1:]:
+        for C in CLASSES:
+            assert optimized_ratio(L, C) < 1 and optimized_ratio(L, C, with_kbox=True) < optimized_ratio(L, C)
+
+
+def test_invalid_arguments():
+    model, shape = random_model("dense", "tanh", True, seed=6)
+    x = random_input(shape, seed=6)
+    with pytest.raises(ValueError, match="with_loss=True"):
+        count_operations(model, x, None)
+    with pytest.raises(ValueError, match="needs y"):
+        count_operations(model, x, None, with_loss=True)
+    with pytest.raises(ValueError, match="does not apply"):
+        count_operations(model, x, P.JacobianFrobenius(), algorithm="optimized")
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        count_operations(model, x, P.JacobianFrobenius(), algorithm="fastest")
+    with pytest.raises(TypeError):
+        count_operations(model, x, "jacobian")
+    with pytest.raises(ValueError, match="unknown case"):
+        paper_count("everything", 3)
+    with pytest.raises(ValueError, match="pass C"):
+        paper_count("jacobian-naive", 3)
+    with pytest.raises(ValueError, match="positive int"):
+        weight_adjoint_count("general", 0)
