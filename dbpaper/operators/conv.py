@@ -30,6 +30,17 @@ def _tuple(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     return t
 
 
+def _spatial_out(op, in_shape: tuple[int, ...]) -> list[int]:
+    """Output sizes of a (possibly unshared) convolution over the spatial dims of ``in_shape``."""
+    spatial = []
+    for size, k, s, p, d in zip(in_shape[1:], op.kernel_size, op.stride, op.padding, op.dilation):
+        out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        if out <= 0:
+            raise ValueError(f"{type(op).__name__}: input {in_shape} is too small for kernel {op.kernel_size}")
+        spatial.append(out)
+    return spatial
+
+
 class _ConvNd(BilinearOperator):
     _dim: int
 
@@ -57,12 +68,7 @@ class _ConvNd(BilinearOperator):
             raise ValueError(
                 f"{type(self).__name__}: groups={groups} must divide in_channels={c_in} and out_channels={out_channels}"
             )
-        spatial = []
-        for size, k, s, p, d in zip(in_shape[1:], self.kernel_size, self.stride, self.padding, self.dilation):
-            out = (size + 2 * p - d * (k - 1) - 1) // s + 1
-            if out <= 0:
-                raise ValueError(f"{type(self).__name__}: input {in_shape} is too small for kernel {self.kernel_size}")
-            spatial.append(out)
+        spatial = _spatial_out(self, in_shape)
         super().__init__(in_shape, (out_channels, *spatial), (out_channels, c_in // self.groups, *self.kernel_size))
 
     def _kw(self):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import BilinearOperator
-from .conv import _tuple
+from .conv import _spatial_out, _tuple
 
 __all__ = ["LocallyConnected2d"]
 
@@ -45,12 +45,7 @@ class LocallyConnected2d(BilinearOperator):
         self.stride = _tuple(stride, 2, "stride")
         self.padding = _tuple(padding, 2, "padding")
         self.dilation = _tuple(dilation, 2, "dilation")
-        spatial = []
-        for size, k, s, p, d in zip(in_shape[1:], self.kernel_size, self.stride, self.padding, self.dilation):
-            out = (size + 2 * p - d * (k - 1) - 1) // s + 1
-            if out <= 0:
-                raise ValueError(f"LocallyConnected2d: input {in_shape} is too small for kernel {self.kernel_size}")
-            spatial.append(out)
+        spatial = _spatial_out(self, in_shape)
         c_in = in_shape[0]
         super().__init__(in_shape, (out_channels, *spatial), (out_channels, *spatial, c_in, *self.kernel_size))
 
