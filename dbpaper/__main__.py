@@ -51,6 +51,11 @@ def figures(out: str | None, chapters: list[str] | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "bench":  # options belong to the bench's own parser
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m dbpaper", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_fig = sub.add_parser("figures", help="regenerate every figure of the book into stable files")
