@@ -3,7 +3,7 @@
 The public API is listed in ``__all__``; everything else is private.
 """
 
-from . import activations, algorithms, numdiff, operators, penalties, reference
+from . import activations, algorithms, numdiff, operators, penalties, planning, reference
 from .activations import (
     ELU,
     Activation,
@@ -22,7 +22,7 @@ from .autograd import objective, penalty
 from .counting import count_operations
 from .diagnostics import AdjointErrors, adjoint_errors, dtype_tolerance, theorem_2_3_errors
 from .figures import save_figure
-from .network import Network
+from .network import Network, UnsupportedModelError
 from .operators import (
     AvgPool2d,
     BilinearOperator,
@@ -33,11 +33,18 @@ from .operators import (
     InvertibleDownsampling,
     LocallyConnected2d,
 )
+from .planning import ALGORITHM_NAMES, ExecutionPlan, FallbackWarning, plan
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALGORITHM_NAMES",
+    "ExecutionPlan",
+    "FallbackWarning",
     "Network",
+    "UnsupportedModelError",
+    "plan",
+    "planning",
     "algorithms",
     "count_operations",
     "double_backprop",

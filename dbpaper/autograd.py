@@ -1,37 +1,75 @@
-"""Differentiable penalties for training loops: a custom ``torch.autograd.Function``.
+"""The drop-in entry points for training loops: :func:`penalty` and :func:`objective`.
 
-``dbpaper.penalty(model, x, penalty)`` returns ``R`` as a tensor whose
-backward delivers ``∇_θ R`` and ``∇_b R`` computed by the explicit
-algorithms. The usual ``(loss + lam * R).backward()`` is then a single,
+``dbpaper.penalty(model, x, penalty)`` returns ``R`` of eq. (10) as a
+tensor whose backward delivers ``∇_θ R`` and ``∇_b R`` computed by the
+explicit algorithms (the cheapest applicable one by default, see
+:mod:`dbpaper.planning`). ``(loss + lam * R).backward()`` is then a single,
 first-order backward pass: no ``create_graph=True``, no graph of the input
 gradient kept alive, and it works where double backward does not (for
 example under ``torch.compile``'s AOT autograd).
 
-If ``x`` requires grad, ``∇_{x_0} R = K_1ᵀ(θ_1, η_1)`` is returned too (one
-extra evaluation of ``Kᵀ``).
+Guarantees (each one tested):
+
+* **Any model.** A model outside the framework of eq. (8) (residual blocks,
+  BatchNorm, max-pooling, GELU, custom modules, hooks, an overridden
+  ``forward``) is evaluated by autograd under ``algorithm="auto"``, with one
+  :class:`~dbpaper.planning.FallbackWarning` naming the first module outside
+  the framework; an explicitly named explicit algorithm raises instead.
+* **First order only, and loudly so.** The backward of the returned tensor
+  cannot be differentiated again: ``create_graph=True`` through it (a
+  Hessian-vector product, say) raises a ``RuntimeError``. Use
+  ``algorithm="autograd"`` for higher derivatives.
+* **No stale gradients.** The gradients are computed when ``penalty`` is
+  called; changing a parameter (or ``x``) in place before ``backward()``
+  makes ``backward()`` raise, as autograd's version counter does.
+* **Input gradients.** If ``x`` requires grad, ``x.grad`` receives
+  ``∇_{x_0} R = K_1ᵀ(θ_1, η_1)`` (for :func:`objective`: ``∇_{x_0}(ℓ + λR)``).
+* **DDP.** For a ``DistributedDataParallel`` model the parameter gradients
+  are averaged over the ranks when ``penalty`` is called, so they equal the
+  single-process gradients on the concatenated batch (equal batch sizes per
+  rank) whether ``R`` is backpropagated alone or together with a loss of a
+  DDP forward (whose averaging leaves already averaged gradients unchanged).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from .algorithms.driver import double_backprop
+from .algorithms.driver import double_backprop, objective_gradients
 from .algorithms.passes import LayerGradients
-from .network import Network
+from .network import Network, UnsupportedModelError, unwrap
+from .planning import read, resolve, validate_call, warn_fallback
+from .reference import output_map_of, penalty_by_autograd
 
-__all__ = ["as_network", "objective", "penalty"]
+__all__ = ["LOSSES", "as_network", "loss_for", "objective", "penalty"]
+
+#: The losses :func:`objective` knows: ``"nll"`` (cross-entropy: ``−log softmax(x_L)[y]`` for logits,
+#: ``−log x_L[y]`` after a final softmax) and ``"mse"`` (``‖x_L − y‖²`` per example, batch mean).
+LOSSES = ("nll", "mse")
 
 
 def as_network(model: nn.Module | Network, x: torch.Tensor) -> Network:
-    """``model`` read as the network of eq. (8) for inputs shaped like ``x``."""
-    if isinstance(model, Network):
-        return model
+    """``model`` read as the network of eq. (8) for inputs shaped like ``x`` (a DDP wrapper is looked through)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim < 2:
         raise ValueError(f"x must have a leading batch dimension, got shape {tuple(x.shape)}")
-    return Network.from_sequential(model, x.shape[1:])
+    return read(model, x)
+
+
+def loss_for(y: torch.Tensor, loss: str | None = None) -> str:
+    """The loss of :func:`objective`: ``loss`` if given, else by one rule — integer labels ``y``: ``"nll"``; float ``y``: ``"mse"``."""
+    if loss is not None:
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES} or None, got {loss!r}")
+        return loss
+    if y.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        return "nll"
+    if y.is_floating_point():
+        return "mse"
+    raise TypeError(f"cannot derive a loss from labels of dtype {y.dtype}; pass loss='nll' or loss='mse'")
 
 
 def _flat(net: Network, grads: LayerGradients) -> list[torch.Tensor]:
@@ -44,65 +82,192 @@ def _flat(net: Network, grads: LayerGradients) -> list[torch.Tensor]:
     return out
 
 
-class _Penalty(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, spec, x, *params):
-        net, pen, y, algorithm, lam = spec
-        res = double_backprop(net, x.detach(), pen, y, algorithm=algorithm, with_loss=lam is not None)
-        grads = _flat(net, res.gradients)
-        value = res.value
-        if lam is not None:  # the objective ℓ + λR of Section 4.5
-            value = res.loss + lam * value
-            grads = [gl + lam * g for gl, g in zip(_flat(net, res.loss_gradients), grads)]
-        eta_1 = res.gradients.eta_1
-        ctx.net = net
-        ctx.input_scale = lam if lam is not None else 1.0
-        ctx.has_eta = eta_1 is not None
-        ctx.save_for_backward(*grads, *( [eta_1] if eta_1 is not None else []))
-        return value
+def _is_ddp(model) -> bool:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return isinstance(model, DistributedDataParallel)
+
+
+def _average_over_ranks(grads: list[torch.Tensor], process_group) -> list[torch.Tensor]:
+    """All-reduce (mean) ``grads`` over the ranks of ``process_group`` in one collective."""
+    import torch.distributed as dist
+
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=process_group)
+    flat /= dist.get_world_size(process_group)
+    out, offset = [], 0
+    for g in grads:
+        out.append(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return out
+
+
+_SECOND_ORDER = (
+    "dbpaper.penalty / dbpaper.objective are differentiable once: their gradients come from the explicit "
+    "algorithms, not from a recorded graph, so create_graph=True through them (a Hessian-vector product, a "
+    "gradient penalty on top) would silently drop R's curvature. Use algorithm='autograd' for higher derivatives."
+)
+
+
+class _Precomputed(torch.autograd.Function):
+    """A scalar whose gradients were computed at call time: ``grad_out *`` the stored gradients."""
 
     @staticmethod
+    def forward(ctx, payload, x, *params):
+        value, grads, input_grad = payload  # input_grad: a callable giving ∇_x at backward time, or None
+        ctx.input_grad = input_grad
+        ctx.n_grads = len(grads)
+        # the parameters and x are saved so that an in-place change before backward() raises
+        ctx.save_for_backward(*grads, x, *params)
+        return value.detach().clone()
+
+    @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
-        grads, eta = (saved[:-1], saved[-1]) if ctx.has_eta else (saved, None)
+        saved = ctx.saved_tensors  # checks the version counters of x and the parameters
+        grads = saved[: ctx.n_grads]
+        x = saved[ctx.n_grads]
         grad_x = None
         if ctx.needs_input_grad[1]:
-            if ctx.input_scale != 1.0:
-                raise NotImplementedError("the input gradient of the full objective is not provided; use penalty()")
-            first = ctx.net.layers[0]
-            if eta is None:
-                grad_x = None
-            else:
-                grad_x = grad_out * first.KT(first.theta(eta), eta)
+            gx = ctx.input_grad() if ctx.input_grad is not None else None
+            grad_x = torch.zeros_like(x) if gx is None else grad_out * gx
         return (None, grad_x, *(grad_out * g for g in grads))
 
 
-def penalty(model: nn.Module | Network, x: torch.Tensor, penalty, y: torch.Tensor | None = None, *, algorithm: str = "general") -> torch.Tensor:
-    """``R`` of eq. (10), differentiable with respect to the model's parameters (and ``x``).
+def _guard_second_order(t: torch.Tensor) -> torch.Tensor:
+    """Make ``create_graph=True`` through ``t`` raise a clear error (the backward itself is once-differentiable)."""
+    if t.requires_grad:
+
+        def hook(grad):
+            if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+                raise RuntimeError(_SECOND_ORDER)
+            return grad
+
+        t.register_hook(hook)
+    return t
+
+
+def _explicit(model, net: Network, x, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
+    xd = x.detach()
+    if lam is None:
+        res = double_backprop(net, xd, pen, y, algorithm=name)
+    else:
+        res = objective_gradients(net, xd, pen, y, lam, loss=loss, algorithm=name)
+    grads = _flat(net, res.gradients)
+    if _is_ddp(model):
+        grads = _average_over_ranks(grads, model.process_group)
+    eta_1 = res.gradients.eta_1
+    first = net.layers[0]
+
+    def input_grad():
+        if eta_1 is None:
+            return None
+        return first.KT(first.theta(eta_1), eta_1).reshape(x.shape)
+
+    params = net.parameters()
+    return _guard_second_order(_Precomputed.apply((res.value, grads, input_grad), x, *params))
+
+
+def _autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Tensor:
+    """The autograd implementation of the same quantity (graph kept: differentiable to any order)."""
+    inner = unwrap(model)
+    if lam is None:
+        value = penalty_by_autograd(inner, x, pen, y)
+    else:
+        value, out = penalty_by_autograd(inner, x, pen, y, return_output=True)
+        from .algorithms.initial_values import loss_value
+
+        value = loss_value(output_map_of(inner), out, y, loss) + lam * value
+    if _is_ddp(model):  # no graph through DDP's reducer: average the gradients now, as the explicit path does
+        params = [p for p in inner.parameters() if p.requires_grad]
+        wants_x = x.requires_grad
+        grads = torch.autograd.grad(value, params + ([x] if wants_x else []), allow_unused=True, materialize_grads=True)
+        gx = grads[-1] if wants_x else None
+        grads = _average_over_ranks(list(grads[: len(params)]), model.process_group)
+        value = _Precomputed.apply((value.detach(), grads, (lambda: gx) if wants_x else None), x, *params)
+        return _guard_second_order(value)
+    return value
+
+
+def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) -> torch.Tensor:
+    if algorithm == "autograd":
+        return _autograd(model, x, pen, y, lam, loss)
+    try:
+        net = read(model, x)
+    except UnsupportedModelError as err:
+        if algorithm != "auto":
+            raise
+        warn_fallback(unwrap(model), err)
+        return _autograd(model, x, pen, y, lam, loss)
+    name = resolve(net, pen, algorithm, batch=x.shape[0])
+    return _explicit(model, net, x, pen, y, name, lam, loss)
+
+
+def penalty(model: nn.Module | Network, x: torch.Tensor, penalty, y: torch.Tensor | None = None, *, algorithm: str = "auto") -> torch.Tensor:
+    """``R`` of eq. (10), differentiable (once) with respect to the model's parameters and ``x``.
 
     Parameters
     ----------
-    model : nn.Sequential or Network
-        A model of supported modules (see :data:`dbpaper.network.SUPPORTED_MODULES`).
+    model : nn.Module, DistributedDataParallel or Network
+        Any model. An ``nn.Sequential`` of supported modules (see
+        :data:`dbpaper.network.SUPPORTED_MODULES`) runs the explicit algorithms;
+        anything else runs autograd with a :class:`~dbpaper.planning.FallbackWarning`.
     x : torch.Tensor
-        The input batch.
+        The input batch ``(N, ...)``, ``N ≥ 1``.
     penalty : dbpaper.penalties.Penalty
         What to penalise, e.g. ``JacobianFrobenius()``.
     y : torch.Tensor, optional
-        Labels or targets (classical double backpropagation).
+        Labels or targets, only for penalties that use them (classical double
+        backpropagation); passing ``y`` to a penalty that ignores it raises.
     algorithm : str
-        ``"general"`` (Algorithms 1–3) or another registered algorithm, or ``"auto"``.
+        ``"auto"`` (default: the fastest exact path by the cost model of
+        :mod:`dbpaper.planning`; :func:`dbpaper.plan` shows the choice),
+        ``"general"``, ``"optimized"``, ``"optimized-shortcuts"``,
+        ``"optimized-chunked"`` or ``"autograd"``.
 
     Returns
     -------
     torch.Tensor
         The scalar ``R`` (the batch mean of the per-example penalty).
     """
-    net = as_network(model, x)
-    return _Penalty.apply((net, penalty, y, algorithm, None), x, *net.parameters())
+    validate_call(x, penalty, y, algorithm)
+    return _run(model, x, penalty, y, algorithm, None, None)
 
 
-def objective(model: nn.Module | Network, x: torch.Tensor, penalty, y: torch.Tensor, lam: float, *, algorithm: str = "general") -> torch.Tensor:
-    """``ℓ + λR`` with both gradients from the algorithms (Section 4.5; the loss as in ``with_loss``)."""
-    net = as_network(model, x)
-    return _Penalty.apply((net, penalty, y, algorithm, float(lam)), x, *net.parameters())
+def objective(
+    model: nn.Module | Network,
+    x: torch.Tensor,
+    penalty,
+    y: torch.Tensor,
+    lam: float,
+    *,
+    loss: str | None = None,
+    algorithm: str = "auto",
+) -> torch.Tensor:
+    """``ℓ + λR`` with both gradients from one run of the algorithms (Section 4.5).
+
+    Parameters
+    ----------
+    model, x, penalty, algorithm
+        As in :func:`penalty`.
+    y : torch.Tensor
+        Labels (integer class indices) or float targets shaped like the output.
+    lam : float
+        The weight ``λ`` of the penalty.
+    loss : {"nll", "mse"}, optional
+        ``ℓ``, batch mean of the per-example loss. ``"nll"``: cross-entropy of the
+        logits (or ``−log x_L[y]`` after a final softmax); ``"mse"``: ``‖x_L − y‖²``.
+        Default: derived from ``y`` by one rule (:func:`loss_for`) — integer
+        labels give ``"nll"``, float targets ``"mse"``.
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar ``ℓ + λR``; ``x.grad`` (if ``x`` requires grad) receives ``∇_x(ℓ + λR)``.
+    """
+    if y is None:
+        raise ValueError("objective needs y (labels or targets) for the loss ℓ")
+    validate_call(x, penalty, y, algorithm, y_used_by_loss=True)
+    if isinstance(lam, bool) or not isinstance(lam, int | float) and not (isinstance(lam, torch.Tensor) and lam.numel() == 1):
+        raise TypeError(f"lam must be a real number, got {lam!r}")
+    return _run(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))

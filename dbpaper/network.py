@@ -39,12 +39,87 @@ from .operators import (
     InvertibleDownsampling,
 )
 
-__all__ = ["ForwardRecord", "Layer", "Network", "SUPPORTED_MODULES"]
+__all__ = ["ForwardRecord", "Layer", "Network", "SUPPORTED_MODULES", "UnsupportedModelError", "unwrap"]
 
 SUPPORTED_MODULES = (
     "Linear, Conv1d, Conv2d, dbpaper.nn.LocallyConnected2d, AvgPool2d, PixelUnshuffle, Flatten, "
     "ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, ELU, Identity, and a final Softmax(dim=-1)"
 )
+
+
+class UnsupportedModelError(ValueError):
+    """The model is outside the framework of eq. (8): it cannot be read as a :class:`Network`.
+
+    ``module`` names the first module (or the model itself) that is outside
+    the framework; ``reason`` says why. The error is a ``ValueError``, so code
+    that catches ``ValueError`` keeps working. Under ``algorithm="auto"`` the
+    entry points catch it and fall back to autograd (with a
+    :class:`~dbpaper.FallbackWarning`).
+    """
+
+    def __init__(self, message: str, module: str, reason: str):
+        super().__init__(message)
+        self.module = module
+        self.reason = reason
+
+
+def unwrap(model):
+    """The module inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper, else ``model`` itself."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while isinstance(model, DistributedDataParallel | DataParallel):
+        model = model.module
+    return model
+
+
+#: (torch base class, the method its ``forward`` must be) for every module the reader accepts
+def _accepted_bases() -> tuple[type, ...]:
+    return (
+        nn.Linear, nn.Conv1d, nn.Conv2d, dbnn.LocallyConnected2d, nn.AvgPool2d, nn.PixelUnshuffle, nn.Flatten,
+        nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.ELU, nn.Softmax, nn.Sequential,
+    )  # fmt: skip
+
+
+def _hooks(m: nn.Module) -> list[str]:
+    """The kinds of hooks registered on ``m`` (forward, forward-pre, backward, backward-pre)."""
+    kinds = []
+    for attr, kind in (
+        ("_forward_hooks", "forward hook"),
+        ("_forward_pre_hooks", "forward pre-hook"),
+        ("_backward_hooks", "backward hook"),
+        ("_backward_pre_hooks", "backward pre-hook"),
+    ):
+        if getattr(m, attr, None):
+            kinds.append(kind)
+    return kinds
+
+
+def _global_hooks() -> list[str]:
+    from torch.nn.modules import module as _m
+
+    kinds = []
+    for attr, kind in (
+        ("_global_forward_hooks", "a global forward hook"),
+        ("_global_forward_pre_hooks", "a global forward pre-hook"),
+        ("_global_backward_hooks", "a global backward hook"),
+        ("_global_backward_pre_hooks", "a global backward pre-hook"),
+    ):
+        if getattr(_m, attr, None):
+            kinds.append(kind)
+    return kinds
+
+
+def _outside(m: nn.Module) -> str | None:
+    """Why ``m`` cannot be read by its type (an overridden ``forward`` or hooks), else ``None``."""
+    for base in _accepted_bases():
+        if isinstance(m, base):
+            if type(m).forward is not base.forward:
+                return f"{type(m).__name__} subclasses {base.__name__} but overrides forward"
+            break
+    hooks = _hooks(m)
+    if hooks:
+        return f"it has a {' and a '.join(hooks)}, which the explicit algorithms would not call"
+    return None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -125,25 +200,56 @@ class Network:
 
     def __init__(self, layers: Sequence[Layer], in_shape: Sequence[int]):
         if not layers:
-            raise ValueError("Network: needs at least one layer with a bilinear operator")
+            raise UnsupportedModelError("Network: needs at least one layer with a bilinear operator", "model", "no layer")
         self.layers = tuple(layers)
         self.in_shape = tuple(int(s) for s in in_shape)
         for layer in self.layers[:-1]:
             if not isinstance(layer.activation, act.Activation):
-                raise ValueError(f"Network: {layer.module_names}: only the last layer may use softmax")
+                raise UnsupportedModelError(
+                    f"Network: {layer.module_names}: only the last layer may use softmax", ".".join(layer.module_names), "softmax not last"
+                )
         last = self.layers[-1].activation
         if not isinstance(last, act.OutputMap):
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"Network: the last layer's map must be softmax or the identity (Appendix B), got {last!r}; "
-                "append a linear layer or remove the final activation"
+                "append a linear layer or remove the final activation",
+                self.layers[-1].module_names[-1],
+                "output map",
             )
         if isinstance(last, act.Softmax) and len(self.layers[-1].op.out_shape) != 1:
-            raise ValueError(f"Network: softmax output needs a flat output, got {self.layers[-1].op.out_shape}")
+            raise UnsupportedModelError(
+                f"Network: softmax output needs a flat output, got {self.layers[-1].op.out_shape}",
+                self.layers[-1].module_names[-1],
+                "softmax on a non-flat output",
+            )
 
     # -- construction ----------------------------------------------------------------
     @classmethod
     def from_sequential(cls, model: nn.Module, in_shape: Sequence[int]) -> Network:
-        """Read ``model`` (an ``nn.Sequential``, possibly nested) for per-example inputs of shape ``in_shape``."""
+        """Read ``model`` (an ``nn.Sequential``, possibly nested) for per-example inputs of shape ``in_shape``.
+
+        The model is read by what it computes: a module instance used at
+        several positions is read at every position; a subclass that
+        overrides ``forward``, a module with hooks, or any module the reader
+        does not know raises :class:`UnsupportedModelError` (a ``ValueError``)
+        naming it. A ``DistributedDataParallel`` wrapper is looked through.
+        """
+        model = unwrap(model)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Network: model must be a torch.nn.Module, got {type(model).__name__}")
+        glob = _global_hooks()
+        if glob:
+            raise UnsupportedModelError(
+                f"Network: {' and '.join(glob)} is registered (torch.nn.modules.module); the explicit algorithms would not call it",
+                type(model).__name__,
+                "global module hooks",
+            )
+        if not isinstance(model, nn.Sequential):
+            raise UnsupportedModelError(
+                f"Network: the model ({type(model).__name__}) is not an nn.Sequential; eq. (8) reads a sequence of modules",
+                type(model).__name__,
+                "not an nn.Sequential",
+            )
         modules = list(_flatten(model))
         shape = tuple(int(s) for s in in_shape)
         layers: list[Layer] = []
@@ -160,7 +266,9 @@ class Network:
             where = f"module {idx} ({name}: {type(m).__name__})"
             if isinstance(m, nn.Flatten):
                 if m.start_dim != 1 or m.end_dim != -1:
-                    raise ValueError(f"Network: {where}: only Flatten(start_dim=1, end_dim=-1) is supported")
+                    raise UnsupportedModelError(
+                        f"Network: {where}: only Flatten(start_dim=1, end_dim=-1) is supported", where, "Flatten dims"
+                    )
                 if pending is not None:
                     close(act.Identity())
                 flat_shape = (math.prod(flat_shape),)
@@ -177,17 +285,27 @@ class Network:
                 continue
             a = _activation(m, where, is_last=idx == len(modules) - 1)
             if pending is None:
-                raise ValueError(f"Network: {where}: an activation must follow a linear module (eq. (8))")
+                raise UnsupportedModelError(
+                    f"Network: {where}: an activation must follow a linear module (eq. (8))", where, "activation without a linear module"
+                )
             pending["module_names"] = pending["module_names"] + (name,)
             close(a)
         if pending is not None:
             close(act.IdentityOutput())
         if not layers:
-            raise ValueError(f"Network: the model has no linear module; supported modules: {SUPPORTED_MODULES}")
+            raise UnsupportedModelError(
+                f"Network: the model has no linear module; supported modules: {SUPPORTED_MODULES}", "model", "no linear module"
+            )
         last = layers[-1]
         if isinstance(last.activation, act.Identity):  # a Flatten after the last layer: still an identity output
             layers[-1] = dataclasses.replace(last, activation=act.IdentityOutput())
-        return cls(layers, shape)
+        try:
+            return cls(layers, shape)
+        except UnsupportedModelError as err:
+            types = dict(modules)
+            if err.module in types:  # name the module by its position and type
+                err.module = f"{err.module} ({type(types[err.module]).__name__})"
+            raise
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -256,21 +374,37 @@ class Network:
         return "\n".join(lines)
 
 
+class _Unsupported(ValueError):
+    """Internal: a module option outside the framework (re-raised as UnsupportedModelError)."""
+
+
 def _flatten(model: nn.Module, prefix: str = ""):
+    """Every module in execution order: every position of a reused instance, nested Sequentials expanded.
+
+    ``nn.Sequential.forward`` calls its ``_modules`` in order, duplicates
+    included (``named_children`` would drop a reused instance), so this is
+    what the model computes.
+    """
+    name = prefix.rstrip(".") or type(model).__name__
+    why = _outside(model)
+    if why is not None:
+        raise UnsupportedModelError(f"Network: module {name} ({type(model).__name__}): {why}", f"{name} ({type(model).__name__})", why)
     if isinstance(model, nn.Sequential):
-        for name, child in model.named_children():
-            yield from _flatten(child, f"{prefix}{name}.")
+        for key, child in model._modules.items():
+            if child is None:
+                continue
+            yield from _flatten(child, f"{prefix}{key}.")
     else:
-        yield prefix.rstrip(".") or type(model).__name__, model
+        yield name, model
 
 
 def _padding(m, where):
     if getattr(m, "padding_mode", "zeros") != "zeros":
-        raise ValueError(f"Network: {where}: only padding_mode='zeros' is bilinear-supported, got {m.padding_mode!r}")
+        raise _Unsupported(f"only padding_mode='zeros' is bilinear-supported, got {m.padding_mode!r}")
     if isinstance(m.padding, str):
         if m.padding == "valid":
             return 0
-        raise ValueError(f"Network: {where}: string padding {m.padding!r} is not supported; give the padding as ints")
+        raise _Unsupported(f"string padding {m.padding!r} is not supported; give the padding as ints")
     return m.padding
 
 
@@ -293,10 +427,12 @@ def _operator(m: nn.Module, shape: tuple[int, ...], where: str):
             return m.operator, m.weight, m.bias
         if isinstance(m, nn.AvgPool2d):
             if m.divisor_override is not None:
-                raise ValueError("divisor_override is not supported")
+                raise _Unsupported("divisor_override is not supported")
             return AvgPool2d(shape, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad), None, None
         if isinstance(m, nn.PixelUnshuffle):
             return InvertibleDownsampling(shape, m.downscale_factor), None, None
+    except _Unsupported as e:
+        raise UnsupportedModelError(f"Network: {where}: {e}", where, str(e)) from None
     except ValueError as e:
         raise ValueError(f"Network: {where}: {e}") from None
     return None
@@ -305,9 +441,11 @@ def _operator(m: nn.Module, shape: tuple[int, ...], where: str):
 def _activation(m: nn.Module, where: str, is_last: bool):
     if isinstance(m, nn.Softmax):
         if not is_last:
-            raise ValueError(f"Network: {where}: softmax is only supported as the final module (Appendix B)")
+            raise UnsupportedModelError(f"Network: {where}: softmax is only supported as the final module (Appendix B)", where, "softmax not last")
         if m.dim not in (-1, 1):
-            raise ValueError(f"Network: {where}: softmax must act on the last dimension (dim=-1), got dim={m.dim}")
+            raise UnsupportedModelError(
+                f"Network: {where}: softmax must act on the last dimension (dim=-1), got dim={m.dim}", where, "softmax dim"
+            )
         return act.Softmax()
     if isinstance(m, nn.ReLU):
         return act.ReLU()
@@ -321,4 +459,4 @@ def _activation(m: nn.Module, where: str, is_last: bool):
         return act.Softplus(m.beta, m.threshold)
     if isinstance(m, nn.ELU):
         return act.ELU(m.alpha)
-    raise ValueError(f"Network: {where} is not supported; supported modules: {SUPPORTED_MODULES}")
+    raise UnsupportedModelError(f"Network: {where} is not supported; supported modules: {SUPPORTED_MODULES}", where, "unsupported module")

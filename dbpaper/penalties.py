@@ -22,6 +22,7 @@ forward pass.
 from __future__ import annotations
 
 import abc
+import operator
 from collections.abc import Iterator
 
 import torch
@@ -119,9 +120,7 @@ class OutputNodeGradient(Penalty):
     """
 
     def __init__(self, index: int):
-        if not isinstance(index, int) or index < 0:
-            raise ValueError(f"OutputNodeGradient: index must be a non-negative int, got {index!r}")
-        self.index = index
+        self.index = _index(index, "OutputNodeGradient")
 
     def check(self, net, y):
         c = net.layers[-1].op.out_numel
@@ -179,6 +178,19 @@ class OperatorNorm(Penalty):
             xi_0 = backward_pass(net, rec, net.output_map.jvp(rec.output, v)).xis[0]
             v = _normalize(linearized_forward(net, rec, xi_0))
         yield ConstantSeed(net.output_map, rec.output, v)
+
+
+def _index(index, who: str) -> int:
+    """A non-negative int from ``index`` (Python or NumPy integers, 0-d integer tensors); bools are refused."""
+    if isinstance(index, bool) or (isinstance(index, torch.Tensor) and index.dtype == torch.bool):
+        raise ValueError(f"{who}: index must be a non-negative integer, got the bool {index!r}")
+    try:
+        i = operator.index(index)
+    except TypeError:
+        raise ValueError(f"{who}: index must be a non-negative integer, got {index!r}") from None
+    if i < 0:
+        raise ValueError(f"{who}: index must be a non-negative integer, got {i}")
+    return i
 
 
 def _unit(like: torch.Tensor, index: int) -> torch.Tensor:

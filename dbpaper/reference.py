@@ -21,7 +21,7 @@ from .algorithms.initial_values import loss_value
 from .network import Network
 from .penalties import ClassicalDoubleBackprop, JacobianFrobenius, OperatorNorm, OutputNodeGradient, Penalty
 
-__all__ = ["autograd_penalty", "func_jacobian_frobenius", "reference_gradients", "traced_quantities"]
+__all__ = ["autograd_penalty", "func_jacobian_frobenius", "output_map_of", "penalty_by_autograd", "reference_gradients", "traced_quantities"]
 
 
 def _vs(penalty: Penalty, net: Network, out: torch.Tensor, x: torch.Tensor, model: nn.Module):
@@ -64,6 +64,68 @@ def autograd_penalty(model: nn.Module, x: torch.Tensor, penalty: Penalty, y: tor
         (xi,) = torch.autograd.grad(out, x, grad_outputs=v, create_graph=True, retain_graph=True)
         terms.append(penalty.p.value(xi).sum() / n)
     return terms
+
+
+def output_map_of(model: nn.Module):
+    """The output map ``g_L`` a model ends with: :class:`~dbpaper.Softmax` if its last module is ``nn.Softmax`` over the
+    last dimension (looking into nested ``nn.Sequential``), else the identity (the output is read as logits)."""
+    from .activations import IdentityOutput, Softmax
+    from .network import unwrap
+
+    m = unwrap(model)
+    while isinstance(m, nn.Sequential) and len(m) > 0:
+        m = m[-1]
+    if isinstance(m, nn.Softmax) and m.dim in (-1, 1):
+        return Softmax()
+    return IdentityOutput()
+
+
+def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False):
+    """``R`` of eq. (10) for *any* model, by autograd with ``create_graph=True`` (the fallback of ``"auto"``).
+
+    The batch mean of the per-example penalty as everywhere; the ``C``
+    terms of the Jacobian penalty are summed before any backward. The model
+    is called once on ``x``; the output is read as in :func:`output_map_of`.
+    ``R`` is differentiable to any order in the parameters and, if ``x``
+    requires grad, in ``x``. Modules that mix examples (BatchNorm in training
+    mode) make the input gradient of one example depend on the others; the
+    penalty is then what autograd computes for the batch. With
+    ``return_output=True`` the model's output is returned too: ``(R, x_L)``.
+    """
+    with torch.enable_grad():
+        xin = x if x.requires_grad else x.detach().requires_grad_(True)
+        out = model(xin)
+        value = _autograd_value(model, xin, out, penalty, y)
+    return (value, out) if return_output else value
+
+
+def _autograd_value(model, xin: torch.Tensor, out: torch.Tensor, penalty: Penalty, y) -> torch.Tensor:
+    n = xin.shape[0]
+    if isinstance(penalty, ClassicalDoubleBackprop):
+        loss = loss_value(output_map_of(model), out, y, penalty.loss) * n  # Σ_n ℓ_n: per-example input gradients
+        (xi,) = torch.autograd.grad(loss, xin, create_graph=True)
+        return penalty.p.value(xi).sum() / n
+    if isinstance(penalty, OutputNodeGradient | JacobianFrobenius):
+        flat = out.reshape(n, -1)
+        idx = [penalty.index] if isinstance(penalty, OutputNodeGradient) else range(flat.shape[1])
+        if isinstance(penalty, OutputNodeGradient) and penalty.index >= flat.shape[1]:
+            raise ValueError(f"OutputNodeGradient: index {penalty.index} is out of range for {flat.shape[1]} outputs")
+        total = out.new_zeros(())
+        for i in idx:
+            (xi,) = torch.autograd.grad(flat[:, i].sum(), xin, create_graph=True, retain_graph=True)
+            total = total + penalty.p.value(xi).sum() / n
+        return total
+    if isinstance(penalty, OperatorNorm):
+        v = penalty.sample_v(out.detach())
+        for _ in range(penalty.iterations - 1):  # v <- J Jᵀ v / ‖J Jᵀ v‖, with J u by the double-vjp trick
+            w = torch.zeros_like(out).requires_grad_(True)
+            (g,) = torch.autograd.grad(out, xin, w, create_graph=True, retain_graph=True)
+            (jw,) = torch.autograd.grad(g, w, torch.autograd.grad(out, xin, v, retain_graph=True)[0], retain_graph=True)
+            nrm = torch.linalg.vector_norm(jw.reshape(n, -1), dim=1).reshape((-1,) + (1,) * (jw.ndim - 1))
+            v = (jw / torch.where(nrm > 0, nrm, torch.ones_like(nrm))).detach()
+        (xi,) = torch.autograd.grad(out, xin, v, create_graph=True)
+        return penalty.p.value(xi).sum() / n
+    raise TypeError(f"no autograd implementation for {penalty!r}")
 
 
 def func_jacobian_frobenius(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

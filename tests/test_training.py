@@ -107,8 +107,11 @@ def test_compiled_model_with_create_graph_double_backward_is_rejected():
 
 
 def test_unsupported_module_is_named():
+    """An explicit algorithm names the module it cannot read; the default falls back to autograd with a warning."""
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.GELU(), torch.nn.Linear(3, 2))
     with pytest.raises(ValueError, match=r"GELU.*not supported.*Linear, Conv1d"):
+        dbpaper.penalty(model, torch.randn(2, 3), P.JacobianFrobenius(), algorithm="general")
+    with pytest.warns(dbpaper.FallbackWarning, match="GELU"):
         dbpaper.penalty(model, torch.randn(2, 3), P.JacobianFrobenius())
 
 
@@ -127,4 +130,4 @@ def test_bad_inputs_are_reported():
     with pytest.raises(ValueError, match="unknown algorithm"):
         dbpaper.penalty(model, torch.randn(2, 6), P.JacobianFrobenius(), algorithm="fast")
     with pytest.raises(ValueError, match="softmax or the identity"):
-        dbpaper.penalty(torch.nn.Sequential(torch.nn.Linear(6, 2), torch.nn.Tanh()), torch.randn(2, 6), P.JacobianFrobenius())
+        dbpaper.penalty(torch.nn.Sequential(torch.nn.Linear(6, 2), torch.nn.Tanh()), torch.randn(2, 6), P.JacobianFrobenius(), algorithm="general")

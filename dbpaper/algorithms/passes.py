@@ -188,6 +188,7 @@ def standard_backprop(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor, xi
             grads.biases[j - 1] = layer.bias_adjoint(zeta)
         if j > 1 and xis_reuse is None:
             zeta = rec.dg[j - 1] * layer.KT(layer.theta(zeta), zeta)
+    grads.eta_1 = zeta  # ζ_1: ∇_{x_0} ℓ = K_1ᵀ(θ_1, ζ_1)
     return grads
 
 

@@ -32,6 +32,8 @@ from .. import _counting
 
 __all__ = ["BilinearOperator"]
 
+_MACS: dict[tuple, int] = {}  # (type, repr, shapes) -> multiply-adds per example
+
 
 def _shape(t: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(s) for s in t)
@@ -102,6 +104,37 @@ class BilinearOperator(abc.ABC):
     def out_numel(self) -> int:
         """Dimension of the output space Y (per example)."""
         return math.prod(self.out_shape)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of one evaluation of ``K`` on one example (``Kᵀ`` and ``K□`` cost the same).
+
+        Measured once, without computing anything: ``K`` is evaluated on the
+        ``meta`` device under :class:`torch.utils.flop_counter.FlopCounterMode`
+        (which counts matrix products and convolutions). Parameter-free
+        operators (pooling, down-sampling) count their elementwise
+        multiply-adds, ``out_numel`` times the pooling window, as reported by
+        ``_elementwise_macs``.
+        """
+        key = (type(self), repr(self), self.in_shape, self.out_shape, self.param_shape)
+        cached = _MACS.get(key)
+        if cached is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            theta = torch.ones(self.param_shape if self.trainable else (), device="meta")
+            x = torch.ones((1, *self.in_shape), device="meta")
+            try:
+                with FlopCounterMode(display=False) as counter:
+                    self._apply(theta, x)
+                cached = int(counter.get_total_flops()) // 2 + self._elementwise_macs()
+            except (RuntimeError, NotImplementedError, ValueError):  # an operator meta tensors cannot run
+                cached = self.out_numel
+            _MACS[key] = cached
+        return cached
+
+    def _elementwise_macs(self) -> int:
+        """Per-example multiply-adds the flop counter does not see (pooling sums); 0 for most operators."""
+        return 0 if self.trainable else self.out_numel
 
     # -- to implement ----------------------------------------------------------------------
     @abc.abstractmethod
