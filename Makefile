@@ -50,3 +50,15 @@ lint: $(STAMP)
 
 clean:
 	rm -rf _build .pytest_cache
+
+# Open every page of the built book (run `make book` first) in headless Chromium, at 1280 and 400 px,
+# with MathJax served from node_modules and no network: fails on math errors, raw TeX, unresolved
+# references, overflowing content, console errors and broken resources. Screenshots: _build/screenshots/.
+# Extra options: make check-html CHECK_HTML_ARGS="--pages errata --no-screenshots --report report.json"
+CHECK_HTML_ARGS ?=
+.PHONY: check-html
+check-html: $(STAMP)
+	@test -x /usr/bin/chromium || { echo "check-html needs Debian's Chromium: apt-get install -y chromium"; exit 1; }
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --progress-bar off -q "playwright==1.65.2"
+	@test -f node_modules/mathjax/es5/tex-mml-chtml.js || { command -v npm >/dev/null || { echo "check-html needs npm: apt-get install -y npm"; exit 1; }; npm ci --no-audit --no-fund; }
+	$(BIN)/python tools/check_html.py $(CHECK_HTML_ARGS)
