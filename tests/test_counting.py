@@ -72,9 +72,10 @@ def test_plain_backprop_count():
     net = dbpaper.Network.from_sequential(model, shape)
     x = random_input(shape, seed=1)
     y = torch.tensor([0, 1, 2])
-    c = count_operations(model, x, None, y, with_loss=True)
-    assert c["apply"] + c["transpose"] == 2 * net.depth - 1
-    assert c["weight_adjoint"] == sum(layer.weight is not None for layer in net.layers)
+    for algorithm in ("auto", "general"):
+        c = count_operations(model, x, None, y, algorithm=algorithm, with_loss=True)
+        assert c["apply"] + c["transpose"] == 2 * net.depth - 1
+        assert c["weight_adjoint"] == sum(layer.weight is not None for layer in net.layers)
 
 
 def test_counts_do_not_depend_on_batch_or_dtype():
@@ -88,18 +89,53 @@ def test_counts_do_not_depend_on_batch_or_dtype():
     assert c["apply"] + c["transpose"] == 2 * C * L + 2 * L - 1
 
 
-def test_auto_picks_algorithm_4_where_it_applies():
-    for act, expected in (("relu", "jacobian-optimized"), ("tanh", None)):
+def _tanh_mlp(L, C, softmax, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mods, prev = [], 3
+    for _ in range(L - 1):
+        mods += [torch.nn.Linear(prev, 4), torch.nn.Tanh()]
+        prev = 4
+    mods.append(torch.nn.Linear(prev, C))
+    if softmax:
+        mods.append(torch.nn.Softmax(dim=-1))
+    model = torch.nn.Sequential(*mods).double()
+    return model, torch.randn((2, 3), generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("softmax", [True, False])
+def test_algorithm_4_on_smooth_networks(softmax):
+    """Algorithm 4 with tanh: the source terms cost no operator evaluation. Softmax: 2CL + 2L - 1 (as with
+    ReLU); identity output: η̂_L ≡ 0 but η̂_{L-1} = S_{L-1} ≠ 0, so the final pass still needs L - 2
+    evaluations of Kᵀ (2CL + 2L - 2 for L ≥ 2), where ReLU needs none (L + 2CL)."""
+    for L in DEPTHS:
+        for C in CLASSES:
+            model, x = _tanh_mlp(L, C, softmax, seed=L + C)
+            c = count_operations(model, x, P.JacobianFrobenius(), algorithm="optimized")
+            if softmax:
+                assert c["apply"] + c["transpose"] == 2 * C * L + 2 * L - 1 == paper_count("jacobian-optimized-smooth", L, C)
+                assert c["weight_adjoint"] == C * L + L
+            else:
+                assert c["apply"] + c["transpose"] == (2 * C * L + 2 * L - 2 if L >= 2 else 2 * C + 1)
+                assert c["weight_adjoint"] == C * L + L - 1
+            naive = count_operations(model, x, P.JacobianFrobenius(), algorithm="general")
+            per_class = 3 * L - 1 if softmax else (3 * L - 2 if L >= 2 else 2)  # identity output: γ_{L-1} = 0 only
+            assert naive["apply"] + naive["transpose"] == L + C * per_class
+
+
+def test_auto_counts_what_the_default_path_runs():
+    """``count_operations`` defaults to ``algorithm="auto"``; for the Jacobian penalty that is Algorithm 4 (some
+    variant) with ReLU and with tanh, and never more evaluations than the naive path."""
+    for act in ("relu", "tanh"):
         model, shape = random_model("dense", act, True, seed=3)
         net = dbpaper.Network.from_sequential(model, shape)
         x = random_input(shape, seed=3)
-        auto = count_operations(net, x, P.JacobianFrobenius(), algorithm="auto")
+        chosen = dbpaper.double_backprop(net, x, P.JacobianFrobenius()).algorithm
+        assert chosen.startswith("optimized")
+        auto = count_operations(net, x, P.JacobianFrobenius())
+        assert auto == count_operations(net, x, P.JacobianFrobenius(), algorithm="auto")
+        assert auto == count_operations(net, x, P.JacobianFrobenius(), algorithm=chosen)
         general = count_operations(net, x, P.JacobianFrobenius(), algorithm="general")
-        if expected:
-            assert auto == count_operations(net, x, P.JacobianFrobenius(), algorithm="optimized")
-            assert auto["apply"] + auto["transpose"] < general["apply"] + general["transpose"]
-        else:
-            assert auto == general
+        assert auto["apply"] + auto["transpose"] < general["apply"] + general["transpose"]
 
 
 def test_convolutional_network_counts():
@@ -108,7 +144,7 @@ def test_convolutional_network_counts():
     net = dbpaper.Network.from_sequential(model, shape)
     x = random_input(shape, seed=4)
     L, C, weighted = net.depth, 4, sum(layer.weight is not None for layer in net.layers)
-    naive = count_operations(net, x, P.JacobianFrobenius())
+    naive = count_operations(net, x, P.JacobianFrobenius(), algorithm="general")
     assert naive["apply"] + naive["transpose"] == L + C * (3 * L - 1)
     assert naive["weight_adjoint"] == 2 * C * weighted
     opt = count_operations(net, x, P.JacobianFrobenius(), algorithm="optimized")
@@ -153,7 +189,9 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="needs y"):
         count_operations(model, x, None, with_loss=True)
     with pytest.raises(ValueError, match="does not apply"):
-        count_operations(model, x, P.JacobianFrobenius(), algorithm="optimized")
+        count_operations(model, x, P.OutputNodeGradient(0), algorithm="optimized")
+    with pytest.raises(ValueError, match="no algorithm choice"):
+        count_operations(model, x, None, torch.tensor([0, 1, 2]), algorithm="optimized", with_loss=True)
     with pytest.raises(ValueError, match="unknown algorithm"):
         count_operations(model, x, P.JacobianFrobenius(), algorithm="fastest")
     with pytest.raises(TypeError):

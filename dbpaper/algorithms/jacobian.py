@@ -1,16 +1,35 @@
-"""Algorithm 4 (Section 5.4, Appendix C): the Jacobian penalty's gradient for locally linear networks.
+"""Algorithm 4 (Section 5.4, Appendix C): the Jacobian penalty's gradient in one forward-backward pass.
 
 For ``R = Σ_i mean_n ‖∇_{x_0} x_L^i‖²`` (:class:`~dbpaper.penalties.JacobianFrobenius`)
-on a network whose hidden activations are locally linear (ReLU, leaky ReLU,
-identity; Section 5.2) and whose output map is the softmax or the identity,
-the ``C`` per-class forward-backward passes of Algorithm 3 collapse into one:
-with ``G'' = 0`` the forward-backward recursion is linear in ``η_L``, so it can
-be run once on ``η̂_L = Σ_i η_L^{(i)}`` (Section 5.4, points 3–6). What remains
-per class is a backward pass (Algorithm 1) and a backward-backward pass
-(Algorithm 2), whose weight-adjoint terms ``θ̂¹_j = Σ_i K_j□(q_{j-1}^{(i)}, ζ_j^{(i)})``
-are accumulated on the fly. Operation count (``K`` and ``Kᵀ``): ``2CL + 2L - 1``
-instead of the ``L + C(3L - 1)`` of the class-by-class Algorithms 1–3; ``K□``
-(dense layers): ``CL + L`` instead of ``2CL``.
+on a network of eq. (8) whose output map is the softmax or the identity, the
+``C`` per-class forward-backward passes of Algorithm 3 collapse into one.
+What remains per class is a backward pass (Algorithm 1) and a
+backward-backward pass (Algorithm 2), whose weight-adjoint terms
+``θ̂¹_j = Σ_i K_j□(q_{j-1}^{(i)}, ζ_j^{(i)})`` are accumulated on the fly.
+Operation count (``K`` and ``Kᵀ``): ``2CL + 2L - 1`` instead of the
+``L + C(3L - 1)`` of the class-by-class Algorithms 1–3; ``K□`` (dense layers):
+``CL + L`` instead of ``2CL``.
+
+The paper states the algorithm for locally linear hidden activations (ReLU,
+leaky ReLU, identity; Section 5.2), where ``G''_j = 0`` makes the recursion
+linear in ``η_L``, so that it can be run once on ``η̂_L = Σ_i η_L^{(i)}``
+(Section 5.4, points 3–6). The restriction is not needed. In eq. (28),
+``η_j^{(i)} = M(G''_j(z_j) h_j^{(i)}, ξ_j^{(i)}) + G'_j(z_j) γ_j^{(i)}``, the
+first term does not depend on ``η``: it is a per-class *source term*. Summed
+over the classes, for every coordinate-wise hidden activation
+(:class:`~dbpaper.activations.Activation`; mixed networks included)::
+
+    η̂_j = S_j + g'_j(z_j) ⊙ K_{j+1}ᵀ(θ_{j+1}, η̂_{j+1}),   j = L-1, ..., 1,
+    S_j = g''_j(z_j) ⊙ Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}
+
+(``S_j = 0`` for a locally linear ``g_j``). ``Σ_i h_j ⊙ ξ_j``, of the shape of
+``z_j``, is accumulated during the class loop from the backward pass's
+``ξ_j`` (kept next to ``ζ_j = g'_j ⊙ ξ_j`` until the backward-backward pass
+has formed ``h_j``) and multiplied by ``g''_j`` (``rec.d2g[j]``) once. The
+source terms cost no operator evaluation, so the counts are the same as for
+locally linear networks — except with an identity output, where ``η̂_L ≡ 0``
+but ``η̂_{L-1} = S_{L-1}`` need not vanish, so the final pass evaluates
+``L - 2`` transposes that a locally linear network skips.
 
 Corrections to the printed Algorithm 4 (the *Runtimes* chapter lists them):
 
@@ -28,9 +47,10 @@ Corrections to the printed Algorithm 4 (the *Runtimes* chapter lists them):
 * the value ``R = Σ_i mean_n ‖ξ_0^{(i)}‖²`` is accumulated too.
 
 Memory: no per-class tensor outlives its pass over the classes; only the
-accumulators ``θ̂¹_j`` (they become the returned weight gradients), ``η̂_L``
-and the forward record are kept, and weight-adjoints of dense layers are
-written straight into their accumulators. The memory is therefore ``O(1)``
+accumulators ``θ̂¹_j`` (they become the returned weight gradients), ``η̂_L``,
+the sums ``Σ_i h_j ⊙ ξ_j`` of the source terms and the forward record are
+kept, and weight-adjoints of dense layers are written straight into their
+accumulators. The memory is therefore ``O(1)``
 in the number of classes processed — but tensors of the output layer (its
 weight, ``x_L`` and ``ζ_L^{(i)}`` of shape ``(N, C)``) have sizes proportional
 to ``C`` for every method.
@@ -53,7 +73,9 @@ Variants, all exact (they differ in rounding only)
     on the rows of ``W_1``); the layer-1 part of ``θ̂¹`` is
     ``Σ_{i,n} ζ_1 q_0ᵀ = (2/N) A W_1`` with ``A = Σ_{i,n} ζ_1 ζ_1ᵀ``, one ``K□`` at
     the end. Per class the input dimension drops out: ``2 N d_1²`` instead of
-    ``3 N d_0 d_1`` multiply-adds. Dense first layers only.
+    ``3 N d_0 d_1`` multiply-adds. Dense first layers only. The source term
+    needs ``ξ_j`` and ``h_j`` for ``j ≥ 1`` only, and both are formed
+    (``ξ_1 = K_2ᵀ(θ_2, ζ_2)``, ``h_1 = (2/N) G ζ_1``).
 ``onehot`` (beyond the paper)
     ``v = e^{(i)}`` gives the dense output layer closed forms: with
     ``u = W_Lᵀ x_L`` (one ``Kᵀ``), ``ξ_{L-1}^{(i)} = x^i (W_{L,i} − u)`` (softmax)
@@ -61,7 +83,8 @@ Variants, all exact (they differ in rounding only)
     ``Q_i = Σ_n x_n^i q_{L-1,n}^{(i)}`` and ``P_n = Σ_i x_n^i q_{L-1,n}^{(i)}``;
     ``η̂_L = S(a − K_L(θ_L, P))`` with ``a_{n,i} = ⟨W_{L,i} − u_n, q_{L-1,n}^{(i)}⟩``.
     The output layer then costs ``O(N C d)`` instead of ``O(N C² d)``. Dense
-    output layers and ``L ≥ 2`` only.
+    output layers and ``L ≥ 2`` only. The closed-form ``ξ_{L-1}`` enters the
+    source term ``S_{L-1}`` like the one ``K_Lᵀ`` would give.
 
 ``gram="auto"`` and ``onehot="auto"`` consult the cost model of
 :func:`shortcut_costs` and use a shortcut only where it is cheaper.
@@ -69,10 +92,13 @@ Variants, all exact (they differ in rounding only)
 Registered algorithms (for :func:`dbpaper.double_backprop`, :func:`dbpaper.penalty`
 and :func:`dbpaper.count_operations`)
 ----------------------------------------------------------------------------------
+All three apply to the Jacobian penalty on every network of eq. (8)
+(:func:`applies`), and ``"auto"`` chooses among them there; they are
+registered in this order.
+
 ``"optimized"``
     Algorithm 4 as in the paper (corrected): one class at a time, no
-    shortcuts; its operation counts are the paper's. ``"auto"`` picks it (it is
-    registered first).
+    shortcuts; its operation counts are the paper's.
 ``"optimized-shortcuts"``
     One class at a time with ``gram="auto"`` and ``onehot="auto"``: ``O(1)``
     memory in ``C`` and the fewest FLOPs.
@@ -96,7 +122,7 @@ from collections.abc import Callable
 import torch
 
 from .. import _counting
-from ..activations import IdentityOutput, Softmax
+from ..activations import Activation, IdentityOutput, Softmax
 from ..network import ForwardRecord, Network
 from ..operators import Dense
 from ..penalties import JacobianFrobenius, SquaredNorm
@@ -129,7 +155,13 @@ _AUTO = "auto"
 
 
 def why_not(net: Network, penalty) -> str | None:
-    """Why Algorithm 4 does not apply to ``penalty`` on ``net`` (``None`` when it does)."""
+    """Why Algorithm 4 does not apply to ``penalty`` on ``net`` (``None`` when it does).
+
+    It applies to the Jacobian penalty (:class:`~dbpaper.penalties.JacobianFrobenius`)
+    on any :class:`~dbpaper.Network`: every hidden activation of eq. (8) is
+    coordinate-wise (:class:`~dbpaper.activations.Activation`), locally linear
+    or not, and the output map is the softmax or the identity.
+    """
     if not isinstance(penalty, JacobianFrobenius):
         return f"Algorithm 4 computes the Jacobian penalty (JacobianFrobenius) only, got {penalty!r}"
     if not isinstance(net, Network):
@@ -137,18 +169,20 @@ def why_not(net: Network, penalty) -> str | None:
     bad = [
         f"layer {j} ({layer.activation!r})"
         for j, layer in enumerate(net.layers[:-1], start=1)
-        if not layer.activation.locally_linear
+        if not isinstance(layer.activation, Activation)
     ]
     if bad:
         return (
-            "Algorithm 4 needs locally linear hidden activations (ReLU, leaky ReLU, identity; Section 5.2), "
-            f"but {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not; use algorithm='general'"
+            "Algorithm 4 needs coordinate-wise hidden activations (dbpaper.activations.Activation, Definition 3.1), "
+            f"but {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not"
         )
+    if not isinstance(net.output_map, Softmax | IdentityOutput):
+        return f"Algorithm 4 needs a softmax or identity output (Appendix B), got {net.output_map!r}"
     return None
 
 
 def applies(net: Network, penalty) -> bool:
-    """Whether Algorithm 4 applies: a Jacobian penalty on a network with locally linear hidden activations."""
+    """Whether Algorithm 4 applies: a Jacobian penalty on a network of eq. (8) (any coordinate-wise activations)."""
     return why_not(net, penalty) is None
 
 
@@ -258,6 +292,34 @@ def _mul_(t: torch.Tensor, dg: torch.Tensor, k: int) -> torch.Tensor:
     return t
 
 
+def _mul_into(t: torch.Tensor, dg: torch.Tensor, k: int, buf: torch.Tensor) -> torch.Tensor:
+    """``g'(z) ⊙ t`` for ``k`` stacked classes, written into the leading rows of ``buf`` (``t`` is kept).
+
+    ``buf`` holds the largest chunk and is reused by every pass over the
+    classes, so that no fresh memory is touched per pass.
+    """
+    out = buf[: t.shape[0]]
+    torch.mul(t.reshape(k, *dg.shape), dg, out=out.view(k, *dg.shape))
+    return out
+
+
+def _source_(acc: torch.Tensor | None, xi: torch.Tensor, h: torch.Tensor, k: int, shape) -> torch.Tensor:
+    """``acc + Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}`` over the ``k`` stacked classes (``acc`` updated in place).
+
+    ``shape`` is the per-batch shape of ``z_j``; multiplied by ``g''_j(z_j)``
+    once after the last pass, the sum is the source term ``S_j`` of the
+    accumulated forward-backward pass. One fused ``addcmul_`` per class and no
+    temporary of the stacked size.
+    """
+    xi, h = xi.reshape(k, *shape), h.reshape(k, *shape)
+    first = 0
+    if acc is None:
+        acc, first = torch.mul(xi[0], h[0]), 1
+    for t in range(first, k):
+        acc.addcmul_(xi[t], h[t])
+    return acc
+
+
 def _kbox_into(layer, acc: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """``acc + alpha K_j□(x, y)`` (``alpha K_j□(x, y)`` when ``acc`` is ``None``), in place.
 
@@ -290,8 +352,8 @@ def jacobian_penalty_gradients(
     Parameters
     ----------
     net : Network
-        A network with locally linear hidden activations and a softmax or
-        identity output (Section 5.2).
+        A network of eq. (8): coordinate-wise hidden activations (locally
+        linear or not) and a softmax or identity output.
     rec : ForwardRecord
         Its recorded forward pass (``net.forward(x)``: ``L`` evaluations of ``K``).
     penalty : JacobianFrobenius
@@ -329,6 +391,7 @@ def jacobian_penalty_gradients(
     p = plan(net, penalty, n, chunk_size=chunk_size, gram=gram, onehot=onehot)
     thetas = [layer.theta(x0) for layer in layers]
     acc: list[torch.Tensor | None] = [None] * (L + 1)  # θ̂¹_j, indexed by j
+    src: list[torch.Tensor | None] = [None] * (L + 1)  # Σ_i h_j^{(i)} ⊙ ξ_j^{(i)} where g''_j ≠ 0 (j = 1..L-1)
     value = x0.new_zeros(())
     eta_hat = torch.zeros_like(out) if softmax else None  # η̂_L (identically zero for the identity output)
     x_flat = out.reshape(n, c)
@@ -346,9 +409,12 @@ def jacobian_penalty_gradients(
 
     passes = -(-c // p.chunk_size)  # ceil(C / chunk_size) passes of balanced sizes (10 = 4 + 3 + 3, not 4 + 4 + 2)
     bounds = [c * t // passes for t in range(passes + 1)]
+    kmax = max(stop - start for start, stop in zip(bounds[:-1], bounds[1:]))
+    zbuf: list[torch.Tensor | None] = [None] * (L + 1)  # ζ_j of smooth layers, reused by every pass
     for start, stop in zip(bounds[:-1], bounds[1:]):
         k = stop - start
         zetas: list[torch.Tensor | None] = [None] * (L + 1)
+        xis: list[torch.Tensor | None] = [None] * (L + 1)  # ξ_j^{(i)}, kept only where g''_j ≠ 0
         seed = None
         # -- backward pass (Algorithm 1), k classes stacked along the batch ------------------
         if p.onehot:
@@ -374,7 +440,13 @@ def jacobian_penalty_gradients(
             if xi is None:
                 xi = layers[j - 1].KT(thetas[j - 1], zetas[j])  # ξ_{j-1} = K_jᵀ(θ_j, ζ_j)
             if j > 1:
-                zetas[j - 1] = _mul_(xi, rec.dg[j - 1], k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
+                if rec.d2g[j - 1] is None:
+                    zetas[j - 1] = _mul_(xi, rec.dg[j - 1], k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
+                else:  # the source term needs ξ_{j-1} as well
+                    if zbuf[j - 1] is None:
+                        zbuf[j - 1] = xi.new_empty((kmax * n, *xi.shape[1:]))
+                    zetas[j - 1] = _mul_into(xi, rec.dg[j - 1], k, zbuf[j - 1])
+                    xis[j - 1] = xi
                 xi = None
         # -- value and the start of the backward-backward pass (Algorithm 2) ------------------
         if p.gram:
@@ -385,6 +457,9 @@ def jacobian_penalty_gradients(
             A = torch.addmm(A, Z.T, Z)  # out of place: FlopCounterMode does not see addmm_
             del Z
             h = h.reshape(k * n, *layers[0].op.out_shape)
+            if xis[1] is not None:
+                src[1] = _source_(src[1], xis[1], h, k, rec.dg[1].shape)  # Σ_i h_1 ⊙ ξ_1
+                xis[1] = None
             q = _mul_(h, rec.dg[1], k) if L > 1 else None
             first_bb = 2
         else:
@@ -411,11 +486,14 @@ def jacobian_penalty_gradients(
                 acc[j] = _kbox_into(layer, acc[j], q, zetas[j])  # θ̂¹_j += K_j□(q_{j-1}, ζ_j)
             zetas[j] = None
             h = layer.K(thetas[j - 1], q)  # h_j = K_j(θ_j, q_{j-1})
+            if xis[j] is not None:  # j < L: the source term Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}
+                src[j] = _source_(src[j], xis[j], h, k, rec.dg[j].shape)
+                xis[j] = None
             q = _mul_(h, rec.dg[j], k) if j < L else None  # q_j = M(g'_j, h_j), in place (h_j is not needed again)
         # -- η̂_L += Σ_i η_L^{(i)} with the corrected Appendix B.1 formula ------------------------
         if softmax and not p.onehot:
             eta_hat.add_(seed.eta_L(h).reshape(k, *out.shape).sum(0))
-        del seed, h, zetas
+        del seed, h, zetas, xis
 
     if p.onehot:
         acc[L] = Q
@@ -424,7 +502,7 @@ def jacobian_penalty_gradients(
             inner = a - layers[-1].K(W_L, P).reshape(n, c)  # a − W_L P
             eta_hat.add_((x_flat * (inner - torch.sum(x_flat * inner, dim=1, keepdim=True))).reshape(out.shape))
 
-    # -- the single, accumulated forward-backward pass (Algorithm 3 on η̂) ----------------------
+    # -- the single, accumulated forward-backward pass (Algorithm 3 on η̂, with the source terms) --
     grads = LayerGradients.zeros(L)
     eta = eta_hat
     for j in range(L, 0, -1):
@@ -441,7 +519,15 @@ def jacobian_penalty_gradients(
         if layer.bias is not None:
             grads.biases[j - 1] = layer.bias_adjoint(eta) if eta is not None else torch.zeros_like(layer.bias)
         if j > 1:
-            eta = layer.KT(thetas[j - 1], eta).mul_(rec.dg[j - 1]) if eta is not None else None  # η̂_{j-1}
+            # η̂_{j-1} = S_{j-1} + g'_{j-1} ⊙ K_jᵀ(θ_j, η̂_j) with S_{j-1} = g''_{j-1} ⊙ Σ_i h_{j-1}^{(i)} ⊙ ξ_{j-1}^{(i)}
+            gamma = layer.KT(thetas[j - 1], eta) if eta is not None else None
+            s = src[j - 1]
+            src[j - 1] = None
+            if s is None:
+                eta = gamma.mul_(rec.dg[j - 1]) if gamma is not None else None
+            else:
+                s.mul_(rec.d2g[j - 1])
+                eta = s if gamma is None else s.addcmul_(gamma.reshape(s.shape), rec.dg[j - 1])
     grads.eta_1 = eta
     return value, grads
 
