@@ -1,0 +1,413 @@
+"""The reproduction ledger: one table (``book/ledger.yml``) rendered into ``book/ledger.md``.
+
+This module is three things at once:
+
+* a reader for the chapters: it finds every MyST label ``(name)=`` in the
+  markdown cells of ``book/*.ipynb`` (and in ``book/*.md``), the heading it
+  belongs to, and the *place* it marks (see :func:`scan`);
+* a renderer: :func:`render` turns ``book/ledger.yml`` into the MyST tables of
+  the ledger page, linking every item with ``{ref}`` to the exact place that
+  reproduces it;
+* a Sphinx extension (registered in ``_config.yml`` under
+  ``sphinx: local_extensions``): on ``source-read`` it replaces the marker
+  comment of ``book/ledger.md`` by the rendered tables, and it substitutes
+  ``{{ repository_url }}`` in the book's markdown pages by the one repository
+  URL of ``_config.yml``.
+
+``tests/test_book_ledger.py`` uses the same reader to enforce the ledger's
+rules (see :func:`problems`).
+
+The place of a label
+--------------------
+A label marks the text from the label line to the next markdown heading (of
+any level) that follows it; a heading directly after the label belongs to
+the place and does not end it. The code cells in between are the place's
+code. An item whose status is ``reproduced`` or ``corrected`` must have, at
+every one of its places, at least one ``assert`` statement in that code:
+the chapter checks what the ledger claims.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+LEDGER_YML = BOOK / "ledger.yml"
+MARKER = "<!-- ledger: the tables below are generated from book/ledger.yml at build time -->"
+REPRO_PREFIX = "repro-"
+ERRATUM_PREFIX = "erratum-"
+ASSERTING = ("reproduced", "corrected")
+STATUSES = {
+    "reproduced": "reproduced",
+    "corrected": "reproduced after correction",
+    "used": "used",
+    "context": "context",
+    "not reproduced": "not reproduced",
+}
+
+LABEL_RE = re.compile(r"^\((?P<label>[A-Za-z0-9_.:-]+)\)=\s*$")
+HEADING_RE = re.compile(r"^(?P<hashes>#{1,6})\s+(?P<title>.+?)\s*#*\s*$")
+FENCE_RE = re.compile(r"^(?P<fence>`{3,}|~{3,}|:{3,})")
+FIGURE_NAME_RE = re.compile(r"^:name:\s*(?P<name>\S+)\s*$")
+REF_RE = re.compile(r"\{ref\}`(?P<text>[^`<]*?)\s*<(?P<label>[^`>]+)>`")
+CAPTION_NUMBER_RE = re.compile(r"^\*\*(?P<number>(?:Book figure|Figure) [0-9]+)\.\*\*")
+
+
+@dataclasses.dataclass
+class Place:
+    """What a label marks."""
+
+    label: str
+    docname: str  # e.g. "book/runtimes"
+    chapter: str  # the document's title
+    heading: str  # the heading the place belongs to
+    asserts: int = 0  # assert statements in the place's code cells
+    code_cells: int = 0
+
+
+@dataclasses.dataclass
+class Figure:
+    """A ``{figure}`` directive of a chapter."""
+
+    name: str
+    docname: str
+    number: str  # "Figure 2" or "Book figure 3", from the caption's bold prefix ("" if none)
+
+
+@dataclasses.dataclass
+class Document:
+    docname: str
+    title: str
+    places: dict[str, Place]
+    figures: list[Figure]
+    refs: list[tuple[str, str]]  # (link text, label) of every {ref}`text <label>`
+    headings: list[str]
+
+
+def _cells(path: Path) -> list[tuple[str, str]]:
+    """``(cell_type, source)`` of a notebook, or one markdown cell for a ``.md`` page."""
+    if path.suffix == ".md":
+        return [("markdown", path.read_text(encoding="utf-8"))]
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    for cell in nb["cells"]:
+        src = cell["source"]
+        out.append((cell["cell_type"], "".join(src) if isinstance(src, list) else src))
+    return out
+
+
+def count_asserts(source: str) -> int:
+    """Number of ``assert`` statements in a code cell (lines starting with % or ! are ignored)."""
+    text = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return len(re.findall(r"^\s*assert\b", text, flags=re.M))
+    return sum(isinstance(node, ast.Assert) for node in ast.walk(tree))
+
+
+def plain(title: str) -> str:
+    """A heading as plain text: markup that would show in a link text removed."""
+    return re.sub(r"[*`]", "", title).strip()
+
+
+def read_document(path: Path, docname: str | None = None) -> Document:
+    """Labels, places, figures and references of one chapter or page."""
+    docname = docname or path.relative_to(ROOT).with_suffix("").as_posix()
+    title, heading = "", ""
+    places: dict[str, Place] = {}
+    open_places: list[Place] = []
+    pending: list[Place] = []  # labels waiting to see whether a heading follows directly
+    figures: list[Figure] = []
+    refs: list[tuple[str, str]] = []
+    headings: list[str] = []
+    for cell_type, source in _cells(path):
+        if cell_type == "code":
+            n = count_asserts(source)
+            for place in open_places + pending:
+                place.asserts += n
+                place.code_cells += 1
+            open_places += pending
+            pending = []
+            continue
+        if cell_type != "markdown":
+            continue
+        refs += [(m["text"].strip(), m["label"].strip()) for m in REF_RE.finditer(source)]
+        fence, figure_name, caption_next = None, None, False
+        for line in source.splitlines():
+            stripped = line.strip()
+            if fence:
+                m = FIGURE_NAME_RE.match(stripped)
+                if m and figure_name == "":
+                    figure_name = m["name"]
+                    caption_next = True
+                elif caption_next and stripped and not stripped.startswith(":"):
+                    c = CAPTION_NUMBER_RE.match(stripped)
+                    figures.append(Figure(figure_name, docname, c["number"] if c else ""))
+                    caption_next = False
+                if stripped.startswith(fence) and stripped.rstrip("`~:") == "":
+                    fence, figure_name = None, None
+                continue
+            m = FENCE_RE.match(stripped)
+            if m:
+                fence = m["fence"][0] * 3
+                figure_name = "" if "{figure}" in stripped else None
+                continue
+            m = LABEL_RE.match(stripped)
+            if m:
+                place = Place(m["label"], docname, title, heading)
+                places[place.label] = place
+                pending.append(place)
+                continue
+            m = HEADING_RE.match(stripped)
+            if m:
+                heading = plain(m["title"])
+                headings.append(heading)
+                if not title and len(m["hashes"]) == 1:
+                    title = heading
+                open_places = []  # a heading ends every open place
+                for place in pending:
+                    place.heading = heading
+                    place.chapter = place.chapter or title
+                open_places, pending = pending, []
+                continue
+            if stripped:
+                open_places += pending
+                pending = []
+    for place in places.values():
+        place.chapter = place.chapter or title
+    return Document(docname, title, places, figures, refs, headings)
+
+
+def chapter_paths(book: Path = BOOK) -> list[Path]:
+    """The chapters and pages of the book (notebooks and markdown pages in ``book/``)."""
+    return sorted(p for p in book.iterdir() if p.suffix in (".ipynb", ".md") and not p.name.startswith("_"))
+
+
+def scan(book: Path = BOOK) -> dict[str, Document]:
+    """Every document of the book by docname."""
+    return {doc.docname: doc for doc in map(read_document, chapter_paths(book))}
+
+
+def all_places(docs: dict[str, Document]) -> dict[str, Place]:
+    out: dict[str, Place] = {}
+    for doc in docs.values():
+        out.update(doc.places)
+    return out
+
+
+def load_ledger(path: Path = LEDGER_YML) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def errata_numbers(docs: dict[str, Document]) -> dict[str, str]:
+    """``erratum-…`` label → ``"E3"`` from the errata page's headings."""
+    out = {}
+    for place in all_places(docs).values():
+        if place.label.startswith(ERRATUM_PREFIX):
+            m = re.match(r"(E[0-9]+)\b", place.heading)
+            if m:
+                out[place.label] = m.group(1)
+    return out
+
+
+def figure_numbers(docs: dict[str, Document]) -> dict[str, str]:
+    """Figure name → its caption number ("Figure 2", "Book figure 5")."""
+    return {f.name: f.number for doc in docs.values() for f in doc.figures}
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _place_link(place: Place) -> str:
+    return f"{{ref}}`{place.chapter} › {place.heading} <{place.label}>`"
+
+
+def render(ledger: dict | None = None, docs: dict[str, Document] | None = None) -> str:
+    """The MyST tables of the ledger page."""
+    ledger = ledger if ledger is not None else load_ledger()
+    docs = docs if docs is not None else scan()
+    places = all_places(docs)
+    errata = errata_numbers(docs)
+    figs = figure_numbers(docs)
+    out = []
+    figure_rows = []
+    for group in ledger["groups"]:
+        out += [f"## {group['title']}", ""]
+        if group.get("intro"):
+            out += [" ".join(group["intro"].split()), ""]
+        out += ["| item | what it states | status | where it is reproduced | errata |", "|---|---|---|---|---|"]
+        for row in group["items"]:
+            where = [_place_link(places[label]) if label in places else f"`{label}` (missing)" for label in row.get("places", [])]
+            where += [f"`{t}`" for t in row.get("tests", [])]
+            status = STATUSES.get(row["status"], row["status"])
+            if row.get("note"):
+                status += f"; {row['note']}"
+            er = [f"{{ref}}`{errata.get(label, '?')} <{label}>`" for label in row.get("errata", [])]
+            out.append(
+                f"| {_cell(row['item'])} | {_cell(row.get('states', ''))} | {_cell(status)} | "
+                f"{_cell(', '.join(where) or '—')} | {', '.join(er) or '—'} |"
+            )
+            if row.get("figure"):
+                name = row["figure"]
+                place = places.get(row["places"][0]) if row.get("places") else None
+                figure_rows.append(
+                    f"| {_cell(row['item'])} | {{ref}}`{figs.get(name, '?')} <{name}>` | "
+                    f"{place.chapter if place else ''} | {_cell(status)} |"
+                )
+        out.append("")
+    if figure_rows:
+        out += [
+            "## The paper's figures in this book",
+            "",
+            "A reproduced figure carries the paper's number in its caption; the book's own figures",
+            "are numbered *Book figure 1, 2, …* so that the two cannot be confused.",
+            "",
+            "| paper | in this book | chapter | status |",
+            "|---|---|---|---|",
+            *figure_rows,
+            "",
+        ]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- rules
+
+
+def problems(ledger: dict | None = None, docs: dict[str, Document] | None = None) -> list[str]:
+    """Every violation of the ledger's rules (an empty list when the ledger is consistent)."""
+    ledger = ledger if ledger is not None else load_ledger()
+    docs = docs if docs is not None else scan()
+    places = all_places(docs)
+    errata = errata_numbers(docs)
+    figs = figure_numbers(docs)
+    found = []
+    referenced = set()
+    for group in ledger["groups"]:
+        for row in group["items"]:
+            item = row["item"]
+            if row["status"] not in STATUSES:
+                found.append(f"{item}: unknown status {row['status']!r}")
+            for label in row.get("places", []):
+                referenced.add(label)
+                if label not in places:
+                    found.append(f"{item}: label {label!r} does not exist in any chapter")
+                elif row["status"] in ASSERTING and places[label].asserts == 0:
+                    p = places[label]
+                    found.append(f"{item}: is {row['status']}, but its place {label!r} ({p.docname} › {p.heading}) asserts nothing")
+            if row["status"] in ASSERTING and not row.get("places"):
+                found.append(f"{item}: is {row['status']} but names no place")
+            if row["status"] == "corrected" and not row.get("errata"):
+                found.append(f"{item}: is corrected but names no erratum")
+            for label in row.get("errata", []):
+                if label not in errata:
+                    found.append(f"{item}: erratum {label!r} is not an erratum heading of the errata page")
+            if row.get("figure") and row["figure"] not in figs:
+                found.append(f"{item}: figure {row['figure']!r} does not exist")
+    for label, place in places.items():
+        if label.startswith(REPRO_PREFIX) and label not in referenced:
+            found.append(f"{place.docname}: label {label!r} reproduces an item the ledger does not list")
+    return found
+
+
+# ---------------------------------------------------------------- Sphinx extension
+
+SUBSTITUTED_PAGES = ("book/intro", "book/ledger", "book/api", "book/references")
+API_MARKER = "<!-- api: the autodoc directives below are generated from dbpaper.__all__ at build time -->"
+# modules documented besides dbpaper.__all__ and the submodules it names (none at present)
+API_EXTRA_MODULES: dict[str, list[str]] = {}
+API_TOP_ELSEWHERE: dict[str, list[str]] = {}
+
+
+def api_directives() -> str:
+    """autodoc directives for ``dbpaper`` (its ``__all__``), the submodules named there, and the extra modules."""
+    import importlib
+    import importlib.util
+    import types
+
+    pkg = importlib.import_module("dbpaper")
+    modules = [name for name in pkg.__all__ if isinstance(getattr(pkg, name, None), types.ModuleType)]
+    # objective and penalty are documented in their own module, where their docstrings' references resolve
+    top_exclude = [name for mod, names in API_TOP_ELSEWHERE.items() if importlib.util.find_spec(mod) for name in names]
+    lines = ["```{eval-rst}", ".. automodule:: dbpaper", "   :members:"]
+    lines += [f"   :exclude-members: {', '.join(top_exclude)}"] if top_exclude else []
+    lines.append("")
+    for name in modules:
+        lines += [f".. automodule:: dbpaper.{name}", "   :members:"]
+        # a submodule whose public names are all in dbpaper.__all__ (operators, activations) is listed
+        # without index entries, so that a name like OutputMap has one target
+        sub_all = set(getattr(getattr(pkg, name), "__all__", []))
+        lines += ["   :no-index:"] if sub_all and sub_all <= set(pkg.__all__) else []
+        lines.append("")
+    for mod, exclude in API_EXTRA_MODULES.items():
+        if mod.rsplit(".", 1)[1] in modules or importlib.util.find_spec(mod) is None:
+            continue
+        lines += [f".. automodule:: {mod}", "   :members:"]
+        lines += ["   :undoc-members:"] if mod == "dbpaper.network" else []
+        lines += [f"   :exclude-members: {', '.join(exclude)}"] if exclude else []
+        lines.append("")
+    lines.append("```")
+    return "\n".join(line for line in lines)
+
+
+def _author_year_style():
+    """A pybtex style whose bibliography labels are "Author, year", as the in-text citations."""
+    from pybtex.style.formatting.unsrt import Style as UnsrtStyle
+    from pybtex.style.labels import BaseLabelStyle
+    from pybtex.style.sorting.author_year_title import SortingStyle
+
+    class AuthorYearLabelStyle(BaseLabelStyle):
+        def format_labels(self, sorted_entries):
+            for entry in sorted_entries:
+                people = entry.persons.get("author") or entry.persons.get("editor") or []
+                names = [" ".join(p.last_names) or " ".join(p.first_names) for p in people]
+                if len(names) > 2:
+                    who = f"{names[0]} et al."
+                elif len(names) == 2:
+                    who = f"{names[0]} and {names[1]}"
+                else:
+                    who = names[0] if names else entry.fields.get("key", entry.key)
+                who = who.replace("{", "").replace("}", "")
+                yield f"{who}, {entry.fields.get('year', 'n.d.')}"
+
+    class AuthorYearStyle(UnsrtStyle):
+        default_label_style = AuthorYearLabelStyle
+        default_sorting_style = SortingStyle
+
+    return AuthorYearStyle
+
+
+def _source_read(app, docname, source):
+    if docname not in SUBSTITUTED_PAGES:
+        return
+    text = source[0]
+    url = app.config.html_theme_options.get("repository_url") or ""
+    text = text.replace("{{ repository_url }}", url.rstrip("/"))
+    if docname == "book/ledger" and MARKER in text:
+        app.env.note_dependency(str(LEDGER_YML))
+        for path in chapter_paths():
+            app.env.note_dependency(str(path))
+        text = text.replace(MARKER, render())
+    if docname == "book/api" and API_MARKER in text:
+        text = text.replace(API_MARKER, api_directives())
+    source[0] = text
+
+
+def setup(app):
+    """Register the ledger, the repository URL substitution and the author-year bibliography style."""
+    from pybtex.plugin import register_plugin
+
+    register_plugin("pybtex.style.formatting", "authoryear", _author_year_style(), force=True)
+    app.connect("source-read", _source_read)
+    return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
