@@ -72,6 +72,9 @@ CONTENT_JS = r"""() => {
     if (rawTex.test(n.data) && !p.closest('a, h1, h2, h3, h4, h5, h6')) add('raw-tex', `<${p.tagName.toLowerCase()}> ${snip(n.data)}${shown(p)}`);
     if (n.data.includes('???')) add('unresolved-ref', '"???" in: ' + snip(n.data) + shown(p));
   }
+  document.querySelectorAll('.bibtex-citation').forEach((c) => { if (!c.querySelector('a')) {
+    const r = document.createRange(); r.setStart(c.parentElement, 0); r.setEndBefore(c);
+    add('unresolved-ref', `citation without an entry: "...${r.toString().replace(/\s+/g, " ").slice(-60)} ${c.textContent}"`); } });
   document.querySelectorAll('article .xref').forEach((x) => { if (!x.closest('a')) add('unresolved-ref', 'unlinked xref: ' + snip(x.textContent)); });
   const texy = /\\[A-Za-z]+|\$/;
   if (texy.test(document.title)) add('tex-in-title', '<title>: ' + document.title);
@@ -102,8 +105,11 @@ OVERFLOW_JS = r"""(page) => {
       }
       const clips = cs.overflowX !== 'visible';
       if (clips && c.scrollWidth > c.clientWidth + 1) {
-        out.push({kind: cs.overflowX === 'hidden' || cs.overflowX === 'clip' ? 'clipped' : 'scrolls',
-                  element: name(c), text: text(c), px: c.scrollWidth - c.clientWidth, code: !!c.closest('pre')});
+        const code = !!c.closest('pre');  // name the longest line, the one to rewrap
+        const line = code ? c.textContent.split('\n').reduce((a, b) => (b.length > a.length ? b : a), '') : '';
+        out.push({kind: cs.overflowX === 'hidden' || cs.overflowX === 'clip' ? 'clipped' : 'scrolls', code,
+                  element: name(c), text: code ? `longest line (${line.length} chars): ${line.trim().slice(0, 60)}` : text(c),
+                  px: c.scrollWidth - c.clientWidth});
         continue;
       }
       visit(c, clipped || clips);
