@@ -7,6 +7,9 @@ Frobenius norm of the input Jacobian, Section 5.4) and its gradient with
 respect to all parameters, side by side in one process, with these methods:
 
 =====================  =========================================================================
+``default``            what a user writes: ``dbpaper.penalty(model, x, JacobianFrobenius())``
+                       (``algorithm="auto"``: the cost model of :mod:`dbpaper.planning`
+                       picks), then one backward; the chosen plan is stored per workload
 ``alg4``               Algorithm 4 as printed (corrected), one class at a time (``"optimized"``)
 ``alg4-shortcuts``     Algorithm 4, one class at a time, Gram and one-hot shortcuts (``O(1)`` in C)
 ``alg4-chunked``       Algorithm 4, classes stacked in chunks, with the shortcuts
@@ -106,6 +109,20 @@ def _ours(algorithm: str) -> Callable:
     return build
 
 
+def _default(model, net, params, x, classes):
+    """The call a user writes: ``dbpaper.penalty(model, x, penalty)`` (``algorithm="auto"``), then one backward."""
+    from .autograd import penalty
+    from .penalties import JacobianFrobenius
+
+    pen = JacobianFrobenius()
+
+    def call():
+        r = penalty(model, x, pen)
+        return r.detach(), list(torch.autograd.grad(r, params))
+
+    return call
+
+
 def _onehots(out: torch.Tensor, classes: int):
     """The ``v = e^{(i)}`` one at a time (a generator: no list of ``C`` tensors of shape ``(N, C)``)."""
     for i in range(classes):
@@ -179,6 +196,9 @@ def _hoffman(model, net, params, x, classes):
 
 
 METHODS: dict[str, Method] = {
+    "default": Method(
+        "dbpaper.penalty (default)", True, "the default call: algorithm='auto' picks by the cost model, then one backward", _default
+    ),
     "alg4": Method("Algorithm 4 (paper)", True, "Algorithm 4 as printed, corrected; one class at a time", _ours("optimized")),
     "alg4-shortcuts": Method(
         "Algorithm 4 + shortcuts", True, "one class at a time with the Gram and one-hot shortcuts", _ours("optimized-shortcuts")
@@ -232,7 +252,7 @@ def _cnn(channels: tuple[int, int], hidden: int, classes: int, seed: int = 0) ->
 
 
 ALL = tuple(METHODS)
-SWEEP = ("alg4", "alg4-shortcuts", "alg4-chunked", "autograd-summed", "autograd-per-class", "vmap-jacrev", "hoffman-1proj")
+SWEEP = ("default", "alg4", "alg4-shortcuts", "alg4-chunked", "autograd-summed", "autograd-per-class", "vmap-jacrev", "hoffman-1proj")
 
 
 def workloads(quick: bool = False) -> list[Workload]:
@@ -387,6 +407,7 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
     model, in_shape, batch, classes = w.make()
     model = model.to(device=device, dtype=dtype)
     from .network import Network
+    from .penalties import JacobianFrobenius
 
     net = Network.from_sequential(model, in_shape)
     params = net.parameters()
@@ -432,9 +453,16 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
         results[m]["time_ms_samples"] = [round(v * 1e3, 4) for v in s]
         q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
         results[m]["time_ms_iqr"] = [q[0] * 1e3, q[2] * 1e3]
+    from .planning import plan
+
+    chosen = plan(model, x, JacobianFrobenius())
     return {
         "name": w.name,
         "group": w.group,
+        "default_plan": {
+            "algorithm": chosen.algorithm, "chunk_size": chosen.chunk_size, "gram": chosen.gram, "onehot": chosen.onehot,
+            "predicted_flops": chosen.predicted_flops, "autograd_flops": chosen.autograd_flops,
+        },  # fmt: skip
         "description": w.description,
         "params": w.params,
         "num_parameters": sum(p.numel() for p in params),
@@ -493,9 +521,43 @@ def run(*, quick: bool = False, device: str = "cpu", threads: int | None = None,
 # -- plots and summary ---------------------------------------------------------------------------
 
 
+#: The package's own exact algorithms (what ``"auto"`` chooses among), by bench label.
+REGISTERED = {"alg4": "optimized", "alg4-shortcuts": "optimized-shortcuts", "alg4-chunked": "optimized-chunked", "alg1-3": "general"}
+
+
+def default_table(result: dict) -> list[dict]:
+    """Per workload: the default's choice and its time against the fastest registered algorithm, general and autograd."""
+    rows = []
+    for w in result["workloads"]:
+        res = w["results"]
+        if "default" not in res:
+            continue
+        regs = {k: res[k]["time_ms"] for k in REGISTERED if k in res}
+        fastest = min(regs, key=regs.get)
+        row = {
+            "workload": w["name"],
+            "default picks": w.get("default_plan", {}).get("algorithm"),
+            "default ms": res["default"]["time_ms"],
+            "fastest registered": REGISTERED[fastest],
+            "default / fastest": res["default"]["time_ms"] / regs[fastest],
+        }
+        if "alg1-3" in res:
+            row["general / default"] = res["alg1-3"]["time_ms"] / res["default"]["time_ms"]
+        if "autograd-summed" in res:
+            row["autograd / default"] = res["autograd-summed"]["time_ms"] / res["default"]["time_ms"]
+        rows.append(row)
+    return rows
+
+
 def summary(result: dict) -> str:
     """A plain-text table of the measurements."""
     lines = []
+    for row in default_table(result):
+        extra = "".join(f"  {k} {row[k]:.2f}" for k in ("general / default", "autograd / default") if k in row)
+        lines.append(
+            f"default on {row['workload']:12s} -> {row['default picks']:20s} {row['default ms']:9.2f} ms; "
+            f"x{row['default / fastest']:.2f} of the fastest registered ({row['fastest registered']}){extra}"
+        )
     for w in result["workloads"]:
         lines.append(f"{w['name']}: {w['description']}")
         base = w["results"].get("autograd-summed")

@@ -94,21 +94,6 @@ def _hooks(m: nn.Module) -> list[str]:
     return kinds
 
 
-def _global_hooks() -> list[str]:
-    from torch.nn.modules import module as _m
-
-    kinds = []
-    for attr, kind in (
-        ("_global_forward_hooks", "a global forward hook"),
-        ("_global_forward_pre_hooks", "a global forward pre-hook"),
-        ("_global_backward_hooks", "a global backward hook"),
-        ("_global_backward_pre_hooks", "a global backward pre-hook"),
-    ):
-        if getattr(_m, attr, None):
-            kinds.append(kind)
-    return kinds
-
-
 def _outside(m: nn.Module) -> str | None:
     """Why ``m`` cannot be read by its type (an overridden ``forward`` or hooks), else ``None``."""
     for base in _accepted_bases():
@@ -233,17 +218,13 @@ class Network:
         overrides ``forward``, a module with hooks, or any module the reader
         does not know raises :class:`UnsupportedModelError` (a ``ValueError``)
         naming it. A ``DistributedDataParallel`` wrapper is looked through.
+        Global module hooks (``torch.nn.modules.module.register_module_forward_hook``),
+        which tools such as ``FlopCounterMode`` install to observe modules, are
+        not called by the explicit algorithms and do not change how a model is read.
         """
         model = unwrap(model)
         if not isinstance(model, nn.Module):
             raise TypeError(f"Network: model must be a torch.nn.Module, got {type(model).__name__}")
-        glob = _global_hooks()
-        if glob:
-            raise UnsupportedModelError(
-                f"Network: {' and '.join(glob)} is registered (torch.nn.modules.module); the explicit algorithms would not call it",
-                type(model).__name__,
-                "global module hooks",
-            )
         if not isinstance(model, nn.Sequential):
             raise UnsupportedModelError(
                 f"Network: the model ({type(model).__name__}) is not an nn.Sequential; eq. (8) reads a sequence of modules",

@@ -161,10 +161,33 @@ def _applicable(net: Network, penalty) -> list[str]:
     return [name for name in _EXPLICIT if name in ALGORITHMS and (name not in _APPLIES or _APPLIES[name](net, penalty))]
 
 
+_CHOICES: dict[tuple, tuple[str, dict[str, Estimate]]] = {}
+
+
+def _signature(net: Network, penalty, batch: int) -> tuple:
+    """Everything the cost model reads: layer shapes and kinds, the batch, the penalty and the chunking settings."""
+    from .algorithms import jacobian as J
+    from .algorithms.driver import ALGORITHMS
+
+    layers = tuple(
+        (type(lay.op), lay.op.in_shape, lay.op.out_shape, lay.op.param_shape, lay.weight is None, lay.bias is None, type(lay.activation),
+         getattr(lay.activation, "locally_linear", None))
+        for lay in net.layers
+    )  # fmt: skip
+    return (layers, batch, type(penalty), repr(penalty), J.DEFAULT_CHUNK_SIZE, J.TARGET_CHUNK_ROWS, tuple(ALGORITHMS))
+
+
 def choose(net: Network, penalty, batch: int) -> tuple[str, dict[str, Estimate]]:
-    """The explicit algorithm ``"auto"`` runs on ``net`` (and every candidate's estimate)."""
+    """The explicit algorithm ``"auto"`` runs on ``net`` (and every candidate's estimate); memoised per signature."""
+    key = _signature(net, penalty, batch)
+    hit = _CHOICES.get(key)
+    if hit is not None:
+        return hit
     candidates = {name: estimate(net, penalty, batch, name) for name in _applicable(net, penalty)}
     best = min(candidates, key=lambda k: candidates[k].seconds)  # ties: the first, i.e. "general"
+    if len(_CHOICES) > 512:
+        _CHOICES.clear()
+    _CHOICES[key] = (best, candidates)
     return best, candidates
 
 

@@ -238,3 +238,18 @@ def test_locally_connected_property(c_in, c_out, h, w, k, stride, padding):
 def test_dense_property(n_in, n_out, batch):
     op = dbp.Dense(n_in, n_out)
     assert dbp.adjoint_errors(op, *random_triple(op, torch.float64, batch=batch), norm_iterations=10).max <= 1e-12
+
+
+@pytest.mark.parametrize("name", [n for n in OPERATORS if n != "hadamard"])
+def test_macs_match_the_flop_counter(name):
+    """``op.macs`` (the cost model's per-example multiply-adds) equals what FlopCounterMode counts for ``K``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    op = OPERATORS[name]()
+    if not op.trainable:  # pooling and down-sampling: no matrix product to count; one multiply-add per output
+        assert op.macs == op.out_numel
+        return
+    theta, x, _ = random_triple(op, torch.float64, batch=1)
+    with FlopCounterMode(display=False) as counter:
+        op.apply(theta, x)
+    assert op.macs == counter.get_total_flops() // 2

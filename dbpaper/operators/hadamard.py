@@ -29,6 +29,9 @@ class Hadamard(BilinearOperator):
     def _check_param(self, theta, name):  # theta is batched like x
         self._check_batch(theta, self.in_shape, name)
 
+    def _macs_per_output(self) -> int:
+        return 1
+
     def _apply(self, theta, x):
         return theta * x
 

@@ -15,6 +15,7 @@ so ``K^T(theta, y) = P^T(sum_o theta[o, l, k] y[n, o, l])`` (``P^T`` is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -70,6 +71,9 @@ class LocallyConnected2d(BilinearOperator):
         patches = F.unfold(x, **self._kw())
         flat_y = y.reshape(y.shape[0], self.out_shape[0], -1)
         return torch.einsum("nol,nkl->olk", flat_y, patches).reshape(self.param_shape)
+
+    def _macs_per_output(self) -> int:
+        return math.prod(self.param_shape[3:])  # (C_out, H_out, W_out | C_in, kh, kw): one unshared filter per output
 
     def _hyper(self) -> str:
         return (
