@@ -376,3 +376,11 @@ def test_no_device_leaks_under_a_meta_default_device():
             dbpaper.count_operations(net, x.detach(), pen, y if pen.needs_y else None)
     finally:
         torch.set_default_device("cpu")
+
+
+def test_readme_model_runs_algorithm_4_chunked_with_the_gram_shortcut():
+    """What the README says its default call runs."""
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    plan = dbpaper.plan(model, torch.zeros(128, 784), P.JacobianFrobenius())
+    assert (plan.algorithm, plan.gram) == ("optimized-chunked", True)
+    assert plan.predicted_flops < plan.autograd_flops
