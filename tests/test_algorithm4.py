@@ -271,6 +271,23 @@ def test_invalid_options():
         J.shortcut_costs(net, 0)
 
 
+@pytest.mark.parametrize("d1", [128, 257, 300])
+def test_blocked_symmetric_products_of_the_gram_trick(d1):
+    """A first layer wide enough for G = W_1 W_1ᵀ and A = Σ ζ_1 ζ_1ᵀ to be formed by symmetric blocks (odd
+    widths split unevenly), with a smooth first activation: exact against autograd for every chunking."""
+    torch.manual_seed(d1)
+    act = {128: torch.nn.Sigmoid, 257: torch.nn.ReLU, 300: torch.nn.Tanh}[d1]
+    model = torch.nn.Sequential(
+        torch.nn.Linear(12, d1), act(), torch.nn.Linear(d1, 7), torch.nn.Tanh(), torch.nn.Linear(7, 5), torch.nn.Softmax(-1),
+    ).double()  # fmt: skip
+    x = torch.randn(3, 12, dtype=torch.float64)
+    net = dbpaper.Network.from_sequential(model, (12,))
+    ref_value, ref = reference_gradients(model, x, P.JacobianFrobenius(), mode="summed")
+    for chunk in (1, 2, None):
+        value, grads = _run(net, x, chunk_size=chunk, gram=True, onehot=chunk == 2)
+        _assert_close(value, grads, ref_value, ref, what=(d1, chunk))
+
+
 def test_plan_follows_the_cost_model():
     mlp = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
     net = dbpaper.Network.from_sequential(mlp, (784,))

@@ -303,20 +303,58 @@ def _mul_into(t: torch.Tensor, dg: torch.Tensor, k: int, buf: torch.Tensor) -> t
     return out
 
 
-def _source_(acc: torch.Tensor | None, xi: torch.Tensor, h: torch.Tensor, k: int, shape) -> torch.Tensor:
-    """``acc + Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}`` over the ``k`` stacked classes (``acc`` updated in place).
+def _source_(acc: torch.Tensor | None, xi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``acc + h ⊙ ξ`` for ``k`` stacked classes, into the leading rows of ``acc`` (one fused ``addcmul_``).
 
-    ``shape`` is the per-batch shape of ``z_j``; multiplied by ``g''_j(z_j)``
-    once after the last pass, the sum is the source term ``S_j`` of the
-    accumulated forward-backward pass. One fused ``addcmul_`` per class and no
-    temporary of the stacked size.
+    ``acc`` has room for the largest chunk; without it (the first, largest
+    pass) ``ξ`` itself becomes the accumulator, overwritten in place. The sum
+    over the stacked classes is taken once after the last pass
+    (:func:`_sum_chunk`), so no temporary of the stacked size is formed per pass.
     """
-    xi, h = xi.reshape(k, *shape), h.reshape(k, *shape)
-    first = 0
     if acc is None:
-        acc, first = torch.mul(xi[0], h[0]), 1
-    for t in range(first, k):
-        acc.addcmul_(xi[t], h[t])
+        return xi.mul_(h.reshape(xi.shape)) if xi.is_contiguous() else torch.mul(xi, h.reshape(xi.shape))
+    acc[: xi.shape[0]].addcmul_(xi, h.reshape(xi.shape))
+    return acc
+
+
+def _sum_chunk(acc: torch.Tensor, shape) -> torch.Tensor:
+    """``Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}``: the accumulator of :func:`_source_` summed over its stacked classes."""
+    return acc.reshape(-1, *shape).sum(0)
+
+
+#: Blocked symmetric products (:func:`_gram_into`) split a ``d × d`` result while its half is at least this wide.
+_SYM_MIN_BLOCK = 64
+_SYM_LEVELS = 2
+
+
+def _gram_into(acc: torch.Tensor, Z: torch.Tensor, levels: int = _SYM_LEVELS) -> torch.Tensor:
+    """``acc += Zᵀ Z`` on the upper blocks only (``acc`` symmetric, ``Z`` of shape ``(rows, d)``).
+
+    torch has no symmetric rank-k update, so the product is split into 2×2
+    blocks: the off-diagonal block once, the diagonal blocks recursively
+    (``levels`` deep); one level does 3/4 of the multiply-adds, two 5/8.
+    :func:`_mirror_` fills the lower blocks afterwards. Written with ``out=``
+    so that :class:`torch.utils.flop_counter.FlopCounterMode` counts it.
+    """
+    d = Z.shape[1]
+    h = d // 2
+    if levels == 0 or h < _SYM_MIN_BLOCK:
+        return torch.addmm(acc, Z.T, Z, out=acc)
+    upper = acc[:h, h:]
+    torch.addmm(upper, Z[:, :h].T, Z[:, h:], out=upper)
+    _gram_into(acc[:h, :h], Z[:, :h], levels - 1)
+    _gram_into(acc[h:, h:], Z[:, h:], levels - 1)
+    return acc
+
+
+def _mirror_(acc: torch.Tensor, levels: int = _SYM_LEVELS) -> torch.Tensor:
+    """Copy the upper off-diagonal blocks written by :func:`_gram_into` to the lower ones (in place)."""
+    h = acc.shape[0] // 2
+    if levels == 0 or h < _SYM_MIN_BLOCK:
+        return acc
+    acc[h:, :h] = acc[:h, h:].T
+    _mirror_(acc[:h, :h], levels - 1)
+    _mirror_(acc[h:, h:], levels - 1)
     return acc
 
 
@@ -391,15 +429,18 @@ def jacobian_penalty_gradients(
     p = plan(net, penalty, n, chunk_size=chunk_size, gram=gram, onehot=onehot)
     thetas = [layer.theta(x0) for layer in layers]
     acc: list[torch.Tensor | None] = [None] * (L + 1)  # θ̂¹_j, indexed by j
-    src: list[torch.Tensor | None] = [None] * (L + 1)  # Σ_i h_j^{(i)} ⊙ ξ_j^{(i)} where g''_j ≠ 0 (j = 1..L-1)
+    src: list[torch.Tensor | None] = [None] * (L + 1)  # h_j ⊙ ξ_j summed over the passes, where g''_j ≠ 0 (j = 1..L-1)
     value = x0.new_zeros(())
     eta_hat = torch.zeros_like(out) if softmax else None  # η̂_L (identically zero for the identity output)
     x_flat = out.reshape(n, c)
 
     if p.gram:
-        # K_1(θ_1, ·) applied to the rows of W_1 gives W_1 W_1ᵀ; the factor 2/N of q_0 = 2 ξ_0 / N is folded in
-        G2 = layers[0].K(thetas[0], thetas[0]).mul_(2.0 / n)
-        A = x0.new_zeros(G2.shape)  # Σ_{i,n} ζ_1 ζ_1ᵀ
+        # G = K_1 K_1ᵀ = W_1 W_1ᵀ (K_1 applied to the rows of W_1, by symmetric blocks and counted as one K);
+        # the factor 2/N of q_0 = 2 ξ_0 / N is folded in
+        d1 = layers[0].op.out_numel
+        _counting.record("apply")
+        G2 = _mirror_(_gram_into(x0.new_zeros((d1, d1)), thetas[0].T)).mul_(2.0 / n)
+        A = x0.new_zeros((d1, d1))  # Σ_{i,n} ζ_1 ζ_1ᵀ, upper blocks until the class loop ends
     if p.onehot:
         W_L = thetas[L - 1]
         u = layers[-1].KT(W_L, out).reshape(n, -1)  # u_n = W_Lᵀ x_{L,n}
@@ -409,9 +450,10 @@ def jacobian_penalty_gradients(
 
     passes = -(-c // p.chunk_size)  # ceil(C / chunk_size) passes of balanced sizes (10 = 4 + 3 + 3, not 4 + 4 + 2)
     bounds = [c * t // passes for t in range(passes + 1)]
-    kmax = max(stop - start for start, stop in zip(bounds[:-1], bounds[1:]))
+    chunks = list(zip(bounds[:-1], bounds[1:]))[::-1]  # the largest first (sizes never decrease)
+    kmax = chunks[0][1] - chunks[0][0]
     zbuf: list[torch.Tensor | None] = [None] * (L + 1)  # ζ_j of smooth layers, reused by every pass
-    for start, stop in zip(bounds[:-1], bounds[1:]):
+    for start, stop in chunks:
         k = stop - start
         zetas: list[torch.Tensor | None] = [None] * (L + 1)
         xis: list[torch.Tensor | None] = [None] * (L + 1)  # ξ_j^{(i)}, kept only where g''_j ≠ 0
@@ -454,11 +496,11 @@ def jacobian_penalty_gradients(
             zetas[1] = None
             h = torch.mm(Z, G2)  # h_1 = K_1(θ_1, q_0) = (2/N) G ζ_1
             value = value + torch.dot(Z.reshape(-1), h.reshape(-1)) / 2  # (1/N) Σ ⟨ζ_1, G ζ_1⟩ = (1/N) Σ ‖ξ_0‖²
-            A = torch.addmm(A, Z.T, Z)  # out of place: FlopCounterMode does not see addmm_
+            _gram_into(A, Z)  # A += Zᵀ Z (upper blocks)
             del Z
             h = h.reshape(k * n, *layers[0].op.out_shape)
             if xis[1] is not None:
-                src[1] = _source_(src[1], xis[1], h, k, rec.dg[1].shape)  # Σ_i h_1 ⊙ ξ_1
+                src[1] = _source_(src[1], xis[1], h)  # Σ_i h_1 ⊙ ξ_1
                 xis[1] = None
             q = _mul_(h, rec.dg[1], k) if L > 1 else None
             first_bb = 2
@@ -487,7 +529,7 @@ def jacobian_penalty_gradients(
             zetas[j] = None
             h = layer.K(thetas[j - 1], q)  # h_j = K_j(θ_j, q_{j-1})
             if xis[j] is not None:  # j < L: the source term Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}
-                src[j] = _source_(src[j], xis[j], h, k, rec.dg[j].shape)
+                src[j] = _source_(src[j], xis[j], h)
                 xis[j] = None
             q = _mul_(h, rec.dg[j], k) if j < L else None  # q_j = M(g'_j, h_j), in place (h_j is not needed again)
         # -- η̂_L += Σ_i η_L^{(i)} with the corrected Appendix B.1 formula ------------------------
@@ -509,7 +551,7 @@ def jacobian_penalty_gradients(
         layer = layers[j - 1]
         if layer.weight is not None:
             if j == 1 and p.gram:
-                g = layer.Kbox(thetas[0], A.mul_(2.0 / n))  # θ̂¹_1 = (2/N) A W_1
+                g = layer.Kbox(thetas[0], _mirror_(A).mul_(2.0 / n))  # θ̂¹_1 = (2/N) A W_1
             else:
                 g = acc[j]
             if eta is not None:
@@ -526,7 +568,7 @@ def jacobian_penalty_gradients(
             if s is None:
                 eta = gamma.mul_(rec.dg[j - 1]) if gamma is not None else None
             else:
-                s.mul_(rec.d2g[j - 1])
+                s = _sum_chunk(s, rec.dg[j - 1].shape).mul_(rec.d2g[j - 1])
                 eta = s if gamma is None else s.addcmul_(gamma.reshape(s.shape), rec.dg[j - 1])
     grads.eta_1 = eta
     return value, grads
