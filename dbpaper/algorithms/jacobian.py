@@ -203,8 +203,10 @@ def shortcut_costs(net: Network, batch: int) -> dict[str, dict[str, int]]:
 
     * Gram trick (dense first layer ``d_0 -> d_1``): without, ``3 N C d_0 d_1``
       (``K_1ᵀ``, ``K_1``, ``K_1□`` per class) plus ``2 w N C d_0`` (``p`` and
-      ``∇p`` of ``ξ_0``); with, ``2 N C d_1² + 2 d_1² d_0`` (``G ζ_1`` and ``A`` per
-      class, ``G`` and ``A W_1`` once) plus ``w N C d_1`` (the value);
+      ``∇p`` of ``ξ_0``); with, ``(1 + f) (N C d_1² + d_1² d_0)`` (``G ζ_1`` and
+      ``A`` per class, ``A W_1`` and ``G`` once; ``f ≤ 1`` is the fraction of
+      the multiply-adds that the symmetric block products of ``A`` and ``G``
+      do, 5/8 for ``d_1 ≥ 256``) plus ``w N C d_1`` (the value);
     * one-hot output (dense output layer ``d -> C``, ``L ≥ 2``): without,
       ``3 N C² d`` (``K_L``, ``K_Lᵀ``, ``K_L□`` per class) plus ``13 w N C²``
       (``ζ_L`` and ``η_L`` per class); with, ``6 w N C d`` (six passes over the
@@ -217,9 +219,10 @@ def shortcut_costs(net: Network, batch: int) -> dict[str, dict[str, int]]:
     first, last = net.layers[0], net.layers[-1]
     if isinstance(first.op, Dense):
         d0, d1 = first.op.in_numel, first.op.out_numel
+        f = _sym_fraction(d1)
         out["gram"] = {
             "without": 3 * n * c * d0 * d1 + 2 * w * n * c * d0,
-            "with": 2 * n * c * d1 * d1 + 2 * d1 * d1 * d0 + w * n * c * d1,
+            "with": round((1 + f) * (n * c * d1 * d1 + d1 * d1 * d0)) + w * n * c * d1,
         }
     if net.depth >= 2 and isinstance(last.op, Dense):
         d = last.op.in_numel
@@ -356,6 +359,14 @@ def _mirror_(acc: torch.Tensor, levels: int = _SYM_LEVELS) -> torch.Tensor:
     _mirror_(acc[:h, :h], levels - 1)
     _mirror_(acc[h:, h:], levels - 1)
     return acc
+
+
+def _sym_fraction(d: int, levels: int = _SYM_LEVELS) -> float:
+    """The fraction of the multiply-adds of ``Zᵀ Z`` (``d × d``) that :func:`_gram_into` does."""
+    h = d // 2
+    if levels == 0 or h < _SYM_MIN_BLOCK:
+        return 1.0
+    return (h * (d - h) + h * h * _sym_fraction(h, levels - 1) + (d - h) ** 2 * _sym_fraction(d - h, levels - 1)) / (d * d)
 
 
 def _kbox_into(layer, acc: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
