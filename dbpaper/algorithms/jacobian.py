@@ -48,9 +48,10 @@ Corrections to the printed Algorithm 4 (the *Runtimes* chapter lists them):
 
 Memory: no per-class tensor outlives its pass over the classes; only the
 accumulators ``θ̂¹_j`` (they become the returned weight gradients), ``η̂_L``,
-the sums ``Σ_i h_j ⊙ ξ_j`` of the source terms and the forward record are
-kept, and weight-adjoints of dense layers are written straight into their
-accumulators. The memory is therefore ``O(1)``
+the sums ``Σ_i h_j ⊙ ξ_j`` of the source terms (one slot per stacked class,
+i.e. ``chunk_size`` tensors of the shape of ``z_j``, summed after the last
+pass) and the forward record are kept, and weight-adjoints of dense layers
+are written straight into their accumulators. The memory is therefore ``O(1)``
 in the number of classes processed — but tensors of the output layer (its
 weight, ``x_L`` and ``ζ_L^{(i)}`` of shape ``(N, C)``) have sizes proportional
 to ``C`` for every method.
@@ -69,11 +70,13 @@ Variants, all exact (they differ in rounding only)
 ``gram`` (beyond the paper)
     ``p = ‖·‖²`` makes ``ξ_0 = K_1ᵀ(θ_1, ζ_1)`` enter only through
     ``‖ξ_0‖² = ⟨ζ_1, G ζ_1⟩`` and ``h_1 = K_1(θ_1, q_0) = (2/N) G ζ_1`` with
-    ``G = K_1 K_1ᵀ`` (``W_1 W_1ᵀ`` for a dense first layer, evaluated as one ``K``
+    ``G = K_1 K_1ᵀ`` (``W_1 W_1ᵀ`` for a dense first layer, counted as one ``K``
     on the rows of ``W_1``); the layer-1 part of ``θ̂¹`` is
     ``Σ_{i,n} ζ_1 q_0ᵀ = (2/N) A W_1`` with ``A = Σ_{i,n} ζ_1 ζ_1ᵀ``, one ``K□`` at
     the end. Per class the input dimension drops out: ``2 N d_1²`` instead of
-    ``3 N d_0 d_1`` multiply-adds. Dense first layers only. The source term
+    ``3 N d_0 d_1`` multiply-adds. ``G`` and ``A`` are symmetric and are formed
+    from their upper blocks (2×2 blocks, two levels deep: 5/8 of the
+    multiply-adds for ``d_1 ≥ 256``). Dense first layers only. The source term
     needs ``ξ_j`` and ``h_j`` for ``j ≥ 1`` only, and both are formed
     (``ξ_1 = K_2ᵀ(θ_2, ζ_2)``, ``h_1 = (2/N) G ζ_1``).
 ``onehot`` (beyond the paper)
