@@ -81,44 +81,114 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass(frozen=True)
+class Task:
+    """What a workload computes: ``R`` of a penalty, or the objective ``ℓ + λR`` when ``lam`` is set."""
+
+    penalty: str  # a key of PENALTIES
+    lam: float | None = None
+
+    def make(self):
+        """A fresh penalty object (OperatorNorm gets its own generator, reseeded before every call)."""
+        return PENALTIES[self.penalty]()
+
+    @property
+    def jacobian(self) -> bool:
+        return self.penalty == "jacobian"
+
+
+def _penalties() -> dict[str, Callable]:
+    from .penalties import ClassicalDoubleBackprop, JacobianFrobenius, OperatorNorm, OutputNodeGradient
+
+    return {
+        "jacobian": JacobianFrobenius,
+        "classical-nll": lambda: ClassicalDoubleBackprop("nll"),
+        "classical-mse": lambda: ClassicalDoubleBackprop("mse"),
+        "output-node": lambda: OutputNodeGradient(3),
+        "operator-norm": lambda: OperatorNorm(iterations=2, generator=torch.Generator()),
+    }
+
+
+PENALTIES: dict[str, Callable] = _penalties()
+
+
+def _reseed(pen) -> None:
+    gen = getattr(pen, "generator", None)
+    if gen is not None:
+        gen.manual_seed(0)  # every method draws the same v
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
-    """A way to compute ``R`` and its parameter gradients; ``build`` returns a zero-argument callable."""
+    """A way to compute ``R`` (or ``ℓ + λR``) and its parameter gradients; ``build`` returns a zero-argument callable."""
 
     label: str
     exact: bool
     description: str
-    build: Callable  # (model, net, params, x, classes) -> callable returning (R, [grads])
+    build: Callable  # (model, net, params, x, y, task) -> callable returning (value, [grads])
+    applies: Callable = lambda task: True  # noqa: E731
+
+
+def _flat_grads(net, grads) -> list[torch.Tensor]:
+    out = []
+    for layer, gw, gb in zip(net.layers, grads.weights, grads.biases):
+        out += [g for t, g in ((layer.weight, gw), (layer.bias, gb)) if t is not None]
+    return out
 
 
 def _ours(algorithm: str) -> Callable:
-    def build(model, net, params, x, classes):
-        from .algorithms.driver import double_backprop
-        from .penalties import JacobianFrobenius
+    def build(model, net, params, x, y, task):
+        from .algorithms.driver import double_backprop, objective_gradients
+        from .autograd import loss_for
 
-        pen = JacobianFrobenius()
+        pen = task.make()
+        yp = y if pen.needs_y else None
 
         def call():
-            res = double_backprop(net, x, pen, algorithm=algorithm)
-            out = []
-            for layer, gw, gb in zip(net.layers, res.gradients.weights, res.gradients.biases):
-                out += [g for t, g in ((layer.weight, gw), (layer.bias, gb)) if t is not None]
-            return res.value, out
+            _reseed(pen)
+            if task.lam is None:
+                res = double_backprop(net, x, pen, yp, algorithm=algorithm)
+            else:
+                res = objective_gradients(net, x, pen, y, task.lam, loss=loss_for(y), algorithm=algorithm)
+            return res.value, _flat_grads(net, res.gradients)
 
         return call
 
     return build
 
 
-def _default(model, net, params, x, classes):
-    """The call a user writes: ``dbpaper.penalty(model, x, penalty)`` (``algorithm="auto"``), then one backward."""
-    from .autograd import penalty
-    from .penalties import JacobianFrobenius
+def _default(model, net, params, x, y, task):
+    """The call a user writes: ``dbpaper.penalty`` / ``dbpaper.objective`` (``algorithm="auto"``), then one backward."""
+    from .autograd import objective, penalty
 
-    pen = JacobianFrobenius()
+    pen = task.make()
+    yp = y if pen.needs_y else None
 
     def call():
-        r = penalty(model, x, pen)
-        return r.detach(), list(torch.autograd.grad(r, params))
+        _reseed(pen)
+        r = penalty(model, x, pen, yp) if task.lam is None else objective(model, x, pen, y, task.lam)
+        return r.detach(), list(torch.autograd.grad(r, params, allow_unused=True, materialize_grads=True))
+
+    return call
+
+
+def _autograd_summed(model, net, params, x, y, task):
+    """``create_graph=True``: every ``v``'s input gradient recorded, the penalties summed, one backward."""
+    from .algorithms.initial_values import loss_value
+    from .autograd import loss_for
+    from .reference import _autograd_value, output_map_of
+
+    pen = task.make()
+    yp = y if pen.needs_y else None
+
+    def call():
+        _reseed(pen)
+        xx = x.detach().requires_grad_(True)
+        xin = xx.view_as(xx)  # a non-leaf input: FlopCounterMode's module hooks reject leaf inputs here
+        out = model(xin)
+        value = _autograd_value(model, xin, out, pen, yp)
+        if task.lam is not None:
+            value = loss_value(output_map_of(model), out, y, loss_for(y)) + task.lam * value
+        return value.detach(), list(torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True))
 
     return call
 
@@ -131,23 +201,8 @@ def _onehots(out: torch.Tensor, classes: int):
         yield v
 
 
-def _autograd_summed(model, net, params, x, classes):
-    n = x.shape[0]
-
-    def call():
-        xx = x.detach().requires_grad_(True)
-        out = model(xx.view_as(xx))  # a non-leaf input: FlopCounterMode's module hooks reject leaf inputs here
-        value = 0
-        for v in _onehots(out, classes):
-            (xi,) = torch.autograd.grad(out, xx, v, create_graph=True, retain_graph=True)
-            value = value + xi.pow(2).sum() / n
-        return value.detach(), list(torch.autograd.grad(value, params))
-
-    return call
-
-
-def _autograd_per_class(model, net, params, x, classes):
-    n = x.shape[0]
+def _autograd_per_class(model, net, params, x, y, task):
+    n, classes = x.shape[0], net.layers[-1].op.out_numel
 
     def call():
         xx = x.detach().requires_grad_(True)
@@ -165,7 +220,7 @@ def _autograd_per_class(model, net, params, x, classes):
     return call
 
 
-def _vmap_jacrev(model, net, params, x, classes):
+def _vmap_jacrev(model, net, params, x, y, task):
     n = x.shape[0]
 
     def single(xi):
@@ -174,13 +229,13 @@ def _vmap_jacrev(model, net, params, x, classes):
     def call():
         jac = torch.func.vmap(torch.func.jacrev(single))(x.detach())
         value = torch.sum(jac * jac) / n
-        return value.detach(), list(torch.autograd.grad(value, params))
+        return value.detach(), list(torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True))
 
     return call
 
 
-def _hoffman(model, net, params, x, classes):
-    n = x.shape[0]
+def _hoffman(model, net, params, x, y, task):
+    n, classes = x.shape[0], net.layers[-1].op.out_numel
     gen = torch.Generator().manual_seed(0)
 
     def call():
@@ -190,54 +245,70 @@ def _hoffman(model, net, params, x, classes):
         v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)  # uniform on the unit sphere
         (xi,) = torch.autograd.grad(out, xx, v, create_graph=True)
         value = classes * xi.pow(2).sum() / n  # E_v[C ‖Jᵀv‖²] = ‖J‖_F²
-        return value.detach(), list(torch.autograd.grad(value, params))
+        return value.detach(), list(torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True))
 
     return call
 
 
+def _jacobian(task) -> bool:
+    return task.jacobian
+
+
+def _jacobian_penalty_only(task) -> bool:
+    return task.jacobian and task.lam is None
+
+
 METHODS: dict[str, Method] = {
     "default": Method(
-        "dbpaper.penalty (default)", True, "the default call: algorithm='auto' picks by the cost model, then one backward", _default
+        "dbpaper default", True, "the call a user writes (algorithm='auto' picks by the cost model), then one backward", _default
     ),
-    "alg4": Method("Algorithm 4 (paper)", True, "Algorithm 4 as printed, corrected; one class at a time", _ours("optimized")),
+    "alg4": Method("Algorithm 4 (paper)", True, "Algorithm 4 as printed, corrected; one class at a time", _ours("optimized"), _jacobian),
     "alg4-shortcuts": Method(
-        "Algorithm 4 + shortcuts", True, "one class at a time with the Gram and one-hot shortcuts", _ours("optimized-shortcuts")
+        "Algorithm 4 + shortcuts", True, "one class at a time with the Gram and one-hot shortcuts", _ours("optimized-shortcuts"), _jacobian
     ),
     "alg4-chunked": Method(
-        "Algorithm 4 chunked", True, "classes stacked in chunks (chunk_size='auto') with the shortcuts", _ours("optimized-chunked")
+        "Algorithm 4 chunked", True, "classes stacked in chunks (chunk_size='auto') with the shortcuts", _ours("optimized-chunked"), _jacobian
     ),
-    "alg1-3": Method("Algorithms 1-3 per class", True, "Algorithms 1-3 class by class (the naive count)", _ours("general")),
+    "alg1-3": Method("Algorithms 1-3 (general)", True, "Algorithms 1-3 once per v (the paper's naive path)", _ours("general")),
     "autograd-summed": Method(
-        "autograd, summed", True, "C create_graph input gradients, penalties summed, one backward", _autograd_summed
+        "autograd, summed", True, "create_graph input gradients, the penalties summed, one backward", _autograd_summed
     ),
-    "autograd-per-class": Method("autograd, per class", True, "one double backward per class, accumulated", _autograd_per_class),
-    "vmap-jacrev": Method("vmap(jacrev)", True, "torch.func.vmap(jacrev) Jacobian, one backward", _vmap_jacrev),
+    "autograd-per-class": Method(
+        "autograd, per class", True, "one double backward per class, accumulated", _autograd_per_class, _jacobian_penalty_only
+    ),
+    "vmap-jacrev": Method("vmap(jacrev)", True, "torch.func.vmap(jacrev) Jacobian, one backward", _vmap_jacrev, _jacobian_penalty_only),
     "hoffman-1proj": Method(
-        "random projection (1)", False, "Hoffman et al. (2019) estimator, one projection, autograd", _hoffman
+        "random projection (1)", False, "Hoffman et al. (2019) estimator, one projection, autograd", _hoffman, _jacobian_penalty_only
     ),
 }
+
+#: The package's own exact algorithms (what ``"auto"`` chooses among), by bench key.
+REGISTERED = {"alg4": "optimized", "alg4-shortcuts": "optimized-shortcuts", "alg4-chunked": "optimized-chunked", "alg1-3": "general"}
 
 # -- workloads -----------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    """A model, an input batch and the methods to run on it."""
+    """A model, an input batch, what to compute and the methods to run on it."""
 
     name: str
-    group: str  # "main", "classes", "depth" or "batch"
+    group: str  # "main", "penalties", "classes", "depth" or "batch"
     description: str
     params: dict
-    make: Callable  # (device, dtype) -> (model, in_shape, batch, classes)
+    make: Callable  # () -> (model, in_shape, batch, classes)
     methods: tuple[str, ...]
+    task: Task = Task("jacobian")
 
 
-def _mlp(widths: list[int], seed: int = 0) -> nn.Sequential:
+def _mlp(widths: list[int], seed: int = 0, act: Callable = nn.ReLU, softmax: bool = True) -> nn.Sequential:
     torch.manual_seed(seed)
     mods: list[nn.Module] = []
     for a, b in zip(widths[:-2], widths[1:-1]):
-        mods += [nn.Linear(a, b), nn.ReLU()]
-    mods += [nn.Linear(widths[-2], widths[-1]), nn.Softmax(dim=-1)]
+        mods += [nn.Linear(a, b), act()]
+    mods.append(nn.Linear(widths[-2], widths[-1]))
+    if softmax:
+        mods.append(nn.Softmax(dim=-1))
     return nn.Sequential(*mods)
 
 
@@ -253,6 +324,7 @@ def _cnn(channels: tuple[int, int], hidden: int, classes: int, seed: int = 0) ->
 
 ALL = tuple(METHODS)
 SWEEP = ("default", "alg4", "alg4-shortcuts", "alg4-chunked", "autograd-summed", "autograd-per-class", "vmap-jacrev", "hoffman-1proj")
+PEERS = ("default", "alg4", "alg4-shortcuts", "alg4-chunked", "alg1-3", "autograd-summed", "vmap-jacrev")
 
 
 def workloads(quick: bool = False) -> list[Workload]:
@@ -265,12 +337,20 @@ def workloads(quick: bool = False) -> list[Workload]:
         mlp_w, batch, cnn_ch, cnn_hidden = [784, 256, 256, 256, 10], 128, (8, 16), 64
         class_sweep, class_batch, depths, batches = (2, 10, 100, 1000), 32, (2, 3, 4, 6, 8), (16, 64, 128, 512)
     cnn_batch = 16 if quick else 64
+    arch = "-".join(map(str, mlp_w))
 
     out.append(
         Workload(
-            "mlp", "main", f"{'-'.join(map(str, mlp_w))} ReLU MLP, softmax, batch {batch}",
+            "mlp", "main", f"{arch} ReLU MLP, softmax, batch {batch}",
             {"widths": mlp_w, "batch": batch, "classes": mlp_w[-1]},
             lambda: (_mlp(mlp_w), (mlp_w[0],), batch, mlp_w[-1]), ALL,
+        )
+    )  # fmt: skip
+    out.append(
+        Workload(
+            "mlp-tanh", "main", f"{arch} tanh MLP, softmax, batch {batch}",
+            {"widths": mlp_w, "batch": batch, "classes": mlp_w[-1], "activation": "tanh"},
+            lambda: (_mlp(mlp_w, act=nn.Tanh), (mlp_w[0],), batch, mlp_w[-1]), ALL,
         )
     )  # fmt: skip
     out.append(
@@ -280,6 +360,22 @@ def workloads(quick: bool = False) -> list[Workload]:
             lambda: (_cnn(cnn_ch, cnn_hidden, 10), (1, 28, 28), cnn_batch, 10), ALL,
         )
     )  # fmt: skip
+    others = [
+        ("logits", "Jacobian penalty of the logits (identity output)", Task("jacobian"), False),
+        ("classical-nll", "classical double backpropagation, NLL", Task("classical-nll"), True),
+        ("classical-mse", "classical double backpropagation, squared error, identity output", Task("classical-mse"), False),
+        ("output-node", "output-node penalty, node 3", Task("output-node"), True),
+        ("operator-norm", "operator-norm penalty, two power iterations", Task("operator-norm"), True),
+        ("objective", "objective cross-entropy + 0.1 x Jacobian penalty", Task("jacobian", lam=0.1), False),
+    ]
+    for name, what, task, softmax in others:
+        out.append(
+            Workload(
+                name, "penalties", f"{arch} ReLU MLP, {what}, batch {batch}",
+                {"widths": mlp_w, "batch": batch, "classes": mlp_w[-1], "penalty": task.penalty, "lam": task.lam, "softmax": softmax},
+                (lambda softmax=softmax: (_mlp(mlp_w, softmax=softmax), (mlp_w[0],), batch, mlp_w[-1])), PEERS, task,
+            )
+        )  # fmt: skip
     for c in class_sweep:
         w = mlp_w[:-1] + [c]
         out.append(
@@ -301,7 +397,7 @@ def workloads(quick: bool = False) -> list[Workload]:
     for b in batches:
         out.append(
             Workload(
-                f"batch-{b}", "batch", f"{'-'.join(map(str, mlp_w))} MLP, batch {b}",
+                f"batch-{b}", "batch", f"{arch} MLP, batch {b}",
                 {"widths": mlp_w, "batch": b, "classes": mlp_w[-1], "x": b},
                 (lambda b=b: (_mlp(mlp_w), (mlp_w[0],), b, mlp_w[-1])), SWEEP,
             )
@@ -403,17 +499,41 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) -> float:
+    """The machine's matrix-multiply rate in GFLOP/s at the current thread count: the roofline of the table.
+
+    The median of repeated ``size x size`` products over about ``seconds``.
+    """
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    torch.mm(a, b)
+    times = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < 5:
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
 def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int, budget_s: float, bar) -> dict:
     model, in_shape, batch, classes = w.make()
     model = model.to(device=device, dtype=dtype)
     from .network import Network
-    from .penalties import JacobianFrobenius
 
     net = Network.from_sequential(model, in_shape)
     params = net.parameters()
     g = torch.Generator().manual_seed(1)
     x = torch.randn((batch, *in_shape), generator=g, dtype=dtype).to(device)
-    calls = {m: METHODS[m].build(model, net, params, x, classes) for m in w.methods}
+    if w.task.penalty == "classical-mse":
+        y = torch.randn((batch, *net.out_shape), generator=g, dtype=dtype).to(device)
+    else:
+        y = torch.randint(0, classes, (batch,), generator=g).to(device)
+    methods = [m for m in w.methods if METHODS[m].applies(w.task)]
+    calls = {m: METHODS[m].build(model, net, params, x, y, w.task) for m in methods}
+    grad_mib = sum(p.numel() * p.element_size() for p in params) / 2**20
     results: dict[str, dict] = {}
     ref = None
     for m, fn in calls.items():  # warm-up, consistency and FLOPs
@@ -433,6 +553,7 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
             results[m]["value_rel_diff"] = abs(results[m]["value"] - ref[0]) / max(abs(ref[0]), 1e-300)
     for m, fn in calls.items():
         results[m]["peak_mib"] = measure_peak_memory(fn, device) / 2**20
+        results[m]["working_mib"] = max(0.0, results[m]["peak_mib"] - grad_mib)  # minus the returned gradients
         bar.update(1)
     # timing: round-robin, as many rounds as the budget allows (at least min_repeats, at most repeats)
     slowest = sum(r["warmup_s"] for r in results.values())
@@ -453,9 +574,11 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
         results[m]["time_ms_samples"] = [round(v * 1e3, 4) for v in s]
         q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
         results[m]["time_ms_iqr"] = [q[0] * 1e3, q[2] * 1e3]
+        results[m]["gflops_per_s"] = results[m]["flops"] / (results[m]["time_ms"] * 1e-3) / 1e9
     from .planning import plan
 
-    chosen = plan(model, x, JacobianFrobenius())
+    pen = w.task.make()
+    chosen = plan(model, x, pen, y if pen.needs_y else None)
     return {
         "name": w.name,
         "group": w.group,
@@ -464,6 +587,7 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
             "predicted_flops": chosen.predicted_flops, "autograd_flops": chosen.autograd_flops,
         },  # fmt: skip
         "description": w.description,
+        "task": {"penalty": w.task.penalty, "lam": w.task.lam},
         "params": w.params,
         "num_parameters": sum(p.numel() for p in params),
         "depth_L": net.depth,
@@ -494,13 +618,13 @@ def run(*, quick: bool = False, device: str = "cpu", threads: int | None = None,
             raise ValueError(f"unknown workloads {sorted(unknown)}; choose from {[w.name for w in chosen]} or groups")
         chosen = [w for w in chosen if w.name in only or w.group in only]
     min_rounds = 3 if quick else min_repeats
-    total = sum(2 * len(w.methods) + min_rounds for w in chosen)
+    total = sum(2 * len([m for m in w.methods if METHODS[m].applies(w.task)]) + min_rounds for w in chosen)
     bar = tqdm(total=total, desc="bench", unit="step", disable=not progress)
     started = time.perf_counter()
     out = {
-        "schema": 1,
+        "schema": 2,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(dev),
+        "machine": {**machine_info(dev), "matmul_gflops_per_s": matmul_rate(dev, dtype)},
         "settings": {
             "quick": quick, "dtype": str(dtype).replace("torch.", ""), "repeats_max": repeats,
             "repeats_min": min_repeats, "budget_s": budget_s, "timing": "median of round-robin repeats after one warm-up call",
@@ -519,10 +643,6 @@ def run(*, quick: bool = False, device: str = "cpu", threads: int | None = None,
 
 
 # -- plots and summary ---------------------------------------------------------------------------
-
-
-#: The package's own exact algorithms (what ``"auto"`` chooses among), by bench label.
-REGISTERED = {"alg4": "optimized", "alg4-shortcuts": "optimized-shortcuts", "alg4-chunked": "optimized-chunked", "alg1-3": "general"}
 
 
 def default_table(result: dict) -> list[dict]:
@@ -565,7 +685,10 @@ def summary(result: dict) -> str:
             rel = ""
             if base:
                 rel = f"  time x{base['time_ms'] / r['time_ms']:.2f} vs summed, flops x{r['flops'] / base['flops']:.3f}"
-            lines.append(f"  {m:20s} {r['time_ms']:10.2f} ms {r['flops'] / 1e9:9.3f} GFLOP {r['peak_mib']:9.2f} MiB{rel}")
+            lines.append(
+                f"  {m:20s} {r['time_ms']:10.2f} ms {r['flops'] / 1e9:9.3f} GFLOP {r.get('gflops_per_s', 0):7.1f} GFLOP/s "
+                f"{r['peak_mib']:9.2f} MiB{rel}"
+            )
     return "\n".join(lines)
 
 
