@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import _counting
 from . import activations as act
 from . import nn as dbnn
 from .operators import (
@@ -147,17 +148,24 @@ class Layer:
         dims = (0,) + tuple(range(1 + self.bias.ndim, eta.ndim))
         return eta.sum(dim=dims)
 
+    # The algorithms call the operators through these three methods. Shapes, dtypes and devices
+    # are checked once per call of the algorithms (Network.check_input); inside, every tensor has
+    # the right layout by construction, so the hot path skips the operators' per-call validation
+    # (the public BilinearOperator methods keep it) and only reports the evaluation for counting.
     def K(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``K_j(θ_j, x)`` for ``x`` shaped like ``x_{j-1}``."""
-        return self.op.apply(theta, x.reshape(x.shape[0], *self.op.in_shape))
+        _counting.record("apply")
+        return self.op._apply(theta, x.reshape(x.shape[0], *self.op.in_shape))
 
     def KT(self, theta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``K_jᵀ(θ_j, y)``, shaped like ``x_{j-1}``."""
-        return self.op.transpose(theta, y).reshape(y.shape[0], *self.in_shape)
+        _counting.record("transpose")
+        return self.op._transpose(theta, y).reshape(y.shape[0], *self.in_shape)
 
     def Kbox(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``K_j□(x, y)`` for ``x`` shaped like ``x_{j-1}``."""
-        return self.op.weight_adjoint(x.reshape(x.shape[0], *self.op.in_shape), y)
+        _counting.record("weight_adjoint")
+        return self.op._weight_adjoint(x.reshape(x.shape[0], *self.op.in_shape), y)
 
 
 @dataclasses.dataclass(eq=False)

@@ -174,7 +174,7 @@ def _outside_models():
         "pre-hook": (pre, "forward pre-hook"),
         "overridden-linear": (nn.Sequential(ScaledLinear(6, 5), nn.ReLU(), nn.Linear(5, 3)), "ScaledLinear"),
         "overridden-sequential": (MySequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), "MySequential"),
-        "final-tanh": (nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3), nn.Tanh()), "Tanh"),
+        "dropout": (nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.0), nn.Linear(5, 3)), "Dropout"),
     }
 
 
