@@ -202,10 +202,23 @@ class Network:
                     f"Network: {layer.module_names}: only the last layer may use softmax", ".".join(layer.module_names), "softmax not last"
                 )
         last = self.layers[-1].activation
+        if isinstance(last, act.Activation):  # a final coordinate-wise map (sigmoid, tanh, ...) is the output map g_L
+            if isinstance(last, act.Identity):
+                out_map = act.IdentityOutput()
+            elif last.output_invertible():
+                out_map = act.CoordinatewiseOutput(last)
+            else:
+                raise UnsupportedModelError(
+                    f"Network: the last layer's map {last!r} cannot be an output map: its derivatives are not "
+                    "functions of its output; append a linear layer or remove the final activation",
+                    self.layers[-1].module_names[-1],
+                    "output map",
+                )
+            self.layers = self.layers[:-1] + (dataclasses.replace(self.layers[-1], activation=out_map),)
+            last = out_map
         if not isinstance(last, act.OutputMap):
             raise UnsupportedModelError(
-                f"Network: the last layer's map must be softmax or the identity (Appendix B), got {last!r}; "
-                "append a linear layer or remove the final activation",
+                f"Network: the last layer's map must be softmax, the identity or coordinate-wise (Appendix B), got {last!r}",
                 self.layers[-1].module_names[-1],
                 "output map",
             )

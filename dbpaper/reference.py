@@ -19,7 +19,7 @@ from torch import nn
 
 from .algorithms.initial_values import loss_value
 from .network import Network
-from .penalties import ClassicalDoubleBackprop, JacobianFrobenius, OperatorNorm, OutputNodeGradient, Penalty
+from .penalties import ClassicalDoubleBackprop, GeneralPenalty, JacobianFrobenius, OperatorNorm, OutputNodeGradient, Penalty
 
 __all__ = ["autograd_penalty", "func_jacobian_frobenius", "output_map_of", "penalty_by_autograd", "reference_gradients", "traced_quantities"]
 
@@ -59,6 +59,8 @@ def autograd_penalty(model: nn.Module, x: torch.Tensor, penalty: Penalty, y: tor
         loss = loss_value(net.output_map, out, y, penalty.loss) * n  # Σ_n ℓ_n: per-example input gradients
         (xi,) = torch.autograd.grad(loss, x, create_graph=True)
         return [penalty.p.value(xi).sum() / n]
+    if isinstance(penalty, GeneralPenalty):
+        return [_general_value(penalty, x, out, y)]
     terms = []
     for v in _vs(penalty, net, out, x, model):
         (xi,) = torch.autograd.grad(out, x, grad_outputs=v, create_graph=True, retain_graph=True)
@@ -68,16 +70,23 @@ def autograd_penalty(model: nn.Module, x: torch.Tensor, penalty: Penalty, y: tor
 
 def output_map_of(model: nn.Module):
     """The output map ``g_L`` a model ends with: :class:`~dbpaper.Softmax` if its last module is ``nn.Softmax`` over the
-    last dimension (looking into nested ``nn.Sequential``), else the identity (the output is read as logits)."""
-    from .activations import IdentityOutput, Softmax
+    last dimension (looking into nested ``nn.Sequential``), a :class:`~dbpaper.activations.CoordinatewiseOutput` for a
+    final sigmoid, tanh, softplus, ... (for the losses it acts like the identity: ``x_L`` is read as logits), else the
+    identity."""
+    from . import activations as act
     from .network import unwrap
 
     m = unwrap(model)
     while isinstance(m, nn.Sequential) and len(m) > 0:
         m = m[-1]
     if isinstance(m, nn.Softmax) and m.dim in (-1, 1):
-        return Softmax()
-    return IdentityOutput()
+        return act.Softmax()
+    final = {nn.Sigmoid: act.Sigmoid, nn.Tanh: act.Tanh, nn.ReLU: act.ReLU}
+    if type(m) in final:
+        return act.CoordinatewiseOutput(final[type(m)]())
+    if type(m) is nn.Softplus:
+        return act.CoordinatewiseOutput(act.Softplus(m.beta, m.threshold))
+    return act.IdentityOutput()
 
 
 def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False):
@@ -99,8 +108,23 @@ def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tenso
     return (value, out) if return_output else value
 
 
+def _general_value(penalty: GeneralPenalty, xin: torch.Tensor, out: torch.Tensor, y) -> torch.Tensor:
+    """``mean_n p((dx_L/dx_0)* v)`` for a :class:`~dbpaper.penalties.GeneralPenalty` with ``create_graph=True``.
+
+    A ``v`` that is a function of ``x_L`` enters as ``grad_outputs`` computed
+    from the recorded output, so its dependence on the network is
+    differentiated too; ``p``'s per-batch targets (Sobolev) are constants.
+    """
+    p = penalty.p_for(xin.detach(), y)
+    v = penalty.v_for(out, y)
+    (xi,) = torch.autograd.grad(out, xin, grad_outputs=v, create_graph=True, retain_graph=True)
+    return p.value(xi).sum() / xin.shape[0]
+
+
 def _autograd_value(model, xin: torch.Tensor, out: torch.Tensor, penalty: Penalty, y) -> torch.Tensor:
     n = xin.shape[0]
+    if isinstance(penalty, GeneralPenalty):
+        return _general_value(penalty, xin, out, y)
     if isinstance(penalty, ClassicalDoubleBackprop):
         loss = loss_value(output_map_of(model), out, y, penalty.loss) * n  # Σ_n ℓ_n: per-example input gradients
         (xi,) = torch.autograd.grad(loss, xin, create_graph=True)
