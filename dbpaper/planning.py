@@ -9,6 +9,9 @@ name                       what runs                                            
                            (with a :class:`FallbackWarning`) for a model outside eq. (8)
 ``"general"``              Algorithms 1–3 once per ``v`` (class by class): the paper's     models of eq. (8)
                            naive path, kept for the book
+``"minimal"``              Algorithms 1–3 without unused work: no ``h_L`` where ``η_L``    models of eq. (8)
+                           vanishes; :func:`dbpaper.objective` folds the loss into
+                           Algorithm 3 (``4L - 1`` instead of ``5L - 2``)
 ``"optimized"``            Algorithm 4 as printed (corrected), one class at a time         Jacobian penalty
 ``"optimized-shortcuts"``  Algorithm 4, one class at a time, Gram / one-hot shortcuts      Jacobian penalty
 ``"optimized-chunked"``    Algorithm 4, classes stacked in chunks, with the shortcuts      Jacobian penalty
@@ -29,7 +32,8 @@ vectors ``v`` (``S = C`` for the Jacobian penalty):
 * ``"general"``: ``2N [F + S (2F + F□) + S (F' + F□)]`` FLOPs — forward pass,
   then per ``v`` Algorithms 1 and 2 (``Kᵀ``, ``K``), the ``K□(q, ζ)`` terms and
   Algorithm 3 (``Kᵀ`` for ``γ`` and ``K□(x, η)``); the last bracket is dropped
-  where ``η`` vanishes identically (Section 5.3);
+  where ``η`` vanishes identically (Section 5.3); ``"minimal"`` then also
+  drops ``h_L``, ``2N S m_L``;
 * Algorithm 4: ``2N [F + C (2F + F□) + F' + F□]`` minus what the Gram and
   one-hot shortcuts save (:func:`dbpaper.algorithms.jacobian.shortcut_costs`);
 * autograd with the ``C`` penalties summed before one backward (the peer the
@@ -76,7 +80,7 @@ __all__ = [
 ]
 
 #: The documented algorithm names (``"auto"`` is the default of every entry point).
-ALGORITHM_NAMES = ("auto", "general", "optimized", "optimized-shortcuts", "optimized-chunked", "autograd")
+ALGORITHM_NAMES = ("auto", "general", "minimal", "optimized", "optimized-shortcuts", "optimized-chunked", "autograd")
 
 #: Sustained floating-point operations per second of operator evaluations (float32, one CPU core).
 FLOP_RATE = 5e10
@@ -84,7 +88,7 @@ FLOP_RATE = 5e10
 #: Seconds of dispatch overhead per tensor operation (Python, the dispatcher, a small kernel).
 CALL_OVERHEAD_S = 1e-5
 
-_EXPLICIT = ("general", "optimized", "optimized-shortcuts", "optimized-chunked")
+_EXPLICIT = ("general", "minimal", "optimized", "optimized-shortcuts", "optimized-chunked")
 
 
 class FallbackWarning(UserWarning):
@@ -141,6 +145,9 @@ def estimate(net: Network, penalty, batch: int, algorithm: str) -> Estimate:
         extra = 2 * n * 2 * F * (penalty.iterations - 1)
     if algorithm == "general":
         return Estimate(2 * n * (F + S * (2 * F + Fbox + fb)) + extra, 3 * L + S * (8 * L + 5))
+    if algorithm == "minimal":  # h_L is skipped where η_L vanishes
+        unused = net.layers[-1].op.macs if _eta_vanishes(net, penalty) else 0
+        return Estimate(2 * n * (F + S * (2 * F + Fbox + fb - unused)) + extra, 3 * L + S * (8 * L + 4))
     if algorithm == "autograd":
         return Estimate(2 * n * (F + S * (2 * F + Fbox) + Fprime + Fbox) + extra, 6 * L + S * (12 * L + 5))
     if algorithm in ("optimized", "optimized-shortcuts", "optimized-chunked"):

@@ -18,7 +18,7 @@ from .passes import (
     standard_backprop,
 )
 
-__all__ = ["ALGORITHMS", "Result", "double_backprop", "general", "loss_kind", "objective_gradients", "register_algorithm"]
+__all__ = ["ALGORITHMS", "Result", "double_backprop", "general", "loss_kind", "minimal", "objective_gradients", "register_algorithm"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -46,11 +46,22 @@ def loss_kind(net: Network, penalty) -> str:
     return "nll" if isinstance(net.output_map, Softmax) else "mse"
 
 
-def general(net: Network, rec: ForwardRecord, penalty, y, *, scale: float = 1.0, extra_eta_L: torch.Tensor | None = None):
+def general(
+    net: Network,
+    rec: ForwardRecord,
+    penalty,
+    y,
+    *,
+    scale: float = 1.0,
+    extra_eta_L: torch.Tensor | None = None,
+    minimal: bool = False,
+):
     """Algorithms 1–3 once per ``v`` of the penalty (class by class for the Jacobian penalty).
 
     Returns ``R``, the gradients of ``scale · R`` and the backward passes
     (kept only for a single seed, for the reuse of Section 4.5).
+    ``minimal=True`` (the registered ``"minimal"``) skips the work the paper's
+    count includes but nothing uses: ``h_L`` where ``η_L`` vanishes identically.
 
     ``extra_eta_L`` folds a loss into the forward-backward pass: Algorithm 3
     is linear in ``(q, η_L)``, so seeding it with ``scale · η_L + ∇_{z_L} ℓ``
@@ -69,8 +80,8 @@ def general(net: Network, rec: ForwardRecord, penalty, y, *, scale: float = 1.0,
         xi_0 = bp.xis[0]
         value = value + penalty.p.value(xi_0).sum() / n
         q_0 = penalty.p.grad(xi_0) * (scale / n)
-        bbp = backward_backward_pass(net, rec, q_0)  # Algorithm 2
-        eta_L = seed.eta_L(bbp.hs[net.depth])  # Appendix B
+        bbp = backward_backward_pass(net, rec, q_0, need_h_L=not (minimal and seed.eta_is_zero))  # Algorithm 2
+        eta_L = seed.eta_L(bbp.hs[net.depth])  # Appendix B (None where it vanishes identically)
         if extra is not None:
             eta_L = extra if eta_L is None else eta_L + extra
             extra = None  # the loss is folded into the first seed's pass only
@@ -81,7 +92,12 @@ def general(net: Network, rec: ForwardRecord, penalty, y, *, scale: float = 1.0,
 
 
 #: name -> implementation ``(net, rec, penalty, y) -> (R, gradients, backward passes)``
-ALGORITHMS: dict[str, Callable] = {"general": general}
+def minimal(net: Network, rec: ForwardRecord, penalty, y, **kw):
+    """Algorithms 1–3 without unused work (``h_L`` skipped where ``η_L ≡ 0``); see :func:`general`."""
+    return general(net, rec, penalty, y, minimal=True, **kw)
+
+
+ALGORITHMS: dict[str, Callable] = {"general": general, "minimal": minimal}
 
 
 def register_algorithm(name: str, fn: Callable, *, applies: Callable | None = None) -> None:
@@ -163,9 +179,12 @@ def objective_gradients(
 
     ``value`` is ``ℓ + λR``; ``gradients`` holds its parameter gradients and
     ``η_1`` with ``∇_{x_0}(ℓ + λR) = K_1ᵀ(θ_1, η_1)``; ``loss`` holds ``ℓ``.
-    With ``"general"`` the loss gradient ``∇_{z_L} ℓ`` is added to the seed
-    ``η_L`` of Algorithm 3 (``4L - 1`` evaluations for a single ``v``);
-    Algorithm 4 adds a standard backpropagation of the loss (Section 4.5).
+    With ``"minimal"`` the loss gradient ``∇_{z_L} ℓ`` is added to the seed
+    ``η_L`` of Algorithm 3 (``4L - 1`` evaluations for a single ``v``, not the
+    ``5L - 2`` of Section 5.1); Algorithm 4 adds ``∇_{z_L} ℓ / λ`` to ``η̂_L``
+    before its single forward-backward pass and scales by ``λ`` (for
+    ``λ = 0``: a standard backpropagation of the loss, Section 4.5).
+    ``"general"`` is the paper's path: a separate backpropagation of the loss.
     """
     from ..planning import resolve
     from .initial_values import LossGradientSeed
@@ -178,10 +197,22 @@ def objective_gradients(
         n = x.shape[0]
         ell = loss_value(net.output_map, rec.output, y, loss)
         zeta_loss = LossGradientSeed(net.output_map, rec.output, y, loss).zeta_L() / n  # ∇_{z_L} ℓ (batch mean)
-        if name == "general":
-            value, grads, _ = general(net, rec, penalty, y, scale=lam, extra_eta_L=zeta_loss)
-        else:
-            value, grads, _ = ALGORITHMS[name](net, rec, penalty, y)
+        options = getattr(ALGORITHMS[name], "options", None)  # the Algorithm 4 variants carry their options
+        if name == "minimal":
+            value, grads, _ = minimal(net, rec, penalty, y, scale=lam, extra_eta_L=zeta_loss)
+        elif options is not None and lam != 0.0:
+            from .jacobian import jacobian_penalty_gradients, resolve_chunk_size
+
+            # Algorithm 4's final pass is linear in η̂_L too: fold ∇_{z_L} ℓ / λ in and scale by λ
+            value, grads = jacobian_penalty_gradients(
+                net, rec, penalty, **{**options, "chunk_size": resolve_chunk_size(options["chunk_size"])}, extra_eta_L=zeta_loss / lam
+            )
             grads = grads.scaled(lam)
-            grads.add(standard_backprop(net, rec, zeta_loss))
+        else:
+            value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
+            grads = grads.scaled(lam)
+            if getattr(penalty, "loss", None) == loss and passes:  # Section 4.5: reuse the ζ_j of the classical penalty
+                grads.add(standard_backprop(net, rec, None, xis_reuse=passes[0]).scaled(1.0 / n))
+            else:
+                grads.add(standard_backprop(net, rec, zeta_loss))
     return Result(value=ell + lam * value, gradients=grads, loss=ell, algorithm=name)

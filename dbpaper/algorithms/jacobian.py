@@ -142,6 +142,7 @@ __all__ = [
     "jacobian_penalty_gradients",
     "optimized_algorithm",
     "plan",
+    "resolve_chunk_size",
     "shortcut_costs",
     "why_not",
 ]
@@ -252,6 +253,11 @@ def _check_chunk_size(chunk_size) -> None:
 def _check_choice(value, name: str) -> None:
     if not (value is True or value is False or value == _AUTO):
         raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
+
+
+def resolve_chunk_size(chunk_size):
+    """``"default"`` (the registered ``"optimized-chunked"``) read as :data:`DEFAULT_CHUNK_SIZE` now; else unchanged."""
+    return DEFAULT_CHUNK_SIZE if chunk_size == "default" else chunk_size
 
 
 def plan(net: Network, penalty, batch: int, *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Plan:
@@ -398,6 +404,7 @@ def jacobian_penalty_gradients(
     chunk_size: int | str | None = 1,
     gram: bool | str = False,
     onehot: bool | str = False,
+    extra_eta_L: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LayerGradients]:
     """``R`` and ``∇_θ R``, ``∇_b R`` of the Jacobian penalty by Algorithm 4 (Appendix C), corrected.
 
@@ -418,6 +425,10 @@ def jacobian_penalty_gradients(
         Use ``G = K_1 K_1ᵀ`` for a dense first layer (see the module docstring).
     onehot : bool or "auto"
         Use the closed forms of ``v = e^{(i)}`` for a dense output layer.
+    extra_eta_L : torch.Tensor, optional
+        Added to ``η̂_L`` before the forward-backward pass: the single pass is
+        linear in ``η̂_L``, so ``∇_{z_L} ℓ / λ`` here (and the result scaled by
+        ``λ``) gives the gradients of ``ℓ + λR`` at no extra evaluation.
 
     Returns
     -------
@@ -526,6 +537,11 @@ def jacobian_penalty_gradients(
             first_bb = 1
         for j in range(first_bb, L + 1):
             layer = layers[j - 1]
+            if j == L and not softmax and not p.onehot:  # identity output: η_L ≡ 0, so h_L is never used
+                if layer.weight is not None:
+                    acc[j] = _kbox_into(layer, acc[j], q, zetas[j])
+                q = h = None
+                break
             if j == L and p.onehot:
                 qf = q.reshape(k, n, -1)
                 if softmax:
@@ -557,6 +573,9 @@ def jacobian_penalty_gradients(
             acc[L] = _kbox_into(layers[-1], Q, P, out, alpha=-1.0)  # θ̂¹_L = Q − Σ_n x_n P_nᵀ
             inner = a - layers[-1].K(W_L, P).reshape(n, c)  # a − W_L P
             eta_hat.add_((x_flat * (inner - torch.sum(x_flat * inner, dim=1, keepdim=True))).reshape(out.shape))
+
+    if extra_eta_L is not None:  # a loss folded into the forward-backward pass (objective ℓ + λR)
+        eta_hat = extra_eta_L.clone() if eta_hat is None else eta_hat.add_(extra_eta_L)
 
     # -- the single, accumulated forward-backward pass (Algorithm 3 on η̂, with the source terms) --
     grads = LayerGradients.zeros(L)

@@ -91,17 +91,20 @@ def backward_pass(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor) -> Bac
     return BackwardPass(xis, zetas)
 
 
-def backward_backward_pass(net: Network, rec: ForwardRecord, q_0: torch.Tensor) -> BackwardBackwardPass:
+def backward_backward_pass(net: Network, rec: ForwardRecord, q_0: torch.Tensor, *, need_h_L: bool = True) -> BackwardBackwardPass:
     """Algorithm 2 (eqs. (20)–(21)): ``h_j = K_j(θ_j, q_{j-1})``, ``q_j = G'_j(z_j) h_j``.
 
     Starts from ``q_0 = ∇p(ξ_0)``; ``L`` evaluations of ``K``. ``q_L`` is not
-    formed: nothing depends on it.
+    formed: nothing depends on it. ``h_L`` only feeds ``η_L`` (Appendix B);
+    where ``η_L`` vanishes identically (an identity output with a
+    network-independent ``v``, Section 5.3) pass ``need_h_L=False`` and it is
+    not formed either: ``L - 1`` evaluations.
     """
     L = net.depth
     qs: list[torch.Tensor | None] = [None] * (L + 1)
     hs: list[torch.Tensor | None] = [None] * (L + 1)
     qs[0] = q_0
-    for j in range(1, L + 1):
+    for j in range(1, L + 1 if need_h_L else L):
         layer = net.layers[j - 1]
         hs[j] = layer.K(layer.theta(q_0), qs[j - 1])
         if j < L:
