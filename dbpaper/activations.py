@@ -48,6 +48,11 @@ class Activation(abc.ABC):
     #: ``True`` when ``g'' = 0`` almost everywhere (Section 5.2).
     locally_linear: bool = False
 
+    #: ``True`` when the forward pass should take ``g'`` and ``g''`` from the output ``g(z)`` (one
+    #: transcendental function per layer instead of three; torch's own backward of tanh and the
+    #: sigmoid uses the output too, so the values agree with autograd's).
+    derivatives_from_output: bool = False
+
     @abc.abstractmethod
     def f(self, z: torch.Tensor) -> torch.Tensor:
         """``g(z)``."""
@@ -139,6 +144,8 @@ class LeakyReLU(Activation):
 class Tanh(Activation):
     """``g = tanh``, ``g' = 1 - g^2``, ``g'' = -2 g g'``."""
 
+    derivatives_from_output = True
+
     def f(self, z):
         return torch.tanh(z)
 
@@ -159,6 +166,8 @@ class Tanh(Activation):
 
 class Sigmoid(Activation):
     """``g = sigma``, ``g' = sigma (1 - sigma)``, ``g'' = g' (1 - 2 sigma)``."""
+
+    derivatives_from_output = True
 
     def f(self, z):
         return torch.sigmoid(z)

@@ -362,8 +362,12 @@ class Network:
             g = layer.activation
             xs.append(g.f(z))
             if j < L:
-                dg[j] = g.df(z)
-                d2g[j] = None if g.locally_linear else g.d2f(z)
+                if g.derivatives_from_output:  # tanh, sigmoid: g' and g'' from x_j, no second evaluation of g
+                    dg[j] = g.df_from_output(xs[-1])
+                    d2g[j] = g.d2f_from_output(xs[-1])
+                else:
+                    dg[j] = g.df(z)
+                    d2g[j] = None if g.locally_linear else g.d2f(z)
         return ForwardRecord(xs=xs, dg=dg, d2g=d2g)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
