@@ -210,7 +210,7 @@ def penalty(model: nn.Module | Network, x: torch.Tensor, penalty, y: torch.Tenso
     ----------
     model : nn.Module, DistributedDataParallel or Network
         Any model. An ``nn.Sequential`` of supported modules (see
-        :data:`dbpaper.network.SUPPORTED_MODULES`) runs the explicit algorithms;
+        ``dbpaper.network.SUPPORTED_MODULES``) runs the explicit algorithms;
         anything else runs autograd with a :class:`~dbpaper.planning.FallbackWarning`.
     x : torch.Tensor
         The input batch ``(N, ...)``, ``N ≥ 1``.
@@ -257,7 +257,7 @@ def objective(
     loss : {"nll", "mse"}, optional
         ``ℓ``, batch mean of the per-example loss. ``"nll"``: cross-entropy of the
         logits (or ``−log x_L[y]`` after a final softmax); ``"mse"``: ``‖x_L − y‖²``.
-        Default: derived from ``y`` by one rule (:func:`loss_for`) — integer
+        Default: derived from ``y`` by one rule (``dbpaper.autograd.loss_for``) — integer
         labels give ``"nll"``, float targets ``"mse"``.
 
     Returns

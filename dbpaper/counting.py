@@ -83,7 +83,7 @@ def count_operations(
         The network (eq. (8)).
     x : torch.Tensor
         An input batch; the counts do not depend on its values or batch size.
-    penalty : Penalty or None
+    penalty : dbpaper.penalties.Penalty or None
         The penalty term (Section 4.1). ``None`` counts plain backpropagation of
         the loss (Section 4.5; needs ``with_loss=True`` and ``y``): the
         ``2L - 1`` of Section 5.1.

@@ -35,7 +35,7 @@ vectors ``v`` (``S = C`` for the Jacobian penalty):
   where ``η`` vanishes identically (Section 5.3); ``"minimal"`` then also
   drops ``h_L``, ``2N S m_L``;
 * Algorithm 4: ``2N [F + C (2F + F□) + F' + F□]`` minus what the Gram and
-  one-hot shortcuts save (:func:`dbpaper.algorithms.jacobian.shortcut_costs`);
+  one-hot shortcuts save (``dbpaper.algorithms.jacobian.shortcut_costs``);
 * autograd with the ``C`` penalties summed before one backward (the peer the
   estimate is compared with): the same as Algorithm 4 without shortcuts.
 

@@ -123,7 +123,7 @@ def double_backprop(
 
     Parameters
     ----------
-    net : Network
+    net : dbpaper.Network
         The network of eq. (8).
     x : torch.Tensor
         A batch of inputs ``x_0``, shape ``(N, *net.in_shape)``.

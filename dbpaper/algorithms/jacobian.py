@@ -92,10 +92,10 @@ Variants, all exact (they differ in rounding only)
 ``gram="auto"`` and ``onehot="auto"`` consult the cost model of
 :func:`shortcut_costs` and use a shortcut only where it is cheaper.
 
-Registered algorithms (for :func:`dbpaper.double_backprop`, :func:`dbpaper.penalty`
-and :func:`dbpaper.count_operations`)
-----------------------------------------------------------------------------------
-All three apply to the Jacobian penalty on every network of eq. (8)
+Registered algorithms
+---------------------
+Registered for :func:`dbpaper.double_backprop`, :func:`dbpaper.penalty` and
+:func:`dbpaper.count_operations`. All three apply to the Jacobian penalty on every network of eq. (8)
 (:func:`applies`), and ``"auto"`` chooses among them there; they are
 registered in this order.
 

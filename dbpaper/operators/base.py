@@ -110,7 +110,7 @@ class BilinearOperator(abc.ABC):
 
         Each output coordinate of a layer with weights is an inner product
         with one slice of ``θ``: ``out_numel`` times the slice size
-        (:meth:`_macs_per_output`). Parameter-free operators (pooling,
+        (``_macs_per_output``). Parameter-free operators (pooling,
         down-sampling) count one multiply-add per output coordinate. The tests
         compare this with :class:`torch.utils.flop_counter.FlopCounterMode`.
         """
