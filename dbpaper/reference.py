@@ -9,7 +9,7 @@ Nothing here is used by the algorithms. Three flavours:
 * :func:`func_jacobian_frobenius` uses ``torch.func`` (``vmap(jacrev)``) for
   the Jacobian penalty;
 * :func:`reference_gradients` returns ``R`` and its parameter gradients from
-  either flavour, in the order of :meth:`dbpaper.network.Network.parameters`.
+  either flavour, in the order of :meth:`dbpaper.Network.parameters`.
 """
 
 from __future__ import annotations
