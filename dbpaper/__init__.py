@@ -1,6 +1,9 @@
 """dbpaper: the executable companion to "A Closer Look at Double Backpropagation" (Etmann, 2019).
 
-The public API is listed in ``__all__``; everything else is private.
+The public API is listed in ``__all__``; everything else is private. The code
+that exists for the companion book (figures, tables, benchmarks, the loss
+landscapes of Section 6) lives in :mod:`dbpaper.paper`, which imports this
+library and is never imported by it.
 """
 
 from . import activations, algorithms, numdiff, operators, penalties, planning, reference
@@ -21,7 +24,6 @@ from .algorithms import double_backprop
 from .autograd import objective, penalty
 from .counting import count_operations
 from .diagnostics import AdjointErrors, adjoint_errors, dtype_tolerance, theorem_2_3_errors
-from .figures import save_figure
 from .network import Network, UnsupportedModelError
 from .operators import (
     AvgPool2d,
@@ -77,6 +79,5 @@ __all__ = [
     "adjoint_errors",
     "dtype_tolerance",
     "operators",
-    "save_figure",
     "theorem_2_3_errors",
 ]

@@ -38,7 +38,7 @@ def figures(out: str | None, chapters: list[str] | None) -> Path:
     from nbclient import NotebookClient
     from tqdm import tqdm
 
-    from .figures import figure_dir, write_manifest
+    from .paper.figures import figure_dir, write_manifest
 
     folder = figure_dir(out).resolve()
     os.environ["DBPAPER_FIGURE_DIR"] = str(folder)
@@ -53,7 +53,7 @@ def figures(out: str | None, chapters: list[str] | None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "bench":  # options belong to the bench's own parser
-        from .bench import main as bench_main
+        from .paper.bench import main as bench_main
 
         return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m dbpaper", description=__doc__.split("\n")[0])
@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "figures":
         figures(args.out, args.chapters)
     elif args.command == "bench":
-        from .bench import main as bench_main
+        from .paper.bench import main as bench_main
 
         return bench_main(args.rest)
     elif args.command == "reproduce":
         figures(None, None)
-        from .bench import main as bench_main
+        from .paper.bench import main as bench_main
 
         return bench_main([])
     return 0

@@ -75,7 +75,7 @@ from torch import nn
 
 __all__ = ["METHODS", "Workload", "main", "measure_peak_memory", "run", "workloads"]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # -- methods -------------------------------------------------------------------------------------
 
@@ -97,7 +97,7 @@ class Task:
 
 
 def _penalties() -> dict[str, Callable]:
-    from .penalties import ClassicalDoubleBackprop, JacobianFrobenius, OperatorNorm, OutputNodeGradient
+    from ..penalties import ClassicalDoubleBackprop, JacobianFrobenius, OperatorNorm, OutputNodeGradient
 
     return {
         "jacobian": JacobianFrobenius,
@@ -137,8 +137,8 @@ def _flat_grads(net, grads) -> list[torch.Tensor]:
 
 def _ours(algorithm: str) -> Callable:
     def build(model, net, params, x, y, task):
-        from .algorithms.driver import double_backprop, objective_gradients
-        from .autograd import loss_for
+        from ..algorithms.driver import double_backprop, objective_gradients
+        from ..autograd import loss_for
 
         pen = task.make()
         yp = y if pen.needs_y else None
@@ -158,7 +158,7 @@ def _ours(algorithm: str) -> Callable:
 
 def _default(model, net, params, x, y, task):
     """The call a user writes: ``dbpaper.penalty`` / ``dbpaper.objective`` (``algorithm="auto"``), then one backward."""
-    from .autograd import objective, penalty
+    from ..autograd import objective, penalty
 
     pen = task.make()
     yp = y if pen.needs_y else None
@@ -173,9 +173,9 @@ def _default(model, net, params, x, y, task):
 
 def _autograd_summed(model, net, params, x, y, task):
     """``create_graph=True``: every ``v``'s input gradient recorded, the penalties summed, one backward."""
-    from .algorithms.initial_values import loss_value
-    from .autograd import loss_for
-    from .reference import _autograd_value, output_map_of
+    from ..algorithms.initial_values import loss_value
+    from ..autograd import loss_for
+    from ..reference import _autograd_value, output_map_of
 
     pen = task.make()
     yp = y if pen.needs_y else None
@@ -521,7 +521,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 1024, seco
 def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int, budget_s: float, bar) -> dict:
     model, in_shape, batch, classes = w.make()
     model = model.to(device=device, dtype=dtype)
-    from .network import Network
+    from ..network import Network
 
     net = Network.from_sequential(model, in_shape)
     params = net.parameters()
@@ -575,7 +575,7 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
         q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
         results[m]["time_ms_iqr"] = [q[0] * 1e3, q[2] * 1e3]
         results[m]["gflops_per_s"] = results[m]["flops"] / (results[m]["time_ms"] * 1e-3) / 1e9
-    from .planning import plan
+    from ..planning import plan
 
     pen = w.task.make()
     chosen = plan(model, x, pen, y if pen.needs_y else None)

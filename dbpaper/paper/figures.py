@@ -34,7 +34,7 @@ def figure_dir(out: str | os.PathLike | None = None) -> Path:
     elif os.environ.get("DBPAPER_FIGURE_DIR"):
         path = Path(os.environ["DBPAPER_FIGURE_DIR"])
     else:
-        path = Path(__file__).resolve().parent.parent / "book" / "figures"
+        path = Path(__file__).resolve().parents[2] / "book" / "figures"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

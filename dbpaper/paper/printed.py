@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .algorithms.initial_values import _dot
+from ..algorithms.initial_values import _dot
 
 __all__ = ["eta_L_softmax_B1", "dzeta_dx_softmax_B1", "r_cdb_section_6_3", "v_nll_appendix_B"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbpaper import bench
+from dbpaper.paper import bench
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from dbpaper.figures import FIGURE_FORMATS, save_figure, style, write_manifest  # noqa: E402
+from dbpaper.paper.figures import FIGURE_FORMATS, save_figure, style, write_manifest  # noqa: E402
 
 
 def _small_figure():

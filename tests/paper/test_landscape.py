@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import dbpaper
-from dbpaper import landscape
+from dbpaper.paper import landscape
 from dbpaper.penalties import ClassicalDoubleBackprop, JacobianFrobenius, OutputNodeGradient
 from dbpaper.reference import reference_gradients
 

@@ -9,11 +9,11 @@ import torch
 
 import dbpaper
 from dbpaper import penalties as P
-from dbpaper import printed
 from dbpaper.algorithms.initial_values import softmax_jacobian_apply
-from dbpaper.checks import section_4_checks
+from dbpaper.paper import printed
+from dbpaper.paper.checks import section_4_checks
 
-from .helpers import ARCHITECTURES, TORCH_ACT_FACTORIES, random_input, random_model
+from ..helpers import ARCHITECTURES, TORCH_ACT_FACTORIES, random_input, random_model
 
 SINGLE = {
     "cdb-nll": (lambda: P.ClassicalDoubleBackprop("nll"), "nll"),

@@ -1,0 +1,173 @@
+"""The house has two wings: the library ``dbpaper`` and the book's ``dbpaper.paper``.
+
+* no module of the library imports the paper wing (it imports the library, never the reverse);
+* no import cycle among the package's modules (module-level imports), apart from the one listed;
+* no module is longer than ``MAX_LINES`` unless it is listed here with a reason;
+* every name of the library's ``__all__`` resolves, and the paper wing's names are not in it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "dbpaper"
+PAPER = PKG / "paper"
+MAX_LINES = 400
+
+# modules over MAX_LINES, each with the reason it is not split
+LONG_MODULES = {
+    "dbpaper/numdiff.py": "the finite-difference oracle: one registry of stencils and their error model, read as one",
+    "dbpaper/network.py": "the network of eq. (8): the reading of nn.Sequential and the forward record belong together",
+    "dbpaper/penalties.py": "every penalty of Section 3 and its seeds (Appendix B) in one place, as the paper lists them",
+    "dbpaper/algorithms/jacobian.py": "Algorithm 4 with its shortcuts and chunking: one cost model, one module",
+    "dbpaper/paper/bench.py": "the benchmark registry (methods × workloads) and its runner share private helpers",
+}
+
+# the library may name the paper wing only inside functions of its command line (lazy imports)
+LAZY_IMPORTERS = {"dbpaper/__main__.py": "python -m dbpaper figures | bench imports the paper wing inside the commands"}
+
+# known import cycles (module-level imports), each with the reason it is still there
+KNOWN_CYCLES = {
+    frozenset({"dbpaper.penalties", "dbpaper.algorithms", "dbpaper.algorithms.jacobian"}): (
+        "penalties imports algorithms.initial_values (running algorithms/__init__, which imports jacobian), "
+        "and jacobian imports penalties; it resolves by import order only"
+    ),
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def _imports(path: Path, module_level_only: bool) -> set[str]:
+    """Absolute names of the modules ``path`` imports (``from a import b``: ``a`` and ``a.b``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    if module_level_only:  # module-level statements, including those nested in if/try blocks (not functions)
+        stack, nodes = list(tree.body), []
+        while stack:
+            node = stack.pop()
+            nodes.append(node)
+            if isinstance(node, (ast.If, ast.Try, ast.With)):
+                stack += [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt)]
+    out: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out |= {f"{mod}.{a.name}" for a in node.names}
+    return out
+
+
+def _library_files() -> list[Path]:
+    return [p for p in sorted(PKG.rglob("*.py")) if PAPER not in p.parents]
+
+
+@pytest.mark.parametrize("path", _library_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_library_does_not_import_the_paper_wing(path):
+    rel = str(path.relative_to(ROOT))
+    names = _imports(path, module_level_only=rel in LAZY_IMPORTERS)
+    offending = sorted(n for n in names if n == "dbpaper.paper" or n.startswith("dbpaper.paper."))
+    assert not offending, f"{rel} imports the paper wing: {offending}"
+
+
+def test_no_import_cycles():
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        edges = set()
+        for imp in _imports(path, module_level_only=True):
+            parts = imp.split(".")
+            # importing a.b.c runs the __init__ of a and a.b, except a package the importer lives in
+            for k in range(1, len(parts) + 1):
+                target = ".".join(parts[:k])
+                if target in mods and target != name and not name.startswith(target + "."):
+                    edges.add(target)
+        graph[name] = edges
+    # strongly connected components (Tarjan)
+    index, low, stack, on, sccs, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                sccs.append(frozenset(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    unknown = [sorted(c) for c in sccs if c not in KNOWN_CYCLES]
+    assert not unknown, f"import cycles: {unknown}"
+
+
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_modules_are_short(path):
+    rel = str(path.relative_to(ROOT))
+    n = len(path.read_text().splitlines())
+    if rel in LONG_MODULES:
+        return
+    assert n <= MAX_LINES, f"{rel} has {n} lines (> {MAX_LINES}): split it, or list it in LONG_MODULES with a reason"
+
+
+def test_long_module_list_is_current():
+    for rel in LONG_MODULES:
+        path = ROOT / rel
+        assert path.exists(), f"{rel} is listed in LONG_MODULES but does not exist"
+        assert len(path.read_text().splitlines()) > MAX_LINES, f"{rel} is short now: remove it from LONG_MODULES"
+
+
+def test_library_all_resolves_and_excludes_the_paper_wing():
+    pkg = importlib.import_module("dbpaper")
+    missing = [n for n in pkg.__all__ if not hasattr(pkg, n)]
+    assert not missing, f"dbpaper.__all__ names that do not resolve: {missing}"
+    assert len(set(pkg.__all__)) == len(pkg.__all__)
+    paper = importlib.import_module("dbpaper.paper")
+    assert not set(paper.__all__) & set(pkg.__all__), "the paper wing's names belong to dbpaper.paper"
+    for n in paper.__all__:
+        assert hasattr(paper, n), n
+
+
+def test_importing_the_library_loads_no_paper_module():
+    import subprocess
+    import sys
+
+    code = "import sys, dbpaper; print(sorted(m for m in sys.modules if m.startswith('dbpaper.paper')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
