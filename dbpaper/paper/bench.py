@@ -270,6 +270,10 @@ METHODS: dict[str, Method] = {
         "Algorithm 4 chunked", True, "classes stacked in chunks (chunk_size='auto') with the shortcuts", _ours("optimized-chunked"), _jacobian
     ),
     "alg1-3": Method("Algorithms 1-3 (general)", True, "Algorithms 1-3 once per v (the paper's naive path)", _ours("general")),
+    "minimal": Method(
+        "Algorithms 1-3 (minimal)", True, "Algorithms 1-3 without unused work, the loss folded in", _ours("minimal"),
+        lambda task: not task.jacobian,
+    ),
     "autograd-summed": Method(
         "autograd, summed", True, "create_graph input gradients, the penalties summed, one backward", _autograd_summed
     ),
@@ -283,7 +287,22 @@ METHODS: dict[str, Method] = {
 }
 
 #: The package's own exact algorithms (what ``"auto"`` chooses among), by bench key.
-REGISTERED = {"alg4": "optimized", "alg4-shortcuts": "optimized-shortcuts", "alg4-chunked": "optimized-chunked", "alg1-3": "general"}
+REGISTERED = {
+    "alg4": "optimized", "alg4-shortcuts": "optimized-shortcuts", "alg4-chunked": "optimized-chunked", "alg1-3": "general",
+    "minimal": "minimal",
+}  # fmt: skip
+
+#: This project's performance goals for the default call (not the paper's: the paper reports no timings).
+#: ``speedup``: autograd-summed time / default time, per workload (``"*"``: every other workload);
+#: ``flops``: default FLOPs / autograd-summed FLOPs at most; ``memory_growth``: working memory of the
+#: default from C = 10 to C = 1000 at most; ``default_vs_fastest``: default time / fastest registered
+#: algorithm's time at most.
+TARGETS = {
+    "speedup": {"mlp": 2.0, "mlp-tanh": 2.0, "cnn": 1.2, "*": 1.0},
+    "flops": 1.0,
+    "memory_growth": 1.2,
+    "default_vs_fastest": 1.10,
+}
 
 # -- workloads -----------------------------------------------------------------------------------
 
@@ -324,7 +343,7 @@ def _cnn(channels: tuple[int, int], hidden: int, classes: int, seed: int = 0) ->
 
 ALL = tuple(METHODS)
 SWEEP = ("default", "alg4", "alg4-shortcuts", "alg4-chunked", "autograd-summed", "autograd-per-class", "vmap-jacrev", "hoffman-1proj")
-PEERS = ("default", "alg4", "alg4-shortcuts", "alg4-chunked", "alg1-3", "autograd-summed", "vmap-jacrev")
+PEERS = ("default", "alg4", "alg4-shortcuts", "alg4-chunked", "alg1-3", "minimal", "autograd-summed", "vmap-jacrev")
 
 
 def workloads(quick: bool = False) -> list[Workload]:
@@ -493,6 +512,7 @@ def machine_info(device: torch.device) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "device": str(device),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -623,6 +643,7 @@ def run(*, quick: bool = False, device: str = "cpu", threads: int | None = None,
     started = time.perf_counter()
     out = {
         "schema": 2,
+        "targets": TARGETS,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {**machine_info(dev), "matmul_gflops_per_s": matmul_rate(dev, dtype)},
         "settings": {
