@@ -209,7 +209,10 @@ class Checker:
                 page.evaluate("() => MathJax.startup.promise")
             except Exception as exc:  # noqa: BLE001 - reported, then the other checks still run
                 self.fail("mathjax", f"MathJax did not finish typesetting: {exc}".splitlines()[0])
-        page.wait_for_load_state("networkidle")
+        try:
+            page.wait_for_load_state("networkidle")
+        except Exception as exc:  # noqa: BLE001 - reported; the checks below still run on what loaded
+            self.fail("request", f"the page's network did not go idle: {exc}".splitlines()[0])
         if width == WIDTHS[0]:
             self._check_content(page)
         else:

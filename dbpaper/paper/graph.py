@@ -33,6 +33,16 @@ class DependencyGraph:
         """The direct inputs of ``node``, sorted by drawing order."""
         return sorted((a for a, b in self.edges if b == node), key=self.nodes.index)
 
+    def ancestors(self, node: str) -> set[str]:
+        """Every node ``node`` depends on, directly or through others."""
+        seen, todo = set(), [node]
+        while todo:
+            for a in self.inputs_of(todo.pop()):
+                if a not in seen:
+                    seen.add(a)
+                    todo.append(a)
+        return seen
+
 
 def _named_run(net: Network, x: torch.Tensor, penalty, y):
     L = net.depth
