@@ -19,7 +19,7 @@ is aborted and reported. A page fails on any of these kinds:
 - ``page-scroll`` (400 px): the page itself scrolls horizontally;
 - ``console``, ``request`` (a local resource failed), ``image`` (broken), ``external``.
 
-Usage: ``python tools/check_html.py [--html DIR] [--pages P ...] [--no-screenshots] [--report F]``
+Usage: ``python tools/check_html.py [--html DIR] [--pages P ...] [--no-screenshots] [--report F] [--tolerate P ...]``
 """
 
 from __future__ import annotations
@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-screenshots", action="store_true", help="skip the full-page screenshots")
     parser.add_argument("--screenshots", type=Path, default=ROOT / "_build" / "screenshots", help="screenshot folder")
     parser.add_argument("--report", type=Path, help="also write the failures as JSON to this file")
+    parser.add_argument("--tolerate", nargs="+", default=[], metavar="PAGE",
+                        help="report the failures of pages whose path contains one of these strings, but do not "
+                             "fail on them (pages being fixed elsewhere; name them in the CI script)")
     args = parser.parse_args(argv)
 
     html = args.html.resolve()
@@ -315,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; screenshots in {shots}" if shots else ""))
     if args.report:
         args.report.write_text(json.dumps({"pages": pages, "seconds": round(elapsed, 1), "failures": failures}, indent=1))
-    return 1 if failures else 0
+    blocking = [f for f in failures if not any(t in f["page"] for t in args.tolerate)]
+    if failures and not blocking:
+        print(f"only tolerated pages fail ({', '.join(args.tolerate)}): passing")
+    return 1 if blocking else 0
 
 
 if __name__ == "__main__":
