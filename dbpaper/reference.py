@@ -19,7 +19,14 @@ from torch import nn
 
 from .algorithms.initial_values import loss_value
 from .network import Network
-from .penalties import ClassicalDoubleBackprop, GeneralPenalty, JacobianFrobenius, OperatorNorm, OutputNodeGradient, Penalty
+from .penalties import (
+    ClassicalDoubleBackprop,
+    GeneralPenalty,
+    JacobianFrobenius,
+    OperatorNorm,
+    OutputNodeGradient,
+    Penalty,
+)
 
 __all__ = ["autograd_penalty", "func_jacobian_frobenius", "output_map_of", "penalty_by_autograd", "reference_gradients", "traced_quantities"]
 
