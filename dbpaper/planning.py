@@ -116,9 +116,10 @@ def _layer_sums(net: Network) -> tuple[int, int, int]:
 
 def _eta_vanishes(net: Network, penalty) -> bool:
     """Section 5.3: an identity output, locally linear activations and a network-independent ``v``."""
-    from .penalties import ClassicalDoubleBackprop
+    from .penalties import JacobianFrobenius, OperatorNorm, OutputNodeGradient
 
-    return isinstance(net.output_map, IdentityOutput) and net.locally_linear and not isinstance(penalty, ClassicalDoubleBackprop)
+    constant_v = isinstance(penalty, JacobianFrobenius | OperatorNorm | OutputNodeGradient)  # v independent of x_L
+    return isinstance(net.output_map, IdentityOutput) and net.locally_linear and constant_v
 
 
 def _jacobian_options(net: Network, penalty, batch: int, algorithm: str):

@@ -153,7 +153,7 @@ def test_jacobian_penalty_auto_is_exact_and_does_not_use_algorithm_4(final):
     model, shape = model_with_final("dense", final, seed=11, classes=5)
     net = dbpaper.Network.from_sequential(model, shape)
     assert why_not(net, P.JacobianFrobenius()) is not None  # Algorithm 4 assumes softmax or identity outputs
-    assert dbpaper.plan(model, random_input(shape, batch=4), P.JacobianFrobenius()).algorithm == "general"
+    assert dbpaper.plan(model, random_input(shape, batch=4), P.JacobianFrobenius()).algorithm in ("general", "minimal")
     for algorithm in ("optimized", "optimized-chunked"):
         with pytest.raises(ValueError, match="softmax or identity"):
             dbpaper.penalty(model, random_input(shape, batch=4), P.JacobianFrobenius(), algorithm=algorithm)
