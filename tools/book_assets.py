@@ -1,4 +1,4 @@
-"""Sphinx extension: every inline script of a page once.
+"""Sphinx extension: every inline script of a page once; external types as plain code.
 
 sphinx-togglebutton (at ``builder-inited``) and sphinx-thebe (at ``env-before-read-docs``) register
 inline scripts after the HTML builder has collected its scripts; Sphinx 7.4 keeps the one added to
@@ -9,6 +9,11 @@ with the same source or the same inline body.
 """
 
 from __future__ import annotations
+
+import builtins
+import re
+
+from docutils import nodes
 
 
 def _key(js) -> tuple:
@@ -31,7 +36,29 @@ def dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
     context["script_files"] = kept
 
 
+def plain_external_types(app, env, node, contnode):
+    """Types with no target in this book (builtins, torch, numpy: no intersphinx without network) as plain code.
+
+    Sphinx leaves such a reference as an ``xref`` without a link (and ``builtin_resolver`` does the same for
+    ``str``, ``None``, ...), which reads as a broken link; only targets that ``nitpick_ignore_regex`` declares
+    unresolvable on purpose, or builtins, are rendered as plain code instead. Every other missing target
+    still warns.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target, reftype = node.get("reftarget", ""), f"py:{node.get('reftype', '')}"
+    known = target in dir(builtins) or any(
+        re.fullmatch(kind, reftype) and re.fullmatch(pattern, target) for kind, pattern in app.config.nitpick_ignore_regex)
+    if not known:
+        return None
+    plain = contnode.deepcopy()
+    if isinstance(plain, nodes.Element):
+        plain["classes"] = [c for c in plain.get("classes", []) if c != "xref"]
+    return plain
+
+
 def setup(app):
-    """Register the page-context hook (after the extensions that add scripts)."""
+    """Register the page-context hook (after the extensions that add scripts) and the plain external types."""
     app.connect("html-page-context", dedupe_scripts, priority=900)
+    app.connect("missing-reference", plain_external_types, priority=400)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
