@@ -305,8 +305,10 @@ class GeneralPenalty(Penalty):
 
     Parameters
     ----------
-    p : object with ``value``/``grad``, :class:`PFunction` or callable
-        The per-example penalty of ``ξ_0`` (a bare callable becomes ``PFunction(p)``).
+    p : PFunction or callable
+        The per-example penalty of ``ξ_0``: a :class:`PFunction`, a bare
+        callable (it becomes ``PFunction(p)``) or any object with ``value``
+        and ``grad`` methods.
     v : int, "labels", torch.Tensor or callable
         ``int``: ``v = e^{(v)}`` (an output index); ``"labels"``:
         ``v = e^{(y_n)}`` with class indices ``y``; a tensor: a constant
