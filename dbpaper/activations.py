@@ -313,7 +313,7 @@ class CoordinatewiseOutput(OutputMap):
 
     ``dx_L/dz_L = diag(g'(z_L))`` is symmetric; eq. (28) at ``j = L`` gives,
     for a fixed ``v``, ``η_L = g''(z_L) ⊙ h_L ⊙ v``. Both derivatives are
-    read from the output ``x_L`` (:meth:`Activation.df_from_output`), so the
+    read from the output ``x_L`` (:meth:`dbpaper.Activation.df_from_output`), so the
     recorded forward pass needs nothing beyond ``x_L``.
     """
 
