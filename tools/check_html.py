@@ -181,8 +181,9 @@ class Checker:
         route.abort("blockedbyclient")
 
     def _on_console(self, msg) -> None:
-        # a failed load is already reported as `request` or `external`
-        if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
+        # a failed load is already reported as `request` or `external`; the theme's own notice on a
+        # reader's first visit (no colour mode stored yet: it logs this and falls back to "auto") is benign
+        if msg.type == "error" and not msg.text.startswith(("Failed to load resource", "Got invalid theme mode")):
             self.fail("console", f"{msg.text} ({msg.location.get('url', '')}:{msg.location.get('lineNumber', '')})")
 
     def _on_response(self, response) -> None:
