@@ -131,3 +131,15 @@ def random_model(arch, act, softmax, *, seed=0, classes=4, dtype=torch.float64):
 def random_input(in_shape, batch=3, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(1000 + seed)
     return torch.randn((batch, *in_shape), generator=g, dtype=dtype)
+
+
+def assert_close(model, x, ours, ref, with_x=True, rtol=1e-10):
+    """``ours`` and ``ref`` (scalars with graphs) agree in value and in their gradients (parameters and ``x``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    targets = params + ([x] if with_x else [])
+    g1 = torch.autograd.grad(ours, targets, allow_unused=True, materialize_grads=True)
+    g2 = torch.autograd.grad(ref, targets, allow_unused=True, materialize_grads=True, retain_graph=True)
+    assert abs(float(ours.detach()) - float(ref.detach())) <= rtol * abs(float(ref.detach())) + 1e-14
+    scale = max(float(b.norm()) for b in g2)
+    for a, b in zip(g1, g2):
+        assert float((a - b).norm()) <= rtol * scale + 1e-14

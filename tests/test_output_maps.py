@@ -17,9 +17,8 @@ from dbpaper.algorithms import ConstantSeed, LossGradientSeed
 from dbpaper.algorithms.initial_values import FunctionSeed
 from dbpaper.reference import penalty_by_autograd
 
-from .helpers import ARCHITECTURES, random_input, random_model
+from .helpers import ARCHITECTURES, assert_close, random_input, random_model
 
-RTOL = 1e-10
 
 FINAL = {
     "sigmoid": (nn.Sigmoid, act.Sigmoid()),
@@ -71,17 +70,6 @@ def oracle(model, x, pen, y=None):
         t = pen.target_gradients(x.detach()) if callable(pen.target_gradients) else y
         return (g - t).pow(2).sum() / n
     raise TypeError(pen)
-
-
-def assert_close(model, x, ours, ref, with_x=True):
-    params = [p for p in model.parameters() if p.requires_grad]
-    targets = params + ([x] if with_x else [])
-    g1 = torch.autograd.grad(ours, targets, allow_unused=True, materialize_grads=True)
-    g2 = torch.autograd.grad(ref, targets, allow_unused=True, materialize_grads=True, retain_graph=True)
-    assert abs(float(ours.detach()) - float(ref.detach())) <= RTOL * abs(float(ref.detach())) + 1e-14
-    scale = max(float(b.norm()) for b in g2)
-    for a, b in zip(g1, g2):
-        assert float((a - b).norm()) <= RTOL * scale + 1e-14
 
 
 def _penalties(x, classes, y_cls, y_reg):

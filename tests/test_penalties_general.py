@@ -18,20 +18,8 @@ from dbpaper import penalties as P
 from dbpaper.planning import FallbackWarning
 from dbpaper.reference import penalty_by_autograd
 
-from .helpers import ARCHITECTURES, random_input, random_model
+from .helpers import ARCHITECTURES, assert_close, random_input, random_model
 
-RTOL = 1e-10
-
-
-def assert_close(model, x, ours, ref, with_x=True):
-    params = [p for p in model.parameters() if p.requires_grad]
-    targets = params + ([x] if with_x else [])
-    g1 = torch.autograd.grad(ours, targets, allow_unused=True, materialize_grads=True)
-    g2 = torch.autograd.grad(ref, targets, allow_unused=True, materialize_grads=True, retain_graph=True)
-    assert abs(float(ours.detach()) - float(ref.detach())) <= RTOL * abs(float(ref.detach())) + 1e-14
-    scale = max(float(b.norm()) for b in g2)
-    for a, b in zip(g1, g2):
-        assert float((a - b).norm()) <= RTOL * scale + 1e-14
 
 
 def xi_of(model, x, v_of_out):
