@@ -19,7 +19,6 @@ from dbpaper.reference import penalty_by_autograd
 
 from .helpers import ARCHITECTURES, assert_close, random_input, random_model
 
-
 FINAL = {
     "sigmoid": (nn.Sigmoid, act.Sigmoid()),
     "tanh": (nn.Tanh, act.Tanh()),

@@ -21,7 +21,6 @@ from dbpaper.reference import penalty_by_autograd
 from .helpers import ARCHITECTURES, assert_close, random_input, random_model
 
 
-
 def xi_of(model, x, v_of_out):
     """ξ_0 = (dx_L/dx_0)* v, with v = v_of_out(x_L) kept in the graph."""
     out = model(x)
