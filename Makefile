@@ -13,12 +13,23 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 all: test book
 
-$(STAMP): pyproject.toml
+# The book's environment: the library with every extra, at the exact versions of constraints.txt
+# (pyproject.toml itself asks only for ranges; torch first, so that the ranges resolve to its pin).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "Installing dbpaper and its pinned dependencies into $(VENV) (log: $(VENV)/pip.log)"
-	@$(BIN)/python -m pip install --progress-bar off -q "torch==2.13.0" > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
-	@$(BIN)/python -m pip install --progress-bar off -q -e ".[test,book,dev]" >> $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@echo "Installing dbpaper and the book's pinned environment into $(VENV) (log: $(VENV)/pip.log)"
+	@$(BIN)/python -m pip install --progress-bar off -q -c constraints.txt torch > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@$(BIN)/python -m pip install --progress-bar off -q -c constraints.txt -e ".[paper,book,test,dev]" >> $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	@touch $(STAMP)
+
+# Rewrite constraints.txt from a fresh resolve of the ranges (review the diff, rebuild the book, commit).
+.PHONY: lock
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --progress-bar off -q "torch==$$(sed -n 's/^torch==//p' constraints.txt)"
+	.venv-lock/bin/python -m pip install --progress-bar off -q ".[paper,book,test,dev,check]"
+	{ sed -n '/^#/p' constraints.txt; .venv-lock/bin/python -m pip freeze --exclude dbpaper | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
 
 venv: $(STAMP)
 
@@ -59,6 +70,6 @@ CHECK_HTML_ARGS ?=
 .PHONY: check-html
 check-html: $(STAMP)
 	@test -x /usr/bin/chromium || { echo "check-html needs Debian's Chromium: apt-get install -y chromium"; exit 1; }
-	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --progress-bar off -q "playwright==1.65.2"
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --progress-bar off -q -c constraints.txt playwright
 	@test -f node_modules/mathjax/es5/tex-mml-chtml.js || { command -v npm >/dev/null || { echo "check-html needs npm: apt-get install -y npm"; exit 1; }; npm ci --no-audit --no-fund; }
 	$(BIN)/python tools/check_html.py $(CHECK_HTML_ARGS)

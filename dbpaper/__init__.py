@@ -38,7 +38,7 @@ from .operators import (
 )
 from .planning import ALGORITHM_NAMES, ExecutionPlan, FallbackWarning, plan
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ALGORITHM_NAMES",

@@ -40,6 +40,7 @@ from torch.autograd.function import once_differentiable
 from .algorithms.driver import double_backprop, objective_gradients
 from .algorithms.passes import LayerGradients
 from .network import Network, UnsupportedModelError, unwrap
+from .penalties import Penalty
 from .planning import read, resolve, validate_call, warn_fallback
 from .reference import output_map_of, penalty_by_autograd
 
@@ -203,7 +204,7 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
     return _explicit(model, net, x, pen, y, name, lam, loss)
 
 
-def penalty(model: nn.Module | Network, x: torch.Tensor, penalty, y: torch.Tensor | None = None, *, algorithm: str = "auto") -> torch.Tensor:
+def penalty(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, algorithm: str = "auto") -> torch.Tensor:
     """``R`` of eq. (10), differentiable (once) with respect to the model's parameters and ``x``.
 
     Parameters
@@ -237,7 +238,7 @@ def penalty(model: nn.Module | Network, x: torch.Tensor, penalty, y: torch.Tenso
 def objective(
     model: nn.Module | Network,
     x: torch.Tensor,
-    penalty,
+    penalty: Penalty,
     y: torch.Tensor,
     lam: float,
     *,

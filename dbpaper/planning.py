@@ -66,6 +66,7 @@ from torch import nn
 
 from .activations import IdentityOutput
 from .network import Network, UnsupportedModelError, unwrap
+from .penalties import Penalty
 
 __all__ = [
     "ALGORITHM_NAMES",
@@ -239,7 +240,7 @@ def read(model, x: torch.Tensor) -> Network:
     return Network.from_sequential(unwrap(model), x.shape[1:])
 
 
-def plan(model: nn.Module | Network, x: torch.Tensor, penalty, y: torch.Tensor | None = None, *, algorithm: str = "auto") -> ExecutionPlan:
+def plan(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, algorithm: str = "auto") -> ExecutionPlan:
     """What ``dbpaper.penalty(model, x, penalty, y, algorithm=algorithm)`` runs, and why.
 
     Returns an :class:`ExecutionPlan`; ``print(dbpaper.plan(model, x, penalty))``

@@ -62,7 +62,9 @@ def _imports(path: Path, module_level_only: bool) -> set[str]:
         while stack:
             node = stack.pop()
             nodes.append(node)
-            if isinstance(node, (ast.If, ast.Try, ast.With)):
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                stack += node.orelse  # the body runs only under a type checker: no import at run time
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
                 stack += [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt)]
     out: set[str] = set()
     for node in nodes:

@@ -127,6 +127,31 @@ LINKS_JS = r"""() => ({ids: [...document.querySelectorAll('[id], a[name]')].map(
   links: [...document.querySelectorAll('a[href]')].map((a) => a.href)})"""
 
 
+# A page is checked once this resolves to "ready": the document is loaded, MathJax has finished
+# typesetting, every image has loaded or failed (lazy images are made eager first) and the fonts
+# are ready; otherwise it names what was still pending when the bound (ms) ran out.
+READY_TIMEOUT_MS = 180_000
+READY_JS = """async (bound) => {
+  const pending = new Set();
+  const track = (name, p) => { pending.add(name); return p.finally(() => pending.delete(name)); };
+  const loaded = document.readyState === "complete" ? Promise.resolve()
+    : new Promise(r => window.addEventListener("load", r, {once: true}));
+  const images = [...document.images].map((img, i) => {
+    if (img.loading === "lazy") img.loading = "eager";
+    if (img.complete) return Promise.resolve();
+    return new Promise(r => { img.addEventListener("load", r, {once: true}); img.addEventListener("error", r, {once: true}); });
+  });
+  const all = Promise.all([
+    track("document load", loaded),
+    track("MathJax typesetting", (window.MathJax && MathJax.startup && MathJax.startup.promise) || Promise.resolve()),
+    track("images", Promise.all(images)),
+    track("fonts", document.fonts ? document.fonts.ready : Promise.resolve()),
+  ]).then(() => "ready");
+  const timeout = new Promise(r => setTimeout(() => r(`still waiting after ${bound / 1000} s for ${[...pending].join(", ")}`), bound));
+  return Promise.race([all, timeout]);
+}"""
+
+
 def find_pages(html: Path, wanted: list[str] | None) -> list[str]:
     """Relative paths of the content pages under `html` (optionally only those matching `wanted`)."""
     pages = []
@@ -160,6 +185,7 @@ class Checker:
     def __init__(self, browser, base: str, shots: Path | None):
         self.base, self.shots, self.failures = base, shots, []
         self.context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+        self.context.set_default_timeout(READY_TIMEOUT_MS)
         self.context.route("**/*", self._route)
         self.current = ("", 0)
         self.anchors: dict[str, set[str]] = {}
@@ -203,17 +229,19 @@ class Checker:
         page.on("pageerror", lambda exc: self.fail("console", f"uncaught {exc}"))
         page.on("response", self._on_response)
         page.on("requestfailed", self._on_failed)
-        page.goto(self.base + rel, wait_until="load")
+        page.goto(self.base + rel, wait_until="load", timeout=READY_TIMEOUT_MS)
+        # Explicit conditions, not network idleness (which flakes on a loaded machine): MathJax has
+        # typeset the page, every image has loaded or failed (a failure is reported by the checks
+        # below), the web fonts are ready. One generous bound for all of them.
         if page.query_selector('script[src*="mathjax"]'):
             try:
-                page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=20_000)
-                page.evaluate("() => MathJax.startup.promise")
+                page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                                       timeout=READY_TIMEOUT_MS)
             except Exception as exc:  # noqa: BLE001 - reported, then the other checks still run
-                self.fail("mathjax", f"MathJax did not finish typesetting: {exc}".splitlines()[0])
-        try:
-            page.wait_for_load_state("networkidle")
-        except Exception as exc:  # noqa: BLE001 - reported; the checks below still run on what loaded
-            self.fail("request", f"the page's network did not go idle: {exc}".splitlines()[0])
+                self.fail("mathjax", f"MathJax did not start: {exc}".splitlines()[0])
+        state = page.evaluate(READY_JS, READY_TIMEOUT_MS)
+        if state != "ready":
+            self.fail("mathjax" if "MathJax" in state else "request", f"page not ready: {state}")
         if width == WIDTHS[0]:
             self._check_content(page)
         else:

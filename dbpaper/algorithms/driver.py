@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,9 @@ from .passes import (
     forward_backward_pass,
     standard_backprop,
 )
+
+if TYPE_CHECKING:  # penalties imports this package
+    from ..penalties import Penalty
 
 __all__ = ["ALGORITHMS", "Result", "double_backprop", "general", "loss_kind", "minimal", "objective_gradients", "register_algorithm"]
 
@@ -113,7 +117,7 @@ _APPLIES: dict[str, Callable] = {}
 def double_backprop(
     net: Network,
     x: torch.Tensor,
-    penalty,
+    penalty: Penalty,
     y: torch.Tensor | None = None,
     *,
     algorithm: str = "auto",
