@@ -152,15 +152,19 @@ class Layer:
     # are checked once per call of the algorithms (Network.check_input); inside, every tensor has
     # the right layout by construction, so the hot path skips the operators' per-call validation
     # (the public BilinearOperator methods keep it) and only reports the evaluation for counting.
+    # A parameter-free operator's θ_j is the fixed 1 (``theta`` is ignored): its linear map is applied
+    # without the multiplication by 1.
     def K(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``K_j(θ_j, x)`` for ``x`` shaped like ``x_{j-1}``."""
         _counting.record("apply")
-        return self.op._apply(theta, x.reshape(x.shape[0], *self.op.in_shape))
+        x = x.reshape(x.shape[0], *self.op.in_shape)
+        return self.op._linear(x) if self.weight is None else self.op._apply(theta, x)
 
     def KT(self, theta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``K_jᵀ(θ_j, y)``, shaped like ``x_{j-1}``."""
         _counting.record("transpose")
-        return self.op._transpose(theta, y).reshape(y.shape[0], *self.in_shape)
+        out = self.op._linear_transpose(y) if self.weight is None else self.op._transpose(theta, y)
+        return out.reshape(y.shape[0], *self.in_shape)
 
     def Kbox(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``K_j□(x, y)`` for ``x`` shaped like ``x_{j-1}``."""

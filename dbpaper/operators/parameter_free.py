@@ -49,7 +49,11 @@ class AvgPool2d(_ParameterFree):
     """Average pooling as in ``nn.AvgPool2d`` (any kernel, stride, padding, ``ceil_mode``, ``count_include_pad``).
 
     ``A^T`` is evaluated by the pooling-backward kernel, which is exactly the
-    adjoint of the (linear) pooling map.
+    adjoint of the (linear) pooling map. Non-overlapping windows without
+    padding (``stride = kernel_size``, the usual ``AvgPool2d(k)``) take a
+    faster exact path: ``A`` is a reshape and a mean over each window (of the
+    part of the input the windows cover), ``A^T`` spreads each value evenly
+    over its window (a broadcast) and leaves the uncovered border zero.
     """
 
     def __init__(
@@ -71,7 +75,15 @@ class AvgPool2d(_ParameterFree):
         self.count_include_pad = bool(count_include_pad)
         probe = F.avg_pool2d(torch.zeros(1, *in_shape), **self._kw())
         super().__init__(in_shape, tuple(probe.shape[1:]), ())
-
+        _, oh, ow = self.out_shape
+        kh, kw = self.kernel_size
+        # windows that tile (part of) the input: no overlap, no padding, none past the border
+        self._tiles = (
+            self.stride == self.kernel_size
+            and self.padding == (0, 0)
+            and oh * kh <= in_shape[1]
+            and ow * kw <= in_shape[2]
+        )
     def _kw(self):
         return dict(
             kernel_size=self.kernel_size,
@@ -82,9 +94,23 @@ class AvgPool2d(_ParameterFree):
         )
 
     def _linear(self, x):
+        if self._tiles:
+            n, c, h, w = x.shape
+            (_, oh, ow), (kh, kw) = self.out_shape, self.kernel_size
+            if oh * kh != h or ow * kw != w:
+                x = x[:, :, : oh * kh, : ow * kw]
+            return x.reshape(n, c, oh, kh, ow, kw).mean(dim=(3, 5))
         return F.avg_pool2d(x, **self._kw())
 
     def _linear_transpose(self, y):
+        if self._tiles:
+            n = y.shape[0]
+            c, h, w = self.in_shape
+            (_, oh, ow), (kh, kw) = self.out_shape, self.kernel_size
+            spread = (y * (1.0 / (kh * kw)))[:, :, :, None, :, None].expand(n, c, oh, kh, ow, kw).reshape(n, c, oh * kh, ow * kw)
+            if oh * kh != h or ow * kw != w:
+                spread = F.pad(spread, (0, w - ow * kw, 0, h - oh * kh))
+            return spread
         shape_only = y.new_empty((y.shape[0], *self.in_shape))
         return torch.ops.aten.avg_pool2d_backward(
             y, shape_only, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad, None
