@@ -19,7 +19,8 @@ import book_ledger as bl  # noqa: E402
 yaml = pytest.importorskip("yaml")
 
 # Every numbered item of Etmann (2019): equations, definitions, theorems, remarks, lemmas,
-# corollaries, algorithms, figures, sections and appendix items.
+# corollaries, algorithms, figures, sections and appendix items, and the claims of the abstract
+# and of the conclusion.
 PAPER_ITEMS = (
     [f"eq-{k}" for k in range(1, 45)]
     + ["def-2.1", "def-2.2", "def-3.1"]
@@ -32,6 +33,8 @@ PAPER_ITEMS = (
     + ["sec-4", "sec-4.1", "sec-4.1.1", "sec-4.1.2", "sec-4.1.3", "sec-4.2", "sec-4.3", "sec-4.4", "sec-4.5"]
     + ["sec-5", "sec-5.1", "sec-5.2", "sec-5.3", "sec-5.4", "sec-6", "sec-6.1", "sec-6.2", "sec-6.3", "sec-7"]
     + ["app-A", "app-B", "app-B.1", "app-B.2", "app-B.3", "app-C"]
+    + ["abstract-framework", "abstract-third", "abstract-landscape", "abstract-batches"]
+    + ["sec-7-framework", "sec-7-third", "sec-7-landscape", "sec-7-batches"]
 )
 
 
@@ -59,6 +62,21 @@ def test_every_paper_item_is_in_the_ledger(ledger):
     assert sorted(covered - set(PAPER_ITEMS)) == []
 
 
+def test_every_item_names_its_check(ledger, docs):
+    places = bl.all_places(docs)
+    for row in rows(ledger):
+        if row["status"] in bl.ASSERTING:
+            assert row.get("check"), row["item"]
+            for ref in row["check"]:
+                assert bl.is_test_ref(ref) or places[ref].asserts > 0, (row["item"], ref)
+        else:
+            assert row.get("check") or row.get("unchecked"), row["item"]
+        if row["status"] == "reproduced":
+            assert not row.get("scope"), row["item"]  # checked only for an instance: "special case"
+        if row["status"] == "corrected":
+            assert set(row["check"]) & set(row["errata"]), row["item"]
+
+
 def test_section_5_is_linked_to_the_runtimes_chapter(ledger, docs):
     places = bl.all_places(docs)
     for row in rows(ledger):
@@ -71,10 +89,24 @@ def test_the_rules_catch_violations(ledger, docs):
     bad = {"groups": [{"title": "x", "items": [
         {"item": "missing", "status": "reproduced", "places": ["repro-does-not-exist"]},
         {"item": "silent", "status": "reproduced", "places": ["errata-typos"]},
+        {"item": "unchecked", "status": "reproduced", "places": ["repro-eq-8"]},
+        {"item": "narrow", "status": "reproduced", "scope": "one network", "check": ["repro-eq-8"]},
+        {"item": "vague", "status": "special case", "check": ["repro-eq-8"]},
+        {"item": "uncorrected", "status": "corrected", "errata": ["erratum-a-third"], "check": ["repro-eq-8"]},
+        {"item": "no reason", "status": "context"},
+        {"item": "bad test", "status": "reproduced", "check": ["tests/test_book_ledger.py::test_missing"]},
+        {"item": "empty check", "status": "reproduced", "check": ["errata-typos"]},
     ]}]}
     found = bl.problems(bad, docs)
     assert any("does not exist" in p for p in found)
     assert any("asserts nothing" in p for p in found)
+    assert any(p.startswith("unchecked: ") and "names no check" in p for p in found)
+    assert any(p.startswith("narrow: ") and "special case" in p for p in found)
+    assert any(p.startswith("vague: ") and "does not say which" in p for p in found)
+    assert any(p.startswith("uncorrected: ") and "none of its errata" in p for p in found)
+    assert any(p.startswith("no reason: ") and "neither a check" in p for p in found)
+    assert any(p.startswith("bad test: ") and "is not defined" in p for p in found)
+    assert any(p.startswith("empty check: ") and "asserts nothing" in p for p in found)
     assert any("the ledger does not list" in p for p in found)  # every real repro- label is now unlisted
 
 

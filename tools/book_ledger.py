@@ -22,9 +22,21 @@ The place of a label
 A label marks the text from the label line to the next markdown heading (of
 any level) that follows it; a heading directly after the label belongs to
 the place and does not end it. The code cells in between are the place's
-code. An item whose status is ``reproduced`` or ``corrected`` must have, at
-every one of its places, at least one ``assert`` statement in that code:
-the chapter checks what the ledger claims.
+code. An item whose status is ``reproduced``, ``corrected`` or ``special case``
+must have, at every one of its places, at least one ``assert`` statement in
+that code: the chapter checks what the ledger claims.
+
+The check of an item
+--------------------
+Every item names its ``check``: the labels (of places that assert) and the
+tests (``tests/….py`` or ``tests/….py::test_name``) that check the statement
+*as printed and in the generality printed* — for a ``corrected`` item, among
+them the erratum whose cell shows the printed statement failing. An item that
+is checked only for an instance (one operator, one network, one kind of
+``v``) has the status ``special case`` and says in ``scope`` which instance.
+An item that no computation can check (a definition of notation, a pointer
+to the literature, an empirical remark about other work) says why in
+``unchecked`` instead; it cannot be ``reproduced``.
 """
 
 from __future__ import annotations
@@ -41,10 +53,11 @@ LEDGER_YML = BOOK / "ledger.yml"
 MARKER = "<!-- ledger: the tables below are generated from book/ledger.yml at build time -->"
 REPRO_PREFIX = "repro-"
 ERRATUM_PREFIX = "erratum-"
-ASSERTING = ("reproduced", "corrected")
+ASSERTING = ("reproduced", "corrected", "special case")
 STATUSES = {
     "reproduced": "reproduced",
     "corrected": "reproduced after correction",
+    "special case": "reproduced for a special case only",
     "used": "used",
     "context": "context",
     "not reproduced": "not reproduced",
@@ -234,6 +247,13 @@ def _place_link(place: Place) -> str:
     return f"{{ref}}`{place.chapter} › {place.heading} <{place.label}>`"
 
 
+def _ref_link(ref: str, places: dict[str, Place]) -> str:
+    """A check or place reference as a link (a label) or as code (a test)."""
+    if is_test_ref(ref):
+        return f"`{ref}`"
+    return _place_link(places[ref]) if ref in places else f"`{ref}` (missing)"
+
+
 def render(ledger: dict | None = None, docs: dict[str, Document] | None = None) -> str:
     """The MyST tables of the ledger page."""
     ledger = ledger if ledger is not None else load_ledger()
@@ -249,15 +269,24 @@ def render(ledger: dict | None = None, docs: dict[str, Document] | None = None) 
             out += [" ".join(group["intro"].split()), ""]
         out += ["| item | what it states | status | where it is reproduced | errata |", "|---|---|---|---|---|"]
         for row in group["items"]:
-            where = [_place_link(places[label]) if label in places else f"`{label}` (missing)" for label in row.get("places", [])]
-            where += [f"`{t}`" for t in row.get("tests", [])]
+            checks = list(row.get("check", []))
+            others = [r for r in list(row.get("places", [])) + list(row.get("tests", [])) if r not in checks]
+            where = []
+            if checks:
+                where.append("**checked:** " + ", ".join(_ref_link(r, places) for r in checks))
+            elif row.get("unchecked"):
+                where.append(f"**not checked:** {row['unchecked']}")
+            if others:
+                where.append(("also: " if where else "") + ", ".join(_ref_link(r, places) for r in others))
             status = STATUSES.get(row["status"], row["status"])
+            if row.get("scope"):
+                status += f" ({row['scope']})"
             if row.get("note"):
                 status += f"; {row['note']}"
             er = [f"{{ref}}`{errata.get(label, '?')} <{label}>`" for label in row.get("errata", [])]
             out.append(
                 f"| {_cell(row['item'])} | {_cell(row.get('states', ''))} | {_cell(status)} | "
-                f"{_cell(', '.join(where) or '—')} | {', '.join(er) or '—'} |"
+                f"{_cell('; '.join(where) or '—')} | {', '.join(er) or '—'} |"
             )
             if row.get("figure"):
                 name = row["figure"]
@@ -285,6 +314,21 @@ def render(ledger: dict | None = None, docs: dict[str, Document] | None = None) 
 # ---------------------------------------------------------------- rules
 
 
+def is_test_ref(ref: str) -> bool:
+    """Whether a check reference names a test (``tests/….py`` or ``tests/….py::name``) rather than a label."""
+    return ref.startswith("tests/")
+
+
+def _test_ref_problem(ref: str) -> str | None:
+    path, _, name = ref.partition("::")
+    file = ROOT / path
+    if not file.is_file():
+        return f"test file {path!r} does not exist"
+    if name and not re.search(rf"^\s*def {re.escape(name.split('[')[0])}\(", file.read_text(encoding="utf-8"), re.M):
+        return f"test {name!r} is not defined in {path}"
+    return None
+
+
 def problems(ledger: dict | None = None, docs: dict[str, Document] | None = None) -> list[str]:
     """Every violation of the ledger's rules (an empty list when the ledger is consistent)."""
     ledger = ledger if ledger is not None else load_ledger()
@@ -306,10 +350,36 @@ def problems(ledger: dict | None = None, docs: dict[str, Document] | None = None
                 elif row["status"] in ASSERTING and places[label].asserts == 0:
                     p = places[label]
                     found.append(f"{item}: is {row['status']}, but its place {label!r} ({p.docname} › {p.heading}) asserts nothing")
-            if row["status"] in ASSERTING and not row.get("places"):
+            if row["status"] in ASSERTING and not row.get("places") and not row.get("check"):
                 found.append(f"{item}: is {row['status']} but names no place")
             if row["status"] == "corrected" and not row.get("errata"):
                 found.append(f"{item}: is corrected but names no erratum")
+            # the check of the printed statement
+            checks = row.get("check", [])
+            if not checks and not row.get("unchecked"):
+                found.append(f"{item}: names neither a check nor why it is unchecked")
+            if checks and row.get("unchecked"):
+                found.append(f"{item}: names a check and says it is unchecked")
+            if row["status"] in ASSERTING and not checks:
+                found.append(f"{item}: is {row['status']} but names no check")
+            if row["status"] == "special case" and not row.get("scope"):
+                found.append(f"{item}: is checked for a special case but does not say which (scope)")
+            if row["status"] == "reproduced" and row.get("scope"):
+                found.append(f"{item}: is reproduced, but its check covers only {row['scope']!r}: status 'special case'")
+            if row["status"] == "corrected" and not set(checks) & set(row.get("errata", [])):
+                found.append(f"{item}: is corrected, but its check names none of its errata")
+            for ref in checks:
+                if is_test_ref(ref):
+                    problem = _test_ref_problem(ref)
+                    if problem:
+                        found.append(f"{item}: check {ref!r}: {problem}")
+                    continue
+                referenced.add(ref)
+                if ref not in places:
+                    found.append(f"{item}: check {ref!r} does not exist in any chapter")
+                elif places[ref].asserts == 0:
+                    p = places[ref]
+                    found.append(f"{item}: its check {ref!r} ({p.docname} › {p.heading}) asserts nothing")
             for label in row.get("errata", []):
                 if label not in errata:
                     found.append(f"{item}: erratum {label!r} is not an erratum heading of the errata page")
