@@ -21,7 +21,6 @@ from .activations import (
     Softplus,
     Tanh,
 )
-from .algorithms import double_backprop
 from .autograd import objective, penalty
 from .counting import count_operations
 from .diagnostics import AdjointErrors, adjoint_errors, dtype_tolerance, theorem_2_3_errors
@@ -36,6 +35,7 @@ from .operators import (
     InvertibleDownsampling,
     LocallyConnected2d,
 )
+from .pipeline import double_backprop
 from .planning import ALGORITHM_NAMES, ExecutionPlan, FallbackWarning, plan
 
 __version__ = "0.2.0"

@@ -37,11 +37,12 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .algorithms.driver import double_backprop, objective_gradients
+from .algorithms.driver import compute, compute_objective
 from .algorithms.passes import LayerGradients
 from .network import Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
-from .planning import read, resolve, validate_call, warn_fallback
+from .pipeline import read_cached, record, resolve_cached
+from .planning import validate_call, warn_fallback
 from .reference import output_map_of, penalty_by_autograd
 
 __all__ = ["LOSSES", "as_network", "loss_for", "objective", "penalty"]
@@ -57,7 +58,7 @@ def as_network(model: nn.Module | Network, x: torch.Tensor) -> Network:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim < 2:
         raise ValueError(f"x must have a leading batch dimension, got shape {tuple(x.shape)}")
-    return read(model, x)
+    return read_cached(model, x)
 
 
 def loss_for(y: torch.Tensor, loss: str | None = None) -> str:
@@ -128,11 +129,13 @@ class _Precomputed(torch.autograd.Function):
         saved = ctx.saved_tensors  # checks the version counters of x and the parameters
         grads = saved[: ctx.n_grads]
         x = saved[ctx.n_grads]
+        # `R.backward()` seeds 1: hand the stored gradients back as they are (no multiply, no copy)
+        one = not torch.compiler.is_compiling() and grad_out.device.type == "cpu" and bool(grad_out == 1)
         grad_x = None
         if ctx.needs_input_grad[1]:
             gx = ctx.input_grad() if ctx.input_grad is not None else None
-            grad_x = torch.zeros_like(x) if gx is None else grad_out * gx
-        return (None, grad_x, *(grad_out * g for g in grads))
+            grad_x = torch.zeros_like(x) if gx is None else (gx if one else grad_out * gx)
+        return (None, grad_x, *(grads if one else (grad_out * g for g in grads)))
 
 
 def _guard_second_order(t: torch.Tensor) -> torch.Tensor:
@@ -149,11 +152,11 @@ def _guard_second_order(t: torch.Tensor) -> torch.Tensor:
 
 
 def _explicit(model, net: Network, x, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
-    xd = x.detach()
+    rec = record(net, x)
     if lam is None:
-        res = double_backprop(net, xd, pen, y, algorithm=name)
+        res = compute(net, rec, pen, y, name=name)
     else:
-        res = objective_gradients(net, xd, pen, y, lam, loss=loss, algorithm=name)
+        res = compute_objective(net, rec, pen, y, lam, loss=loss, name=name)
     grads = _flat(net, res.gradients)
     if _is_ddp(model):
         grads = _average_over_ranks(grads, model.process_group)
@@ -176,7 +179,7 @@ def _autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Te
         value = penalty_by_autograd(inner, x, pen, y)
     else:
         value, out = penalty_by_autograd(inner, x, pen, y, return_output=True)
-        from .algorithms.initial_values import loss_value
+        from .seeds import loss_value
 
         value = loss_value(output_map_of(inner), out, y, loss) + lam * value
     if _is_ddp(model):  # no graph through DDP's reducer: average the gradients now, as the explicit path does
@@ -191,16 +194,19 @@ def _autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Te
 
 
 def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) -> torch.Tensor:
+    """Read (cached), plan (cached) and run; the call has been validated once by the entry point."""
     if algorithm == "autograd":
         return _autograd(model, x, pen, y, lam, loss)
     try:
-        net = read(model, x)
+        net = read_cached(model, x)
     except UnsupportedModelError as err:
         if algorithm != "auto":
             raise
         warn_fallback(unwrap(model), err)
         return _autograd(model, x, pen, y, lam, loss)
-    name = resolve(net, pen, algorithm, batch=x.shape[0])
+    net.check_input(x)
+    pen.check(net, y)
+    name = resolve_cached(model, net, pen, algorithm, x.shape[0])
     return _explicit(model, net, x, pen, y, name, lam, loss)
 
 

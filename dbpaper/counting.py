@@ -45,12 +45,13 @@ import torch
 from torch import nn
 
 from . import _counting
-from .algorithms.driver import double_backprop, loss_kind, objective_gradients
-from .algorithms.initial_values import LossGradientSeed
+from .algorithms.driver import loss_kind
 from .algorithms.passes import standard_backprop
 from .autograd import as_network
 from .network import Network
 from .penalties import ClassicalDoubleBackprop, JacobianFrobenius, OutputNodeGradient, Penalty
+from .pipeline import double_backprop, objective_gradients
+from .seeds import LossGradientSeed
 
 __all__ = [
     "CASES",

@@ -179,12 +179,22 @@ class ForwardRecord:
     ``xs[j]`` is ``x_j`` (``j = 0..L``); ``dg[j]`` is ``g'_j(z_j)`` and
     ``d2g[j]`` is ``g''_j(z_j)`` (``None`` where it is identically zero) for the
     hidden layers ``j = 1..L-1``; index 0 and ``L`` hold ``None``. ``z_L`` is
-    kept only for the identity output (where it equals ``x_L``).
+    kept only for the identity output (where it equals ``x_L``). ``unit[j]`` is
+    ``True`` where ``g_j`` is the identity (``g'_j ≡ 1``, stored as a broadcast
+    view of one ``1``): :meth:`slope` then returns its argument instead of
+    multiplying by ones (pooling layers between convolutions).
     """
 
     xs: list[torch.Tensor]
     dg: list[torch.Tensor | None]
     d2g: list[torch.Tensor | None]
+    unit: list[bool] | None = None
+
+    def slope(self, j: int, t: torch.Tensor) -> torch.Tensor:
+        """``M(g'_j(z_j), t) = g'_j(z_j) ⊙ t`` (``t`` itself where ``g_j`` is the identity)."""
+        if self.unit is not None and self.unit[j]:
+            return t
+        return self.dg[j] * t
 
     @property
     def output(self) -> torch.Tensor:
@@ -356,23 +366,27 @@ class Network:
                         f"but x is {x.dtype} on {x.device}"
                     )
 
-    def forward(self, x: torch.Tensor) -> ForwardRecord:
-        """One recorded forward pass (``L`` evaluations of ``K``)."""
-        self.check_input(x)
+    def forward(self, x: torch.Tensor, *, check: bool = True) -> ForwardRecord:
+        """One recorded forward pass (``L`` evaluations of ``K``); ``check=False`` skips :meth:`check_input`."""
+        if check:
+            self.check_input(x)
         L = self.depth
-        xs, dg, d2g = [x], [None] * (L + 1), [None] * (L + 1)
+        xs, dg, d2g, unit = [x], [None] * (L + 1), [None] * (L + 1), [False] * (L + 1)
         for j, layer in enumerate(self.layers, start=1):
             z = layer.add_bias(layer.K(layer.theta(x), xs[-1]))
             g = layer.activation
             xs.append(g.f(z))
             if j < L:
-                if g.derivatives_from_output:  # tanh, sigmoid: g' and g'' from x_j, no second evaluation of g
+                if type(g) is act.Identity:  # g' ≡ 1, g'' ≡ 0: nothing to store or multiply
+                    dg[j] = torch.ones((), dtype=z.dtype, device=z.device).expand(z.shape)
+                    unit[j] = True
+                elif g.derivatives_from_output:  # tanh, sigmoid: g' and g'' from x_j, no second evaluation of g
                     dg[j] = g.df_from_output(xs[-1])
                     d2g[j] = g.d2f_from_output(xs[-1])
                 else:
                     dg[j] = g.df(z)
                     d2g[j] = None if g.locally_linear else g.d2f(z)
-        return ForwardRecord(xs=xs, dg=dg, d2g=d2g)
+        return ForwardRecord(xs=xs, dg=dg, d2g=d2g, unit=unit)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x).output

@@ -49,8 +49,8 @@ from collections.abc import Iterator
 
 import torch
 
-from .algorithms.initial_values import ConstantSeed, FunctionSeed, LossGradientSeed, Seed
 from .network import ForwardRecord, Network
+from .seeds import ConstantSeed, FunctionSeed, LossGradientSeed, Seed
 
 __all__ = [
     "ClassicalDoubleBackprop",

@@ -51,22 +51,29 @@ with ``calls`` the number of operator evaluations and elementwise passes
 candidate with the smallest predicted time, so it never takes a path the
 model predicts to be slower than ``"general"``. The constants only rank
 candidates; the benchmark (``python -m dbpaper bench``) checks the ranking on
-real hardware. Algorithms registered by users are used only when named.
+real hardware.
+
+Each algorithm registers its own cost model and applicability
+(:func:`dbpaper.algorithms.register_algorithm`); this module reads the
+registry and never runs an algorithm. An algorithm registered by a user with
+a ``cost`` is a candidate of ``"auto"`` and of :func:`plan` like the built-in
+ones; without one it runs only when named.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 import weakref
 
 import torch
 from torch import nn
 
-from .activations import IdentityOutput
+from .algorithms import jacobian as J
+from .algorithms.costs import autograd_cost
+from .algorithms.registry import CALL_OVERHEAD_S, FLOP_RATE, REGISTRY, Estimate
 from .network import Network, UnsupportedModelError, unwrap
-from .penalties import Penalty
+from .penalties import JacobianFrobenius, Penalty
 
 __all__ = [
     "ALGORITHM_NAMES",
@@ -83,91 +90,31 @@ __all__ = [
 #: The documented algorithm names (``"auto"`` is the default of every entry point).
 ALGORITHM_NAMES = ("auto", "general", "minimal", "optimized", "optimized-shortcuts", "optimized-chunked", "autograd")
 
-#: Sustained floating-point operations per second of operator evaluations (float32, one CPU core).
-FLOP_RATE = 5e10
-
-#: Seconds of dispatch overhead per tensor operation (Python, the dispatcher, a small kernel).
-CALL_OVERHEAD_S = 1e-5
-
-_EXPLICIT = ("general", "minimal", "optimized", "optimized-shortcuts", "optimized-chunked")
 
 
 class FallbackWarning(UserWarning):
     """A model outside the framework of eq. (8) is evaluated by autograd (``create_graph=True``)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Estimate:
-    """Predicted cost of one evaluation of ``R`` and its parameter gradients."""
-
-    flops: int
-    calls: int
-
-    @property
-    def seconds(self) -> float:
-        """``flops / FLOP_RATE + calls * CALL_OVERHEAD_S``."""
-        return self.flops / FLOP_RATE + self.calls * CALL_OVERHEAD_S
-
-
-def _layer_sums(net: Network) -> tuple[int, int, int]:
-    ms = [layer.op.macs for layer in net.layers]
-    trained = sum(m for m, layer in zip(ms, net.layers) if layer.weight is not None)
-    return sum(ms), trained, sum(ms[1:])
-
-
-def _eta_vanishes(net: Network, penalty) -> bool:
-    """Section 5.3: an identity output, locally linear activations and a network-independent ``v``."""
-    from .penalties import JacobianFrobenius, OperatorNorm, OutputNodeGradient
-
-    constant_v = isinstance(penalty, JacobianFrobenius | OperatorNorm | OutputNodeGradient)  # v independent of x_L
-    return isinstance(net.output_map, IdentityOutput) and net.locally_linear and constant_v
-
-
-def _jacobian_options(net: Network, penalty, batch: int, algorithm: str):
-    from .algorithms import jacobian as J
-
-    options = {
-        "optimized": dict(chunk_size=1, gram=False, onehot=False),
-        "optimized-shortcuts": dict(chunk_size=1, gram="auto", onehot="auto"),
-        "optimized-chunked": dict(chunk_size=J.DEFAULT_CHUNK_SIZE, gram="auto", onehot="auto"),
-    }[algorithm]
+def _jacobian_options(net: Network, penalty: Penalty, batch: int, algorithm: str):
+    """The resolved options (chunk size, shortcuts) of a registered Algorithm 4 variant."""
+    options = dict(REGISTRY[algorithm].run.options)
+    options["chunk_size"] = J.resolve_chunk_size(options["chunk_size"])
     return J.plan(net, penalty, batch, **options)
 
 
-def estimate(net: Network, penalty, batch: int, algorithm: str) -> Estimate:
-    """The cost model's prediction for ``algorithm`` (an explicit name or ``"autograd"``); see the module docstring."""
-    from .penalties import OperatorNorm
-
-    L, n = net.depth, batch
-    F, Fbox, Fprime = _layer_sums(net)
-    S = penalty.num_seeds(net)
-    fb = 0 if _eta_vanishes(net, penalty) else Fprime + Fbox
-    extra = 0
-    if isinstance(penalty, OperatorNorm):
-        extra = 2 * n * 2 * F * (penalty.iterations - 1)
-    if algorithm == "general":
-        return Estimate(2 * n * (F + S * (2 * F + Fbox + fb)) + extra, 3 * L + S * (8 * L + 5))
-    if algorithm == "minimal":  # h_L is skipped where η_L vanishes
-        unused = net.layers[-1].op.macs if _eta_vanishes(net, penalty) else 0
-        return Estimate(2 * n * (F + S * (2 * F + Fbox + fb - unused)) + extra, 3 * L + S * (8 * L + 4))
+def estimate(net: Network, penalty: Penalty, batch: int, algorithm: str) -> Estimate:
+    """The cost model's prediction for ``algorithm`` (a registered name with a cost, or ``"autograd"``)."""
     if algorithm == "autograd":
-        return Estimate(2 * n * (F + S * (2 * F + Fbox) + Fprime + Fbox) + extra, 6 * L + S * (12 * L + 5))
-    if algorithm in ("optimized", "optimized-shortcuts", "optimized-chunked"):
-        from .algorithms import jacobian as J
-
-        p = _jacobian_options(net, penalty, n, algorithm)
-        costs = J.shortcut_costs(net, n)
-        saved = sum(costs[k]["without"] - costs[k]["with"] for k, used in (("gram", p.gram), ("onehot", p.onehot)) if used)
-        flops = 2 * n * (F + S * (2 * F + Fbox) + fb) - 2 * max(0, saved)
-        passes = math.ceil(S / p.chunk_size)
-        return Estimate(max(flops, 0), 6 * L + passes * (8 * L + 5))
-    raise ValueError(f"no cost model for algorithm {algorithm!r}")
+        return autograd_cost(net, penalty, batch)
+    spec = REGISTRY.get(algorithm)
+    if spec is None or spec.cost is None:
+        raise ValueError(f"no cost model for algorithm {algorithm!r}: register it with cost=... to plan it")
+    return spec.cost(net, penalty, batch)
 
 
-def _applicable(net: Network, penalty) -> list[str]:
-    from .algorithms.driver import _APPLIES, ALGORITHMS
-
-    return [name for name in _EXPLICIT if name in ALGORITHMS and (name not in _APPLIES or _APPLIES[name](net, penalty))]
+def _applicable(net: Network, penalty: Penalty) -> list[str]:
+    return [name for name, spec in REGISTRY.items() if spec.cost is not None and spec.applies_to(net, penalty)]
 
 
 _CHOICES: dict[tuple, tuple[str, dict[str, Estimate]]] = {}
@@ -175,15 +122,13 @@ _CHOICES: dict[tuple, tuple[str, dict[str, Estimate]]] = {}
 
 def _signature(net: Network, penalty, batch: int) -> tuple:
     """Everything the cost model reads: layer shapes and kinds, the batch, the penalty and the chunking settings."""
-    from .algorithms import jacobian as J
-    from .algorithms.driver import ALGORITHMS
 
     layers = tuple(
         (type(lay.op), lay.op.in_shape, lay.op.out_shape, lay.op.param_shape, lay.weight is None, lay.bias is None, type(lay.activation),
          getattr(lay.activation, "locally_linear", None))
         for lay in net.layers
     )  # fmt: skip
-    return (layers, batch, type(penalty), repr(penalty), J.DEFAULT_CHUNK_SIZE, J.TARGET_CHUNK_ROWS, tuple(ALGORITHMS))
+    return (layers, batch, type(penalty), repr(penalty), J.DEFAULT_CHUNK_SIZE, J.TARGET_CHUNK_ROWS, tuple(REGISTRY.items()))
 
 
 def choose(net: Network, penalty, batch: int) -> tuple[str, dict[str, Estimate]]:
@@ -248,8 +193,6 @@ def plan(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: torch
     predicted FLOPs against autograd's (the ``C`` penalties summed before one
     backward) and every candidate's predicted time.
     """
-    from .penalties import JacobianFrobenius
-
     validate_call(x, penalty, y, algorithm)
     try:
         net = read(model, x)
@@ -276,7 +219,7 @@ def plan(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: torch
         cands = {name: estimate(net, penalty, n, name)}
         reason = "requested"
     chunk = gram = onehot = None
-    if name.startswith("optimized"):
+    if getattr(REGISTRY[name].run, "options", None) is not None:
         p = _jacobian_options(net, penalty, n, name)
         chunk, gram, onehot = p.chunk_size, p.gram, p.onehot
     return ExecutionPlan(
@@ -293,30 +236,22 @@ def plan(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: torch
     )
 
 
-def resolve(net: Network, penalty, algorithm: str, batch: int | None = None) -> str:
+def resolve(net: Network, penalty: Penalty, algorithm: str, batch: int | None = None) -> str:
     """The registered algorithm to run: ``"auto"`` by the cost model, else ``algorithm`` checked to apply."""
-    from .algorithms.driver import _APPLIES, ALGORITHMS
-
     if algorithm == "auto":
         return choose(net, penalty, batch if batch is not None else 1)[0]
     if algorithm == "autograd":
         raise ValueError("algorithm='autograd' is provided by dbpaper.penalty and dbpaper.objective, not by the explicit algorithms")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algorithm!r}; choose from {sorted(set(ALGORITHMS) | set(ALGORITHM_NAMES))}")
-    if algorithm in _APPLIES and not _APPLIES[algorithm](net, penalty):
-        why = f"{penalty!r} on this network"
-        if algorithm.startswith("optimized"):
-            from .algorithms.jacobian import why_not
-
-            why = why_not(net, penalty)
-        raise ValueError(f"algorithm {algorithm!r} does not apply: {why}")
+    spec = REGISTRY.get(algorithm)
+    if spec is None:
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose from {sorted(set(REGISTRY) | set(ALGORITHM_NAMES))}")
+    if not spec.applies_to(net, penalty):
+        raise ValueError(f"algorithm {algorithm!r} does not apply: {spec.reason(net, penalty)}")
     return algorithm
 
 
 def validate_call(x, penalty, y, algorithm, *, y_used_by_loss: bool = False) -> None:
     """Clear errors for misuse, at call time: types, an empty batch, a ``y`` nobody uses, an unknown algorithm."""
-    from .algorithms.driver import ALGORITHMS
-    from .penalties import Penalty
 
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -328,8 +263,8 @@ def validate_call(x, penalty, y, algorithm, *, y_used_by_loss: bool = False) -> 
         raise TypeError(f"x must be floating point, got {x.dtype}")
     if not isinstance(penalty, Penalty):
         raise TypeError(f"penalty must be a dbpaper.penalties.Penalty (e.g. JacobianFrobenius()), got {type(penalty).__name__}")
-    if not isinstance(algorithm, str) or (algorithm not in ALGORITHMS and algorithm not in ALGORITHM_NAMES):
-        raise ValueError(f"unknown algorithm {algorithm!r}; choose from {sorted(set(ALGORITHMS) | set(ALGORITHM_NAMES))}")
+    if not isinstance(algorithm, str) or (algorithm not in REGISTRY and algorithm not in ALGORITHM_NAMES):
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose from {sorted(set(REGISTRY) | set(ALGORITHM_NAMES))}")
     if y is not None:
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y must be a torch.Tensor (labels or targets), got {type(y).__name__}; use torch.as_tensor(y)")

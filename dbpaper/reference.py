@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .algorithms.initial_values import loss_value
 from .network import Network
 from .penalties import (
     ClassicalDoubleBackprop,
@@ -27,6 +26,7 @@ from .penalties import (
     OutputNodeGradient,
     Penalty,
 )
+from .seeds import loss_value
 
 __all__ = ["autograd_penalty", "func_jacobian_frobenius", "output_map_of", "penalty_by_autograd", "reference_gradients", "traced_quantities"]
 

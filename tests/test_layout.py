@@ -1,7 +1,8 @@
 """The house has two wings: the library ``dbpaper`` and the book's ``dbpaper.paper``.
 
 * no module of the library imports the paper wing (it imports the library, never the reverse);
-* no import cycle among the package's modules (module-level imports), apart from the one listed;
+* no import cycle among the package's modules (module-level imports), and the library's layers
+  import one way only: operators ← network ← seeds ← penalties ← algorithms ← planning ← pipeline ← entry points;
 * no module is longer than ``MAX_LINES`` unless it is listed here with a reason;
 * every name of the library's ``__all__`` resolves, and the paper wing's names are not in it.
 """
@@ -31,13 +32,10 @@ LONG_MODULES = {
 # the library may name the paper wing only inside functions of its command line (lazy imports)
 LAZY_IMPORTERS = {"dbpaper/__main__.py": "python -m dbpaper figures | bench imports the paper wing inside the commands"}
 
-# known import cycles (module-level imports), each with the reason it is still there
-KNOWN_CYCLES = {
-    frozenset({"dbpaper.penalties", "dbpaper.algorithms", "dbpaper.algorithms.jacobian"}): (
-        "penalties imports algorithms.initial_values (running algorithms/__init__, which imports jacobian), "
-        "and jacobian imports penalties; it resolves by import order only"
-    ),
-}
+# known import cycles (module-level imports), each with the reason it is still there: none. The
+# library is layered one way: operators <- network <- seeds <- penalties <- algorithms <- planning
+# <- pipeline <- entry points (test_library_is_layered).
+KNOWN_CYCLES: dict = {}
 
 
 def _module_name(path: Path) -> str:
@@ -173,3 +171,40 @@ def test_importing_the_library_loads_no_paper_module():
     code = "import sys, dbpaper; print(sorted(m for m in sys.modules if m.startswith('dbpaper.paper')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# the library's layers, lowest first; a module may import (at module level) only from its own layer or below
+LAYERS = [
+    ["dbpaper._counting", "dbpaper.activations", "dbpaper.operators", "dbpaper.diagnostics", "dbpaper.numdiff"],
+    ["dbpaper.nn", "dbpaper.network"],
+    ["dbpaper.seeds"],
+    ["dbpaper.penalties"],
+    ["dbpaper.algorithms"],
+    ["dbpaper.planning"],
+    ["dbpaper.pipeline"],
+    ["dbpaper.reference", "dbpaper.autograd", "dbpaper.counting", "dbpaper.__main__", "dbpaper"],
+]
+
+
+def _layer_of(module: str) -> int:
+    best = None
+    for i, layer in enumerate(LAYERS):
+        for prefix in layer:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (i, len(prefix))
+    assert best is not None, f"{module} is in no layer of LAYERS"
+    return best[0]
+
+
+@pytest.mark.parametrize("path", _library_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_library_is_layered(path):
+    name = _module_name(path)
+    if name == "dbpaper":
+        return  # the package's __init__ re-exports every layer
+    mine = _layer_of(name)
+    upward = sorted(
+        imp for imp in _imports(path, module_level_only=True)
+        if imp.startswith("dbpaper.") and not imp.startswith("dbpaper.paper") and imp in _modules() and _layer_of(imp) > mine
+    )  # fmt: skip
+    assert not upward, f"{name} (layer {mine}) imports from a layer above: {upward}"

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..activations import Softmax
 from ..network import ForwardRecord, Network
-from .initial_values import loss_value
+from ..penalties import Penalty
+from ..seeds import LossGradientSeed, loss_value
+from .costs import eta_vanishes, layer_sums, power_iteration_flops
 from .passes import (
     LayerGradients,
     backward_backward_pass,
@@ -18,11 +18,9 @@ from .passes import (
     forward_backward_pass,
     standard_backprop,
 )
+from .registry import ALGORITHMS, Estimate, register_algorithm
 
-if TYPE_CHECKING:  # penalties imports this package
-    from ..penalties import Penalty
-
-__all__ = ["ALGORITHMS", "Result", "double_backprop", "general", "loss_kind", "minimal", "objective_gradients", "register_algorithm"]
+__all__ = ["ALGORITHMS", "Result", "compute", "compute_objective", "general", "loss_kind", "minimal", "register_algorithm"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -95,91 +93,77 @@ def general(
     return value, grads, passes
 
 
-#: name -> implementation ``(net, rec, penalty, y) -> (R, gradients, backward passes)``
 def minimal(net: Network, rec: ForwardRecord, penalty, y, **kw):
     """Algorithms 1–3 without unused work (``h_L`` skipped where ``η_L ≡ 0``); see :func:`general`."""
     return general(net, rec, penalty, y, minimal=True, **kw)
 
 
-ALGORITHMS: dict[str, Callable] = {"general": general, "minimal": minimal}
+def general_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
+    """``2N [F + S (2F + F□) + S (F' + F□)]`` (the last bracket only where ``η`` does not vanish) and ``3L + S (8L + 5)`` calls."""
+    L, n = net.depth, batch
+    F, Fbox, Fprime = layer_sums(net)
+    S = penalty.num_seeds(net)
+    fb = 0 if eta_vanishes(net, penalty) else Fprime + Fbox
+    return Estimate(2 * n * (F + S * (2 * F + Fbox + fb)) + power_iteration_flops(net, penalty, n), 3 * L + S * (8 * L + 5))
 
 
-def register_algorithm(name: str, fn: Callable, *, applies: Callable | None = None) -> None:
-    """Register an algorithm under ``name`` (``applies(net, penalty)`` tells ``"auto"`` when it can be used)."""
-    ALGORITHMS[name] = fn
-    if applies is not None:
-        _APPLIES[name] = applies
+def minimal_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
+    """:func:`general_cost` without ``h_L`` (``2N S m_L``) where ``η_L`` vanishes, one call fewer per ``v``."""
+    base = general_cost(net, penalty, batch)
+    unused = net.layers[-1].op.macs if eta_vanishes(net, penalty) else 0
+    S = penalty.num_seeds(net)
+    return Estimate(base.flops - 2 * batch * S * unused, base.calls - S)
 
 
-_APPLIES: dict[str, Callable] = {}
+register_algorithm("general", general, cost=general_cost)
+register_algorithm("minimal", minimal, cost=minimal_cost)
 
 
-def double_backprop(
+def compute(
     net: Network,
-    x: torch.Tensor,
+    rec: ForwardRecord,
     penalty: Penalty,
-    y: torch.Tensor | None = None,
+    y: torch.Tensor | None,
     *,
-    algorithm: str = "auto",
+    name: str,
     with_loss: bool = False,
 ) -> Result:
-    """Evaluate ``R`` and its parameter gradients with the explicit algorithms (no autograd).
+    """Run the registered algorithm ``name`` on a recorded forward pass (no planning, no validation).
 
-    Parameters
-    ----------
-    net : dbpaper.Network
-        The network of eq. (8).
-    x : torch.Tensor
-        A batch of inputs ``x_0``, shape ``(N, *net.in_shape)``.
-    penalty : dbpaper.penalties.Penalty
-        The penalty term of Section 4.1.
-    y : torch.Tensor, optional
-        Labels (class indices) or targets, for classical double backpropagation
-        and for ``with_loss``.
-    algorithm : str
-        ``"auto"`` (default: the cheapest applicable algorithm by the cost model
-        of :mod:`dbpaper.planning`), ``"general"`` (Algorithms 1–3, class by
-        class for several ``v``) or any registered algorithm.
-    with_loss : bool
-        Also return the loss and its gradients (Section 4.5), reusing the
-        backward pass of classical double backpropagation when the losses coincide.
+    The entry points (:func:`dbpaper.double_backprop`, :func:`dbpaper.penalty`)
+    validate the call, read the network and choose ``name`` once; this runs it.
+    With ``with_loss`` also the loss and its gradients (Section 4.5), reusing
+    the backward pass of classical double backpropagation when the losses coincide.
     """
-    from ..planning import resolve
-
-    penalty.check(net, y)
-    name = resolve(net, penalty, algorithm, batch=x.shape[0])
     with torch.no_grad():
-        rec = net.forward(x)
         value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
         result = Result(value=value, gradients=grads, algorithm=name)
         if with_loss:
             kind = loss_kind(net, penalty)
             if y is None:
                 raise ValueError("with_loss=True needs y (labels or targets)")
-            n = x.shape[0]
+            n = rec.xs[0].shape[0]
             result.loss = loss_value(net.output_map, rec.output, y, kind)
             if getattr(penalty, "loss", None) == kind and passes:
                 # Section 4.5: the ζ_j of classical double backpropagation are the loss's own
                 result.loss_gradients = standard_backprop(net, rec, None, xis_reuse=passes[0]).scaled(1.0 / n)
             else:
-                from .initial_values import LossGradientSeed
-
                 zeta_L = LossGradientSeed(net.output_map, rec.output, y, kind).zeta_L() / n
                 result.loss_gradients = standard_backprop(net, rec, zeta_L)
     return result
 
 
-def objective_gradients(
+def compute_objective(
     net: Network,
-    x: torch.Tensor,
-    penalty,
+    rec: ForwardRecord,
+    penalty: Penalty,
     y: torch.Tensor,
     lam: float,
     *,
     loss: str,
-    algorithm: str = "auto",
+    name: str,
 ) -> Result:
-    """``ℓ + λR`` and its gradients (Section 4.5), the loss folded into the forward-backward pass where possible.
+    """``ℓ + λR`` and its gradients (Section 4.5) with the registered algorithm ``name``, the loss folded in where possible.
 
     ``value`` is ``ℓ + λR``; ``gradients`` holds its parameter gradients and
     ``η_1`` with ``∇_{x_0}(ℓ + λR) = K_1ᵀ(θ_1, η_1)``; ``loss`` holds ``ℓ``.
@@ -190,15 +174,9 @@ def objective_gradients(
     ``λ = 0``: a standard backpropagation of the loss, Section 4.5).
     ``"general"`` is the paper's path: a separate backpropagation of the loss.
     """
-    from ..planning import resolve
-    from .initial_values import LossGradientSeed
-
-    penalty.check(net, y)
-    name = resolve(net, penalty, algorithm, batch=x.shape[0])
     lam = float(lam)
     with torch.no_grad():
-        rec = net.forward(x)
-        n = x.shape[0]
+        n = rec.xs[0].shape[0]
         ell = loss_value(net.output_map, rec.output, y, loss)
         zeta_loss = LossGradientSeed(net.output_map, rec.output, y, loss).zeta_L() / n  # ∇_{z_L} ℓ (batch mean)
         options = getattr(ALGORITHMS[name], "options", None)  # the Algorithm 4 variants carry their options

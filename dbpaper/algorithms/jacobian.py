@@ -129,9 +129,10 @@ from ..activations import Activation, IdentityOutput, Softmax
 from ..network import ForwardRecord, Network
 from ..operators import Dense
 from ..penalties import JacobianFrobenius, SquaredNorm
-from .driver import register_algorithm
-from .initial_values import ConstantSeed
+from ..seeds import ConstantSeed
+from .costs import eta_vanishes, layer_sums, power_iteration_flops
 from .passes import LayerGradients
+from .registry import Estimate, register_algorithm
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -302,6 +303,13 @@ def _mul_(t: torch.Tensor, dg: torch.Tensor, k: int) -> torch.Tensor:
         t = t.contiguous()
     t.view(k, *dg.shape).mul_(dg)
     return t
+
+
+def _slope_(rec: ForwardRecord, j: int, t: torch.Tensor, k: int) -> torch.Tensor:
+    """``M(g'_j(z_j), t)`` in place for ``k`` stacked classes; ``t`` unchanged where ``g_j`` is the identity."""
+    if rec.unit is not None and rec.unit[j]:
+        return t
+    return _mul_(t, rec.dg[j], k)
 
 
 def _mul_into(t: torch.Tensor, dg: torch.Tensor, k: int, buf: torch.Tensor) -> torch.Tensor:
@@ -508,7 +516,7 @@ def jacobian_penalty_gradients(
                 xi = layers[j - 1].KT(thetas[j - 1], zetas[j])  # ξ_{j-1} = K_jᵀ(θ_j, ζ_j)
             if j > 1:
                 if rec.d2g[j - 1] is None:
-                    zetas[j - 1] = _mul_(xi, rec.dg[j - 1], k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
+                    zetas[j - 1] = _slope_(rec, j - 1, xi, k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
                 else:  # the source term needs ξ_{j-1} as well
                     if zbuf[j - 1] is None:
                         zbuf[j - 1] = xi.new_empty((kmax * n, *xi.shape[1:]))
@@ -527,7 +535,7 @@ def jacobian_penalty_gradients(
             if xis[1] is not None:
                 src[1] = _source_(src[1], xis[1], h)  # Σ_i h_1 ⊙ ξ_1
                 xis[1] = None
-            q = _mul_(h, rec.dg[1], k) if L > 1 else None
+            q = _slope_(rec, 1, h, k) if L > 1 else None
             first_bb = 2
         else:
             value = value + penalty.p.value(xi).sum() / n
@@ -561,7 +569,7 @@ def jacobian_penalty_gradients(
             if xis[j] is not None:  # j < L: the source term Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}
                 src[j] = _source_(src[j], xis[j], h)
                 xis[j] = None
-            q = _mul_(h, rec.dg[j], k) if j < L else None  # q_j = M(g'_j, h_j), in place (h_j is not needed again)
+            q = _slope_(rec, j, h, k) if j < L else None  # q_j = M(g'_j, h_j), in place (h_j is not needed again)
         # -- η̂_L += Σ_i η_L^{(i)} with the corrected Appendix B.1 formula ------------------------
         if softmax and not p.onehot:
             eta_hat.add_(seed.eta_L(h).reshape(k, *out.shape).sum(0))
@@ -599,7 +607,7 @@ def jacobian_penalty_gradients(
             s = src[j - 1]
             src[j - 1] = None
             if s is None:
-                eta = gamma.mul_(rec.dg[j - 1]) if gamma is not None else None
+                eta = _slope_(rec, j - 1, gamma, 1) if gamma is not None else None
             else:
                 s = _sum_chunk(s, rec.dg[j - 1].shape).mul_(rec.d2g[j - 1])
                 eta = s if gamma is None else s.addcmul_(gamma.reshape(s.shape), rec.dg[j - 1])
@@ -630,7 +638,34 @@ def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = 
     return algorithm
 
 
-# "optimized" first: "auto" picks the first registered algorithm that applies.
-register_algorithm("optimized", optimized_algorithm(), applies=applies)
-register_algorithm("optimized-shortcuts", optimized_algorithm(gram=_AUTO, onehot=_AUTO), applies=applies)
-register_algorithm("optimized-chunked", optimized_algorithm(chunk_size="default", gram=_AUTO, onehot=_AUTO), applies=applies)
+def optimized_cost(*, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Callable:
+    """The cost model of Algorithm 4 with these options, ``(net, penalty, batch) -> Estimate``.
+
+    ``2N [F + C (2F + F□) + F' + F□]`` FLOPs (the last two terms only where
+    ``η̂`` does not vanish) minus twice what the chosen shortcuts save
+    (:func:`shortcut_costs`), and ``6L + ⌈C / k⌉ (8L + 5)`` calls for chunks of ``k`` classes.
+    """
+
+    def cost(net: Network, penalty, batch: int) -> Estimate:
+        size = resolve_chunk_size(chunk_size)
+        p = plan(net, penalty, batch, chunk_size=size, gram=gram, onehot=onehot)
+        F, Fbox, Fprime = layer_sums(net)
+        S = penalty.num_seeds(net)
+        fb = 0 if eta_vanishes(net, penalty) else Fprime + Fbox
+        costs = shortcut_costs(net, batch)
+        saved = sum(costs[k]["without"] - costs[k]["with"] for k, used in (("gram", p.gram), ("onehot", p.onehot)) if used)
+        flops = 2 * batch * (F + S * (2 * F + Fbox) + fb) - 2 * max(0, saved) + power_iteration_flops(net, penalty, batch)
+        passes = -(-S // p.chunk_size)
+        return Estimate(max(flops, 0), 6 * net.depth + passes * (8 * net.depth + 5))
+
+    return cost
+
+
+def _register(name: str, **options) -> None:
+    register_algorithm(name, optimized_algorithm(**options), applies=applies, why_not=why_not, cost=optimized_cost(**options))
+
+
+# "optimized" first: "auto" breaks ties by registration order.
+_register("optimized")
+_register("optimized-shortcuts", gram=_AUTO, onehot=_AUTO)
+_register("optimized-chunked", chunk_size="default", gram=_AUTO, onehot=_AUTO)

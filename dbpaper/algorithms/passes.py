@@ -87,7 +87,7 @@ def backward_pass(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor) -> Bac
         layer = net.layers[j - 1]
         xis[j - 1] = layer.KT(layer.theta(zeta_L), zetas[j])
         if j > 1:
-            zetas[j - 1] = rec.dg[j - 1] * xis[j - 1]  # M(g'_{j-1}(z_{j-1}), ξ_{j-1})
+            zetas[j - 1] = rec.slope(j - 1, xis[j - 1])  # M(g'_{j-1}(z_{j-1}), ξ_{j-1})
     return BackwardPass(xis, zetas)
 
 
@@ -108,7 +108,7 @@ def backward_backward_pass(net: Network, rec: ForwardRecord, q_0: torch.Tensor, 
         layer = net.layers[j - 1]
         hs[j] = layer.K(layer.theta(q_0), qs[j - 1])
         if j < L:
-            qs[j] = rec.dg[j] * hs[j]
+            qs[j] = rec.slope(j, hs[j])
     return BackwardBackwardPass(qs, hs)
 
 
@@ -151,7 +151,7 @@ def forward_backward_pass(
             if rec.d2g[j] is not None:
                 terms.append(rec.d2g[j] * bbp.hs[j] * bp.xis[j])  # M(G''(z_j) h_j, ξ_j)
             if gamma is not None:
-                terms.append(rec.dg[j] * gamma)  # G'(z_j) γ_j
+                terms.append(rec.slope(j, gamma))  # G'(z_j) γ_j
             eta = sum(terms[1:], terms[0]) if terms else None
         if layer.weight is not None:
             g = layer.Kbox(bbp.qs[j - 1], bp.zetas[j])
@@ -190,7 +190,7 @@ def standard_backprop(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor, xi
         if layer.bias is not None:
             grads.biases[j - 1] = layer.bias_adjoint(zeta)
         if j > 1 and xis_reuse is None:
-            zeta = rec.dg[j - 1] * layer.KT(layer.theta(zeta), zeta)
+            zeta = rec.slope(j - 1, layer.KT(layer.theta(zeta), zeta))
     grads.eta_1 = zeta  # ζ_1: ∇_{x_0} ℓ = K_1ᵀ(θ_1, ζ_1)
     return grads
 
@@ -201,5 +201,5 @@ def linearized_forward(net: Network, rec: ForwardRecord, u: torch.Tensor) -> tor
     t = u
     for j, layer in enumerate(net.layers, start=1):
         t = layer.K(layer.theta(u), t)
-        t = rec.dg[j] * t if j < L else layer.activation.jvp(rec.output, t)
+        t = rec.slope(j, t) if j < L else layer.activation.jvp(rec.output, t)
     return t

@@ -149,8 +149,8 @@ def _flat_grads(net, grads) -> list[torch.Tensor]:
 
 def _ours(algorithm: str) -> Callable:
     def build(model, net, params, x, y, task):
-        from ..algorithms.driver import double_backprop, objective_gradients
         from ..autograd import loss_for
+        from ..pipeline import double_backprop, objective_gradients
 
         pen = task.make()
         yp = y if pen.needs_y else None

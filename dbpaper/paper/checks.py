@@ -13,10 +13,10 @@ import dataclasses
 import torch
 
 from ..activations import IdentityOutput, Softmax
-from ..algorithms.initial_values import ConstantSeed
 from ..algorithms.passes import backward_backward_pass, backward_pass, forward_backward_pass
 from ..network import Network
 from ..reference import traced_quantities
+from ..seeds import ConstantSeed
 from . import printed
 
 __all__ = ["Check", "section_4_checks"]

@@ -50,8 +50,8 @@ def autograd_evaluations(case: str, L: int, d: int = 8, batch: int = 4) -> float
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..algorithms.initial_values import loss_value
     from ..reference import _autograd_value, output_map_of
+    from ..seeds import loss_value
 
     c = CASES[case]
     model = _square_mlp(L, d, c.activation, c.softmax)

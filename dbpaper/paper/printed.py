@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..algorithms.initial_values import ConstantSeed, _dot, softmax_jacobian_apply
+from ..seeds import ConstantSeed, _dot, softmax_jacobian_apply
 
 __all__ = [
     "FIXES",
