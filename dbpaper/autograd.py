@@ -41,7 +41,7 @@ from .algorithms.driver import compute, compute_objective
 from .algorithms.passes import LayerGradients
 from .network import Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
-from .pipeline import read_cached, record, resolve_cached
+from .pipeline import read_cached, read_with_plans, record, resolve_in
 from .planning import validate_call, warn_fallback
 from .reference import output_map_of, penalty_by_autograd
 
@@ -198,15 +198,15 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
     if algorithm == "autograd":
         return _autograd(model, x, pen, y, lam, loss)
     try:
-        net = read_cached(model, x)
+        net, plans = read_with_plans(model, x)
     except UnsupportedModelError as err:
         if algorithm != "auto":
             raise
         warn_fallback(unwrap(model), err)
         return _autograd(model, x, pen, y, lam, loss)
     net.check_input(x)
-    pen.check(net, y)
-    name = resolve_cached(model, net, pen, algorithm, x.shape[0])
+    pen.check(net, y)  # before planning: a penalty that does not fit the network raises its own error
+    name = resolve_in(plans, net, pen, algorithm, x.shape[0])
     return _explicit(model, net, x, pen, y, name, lam, loss)
 
 

@@ -41,7 +41,7 @@ from .network import ForwardRecord, Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
 from .planning import resolve
 
-__all__ = ["clear_cache", "double_backprop", "model_signature", "objective_gradients", "read_cached", "resolve_cached"]
+__all__ = ["clear_cache", "double_backprop", "model_signature", "objective_gradients", "read_cached", "read_with_plans", "resolve_cached", "resolve_in"]
 
 _PLAIN = (int, float, bool, str, type(None))
 _MAX_SHAPES = 8  # input shapes cached per model
@@ -117,8 +117,13 @@ def read_cached(model, x: torch.Tensor) -> Network:
 
     Raises :class:`~dbpaper.UnsupportedModelError` (also cached) for a model outside the framework.
     """
+    return read_with_plans(model, x)[0]
+
+
+def read_with_plans(model, x: torch.Tensor) -> tuple[Network, dict]:
+    """:func:`read_cached` and the plan cache of that reading (for :func:`resolve_in`): one signature per call."""
     if isinstance(model, Network):
-        return model
+        return model, _NETWORK_PLANS.setdefault(model, {})
     inner = unwrap(model)
     if not isinstance(inner, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or a dbpaper.Network, got {type(inner).__name__}")
@@ -136,7 +141,7 @@ def read_cached(model, x: torch.Tensor) -> Network:
         entry.networks[shape] = hit
     if isinstance(hit, UnsupportedModelError):
         raise UnsupportedModelError(str(hit), hit.module, hit.reason)
-    return hit
+    return hit, entry.plans
 
 
 def resolve_cached(model, net: Network, penalty: Penalty, algorithm: str, batch: int) -> str:
@@ -145,9 +150,14 @@ def resolve_cached(model, net: Network, penalty: Penalty, algorithm: str, batch:
         plans = _NETWORK_PLANS.setdefault(model, {})
     else:
         plans = _reading(unwrap(model)).plans
+    return resolve_in(plans, net, penalty, algorithm, batch)
+
+
+def resolve_in(plans: dict, net: Network, penalty: Penalty, algorithm: str, batch: int) -> str:
+    """The registered algorithm to run, memoised in ``plans`` (from :func:`read_with_plans`)."""
     key = (
         net.in_shape, type(penalty), repr(penalty), batch, algorithm,
-        J.DEFAULT_CHUNK_SIZE, J.TARGET_CHUNK_ROWS, tuple((k, id(v)) for k, v in REGISTRY.items()),
+        J.DEFAULT_CHUNK_SIZE, J.TARGET_CHUNK_BYTES, tuple((k, id(v)) for k, v in REGISTRY.items()),
     )  # fmt: skip
     name = plans.get(key)
     if name is None:

@@ -124,11 +124,11 @@ def _signature(net: Network, penalty, batch: int) -> tuple:
     """Everything the cost model reads: layer shapes and kinds, the batch, the penalty and the chunking settings."""
 
     layers = tuple(
-        (type(lay.op), lay.op.in_shape, lay.op.out_shape, lay.op.param_shape, lay.weight is None, lay.bias is None, type(lay.activation),
+        (type(lay.op), lay.op.in_shape, lay.op.out_shape, lay.op.param_shape, None if lay.weight is None else lay.weight.dtype, lay.bias is None, type(lay.activation),
          getattr(lay.activation, "locally_linear", None))
         for lay in net.layers
     )  # fmt: skip
-    return (layers, batch, type(penalty), repr(penalty), J.DEFAULT_CHUNK_SIZE, J.TARGET_CHUNK_ROWS, tuple(REGISTRY.items()))
+    return (layers, batch, type(penalty), repr(penalty), J.DEFAULT_CHUNK_SIZE, J.TARGET_CHUNK_BYTES, tuple((k, id(v)) for k, v in REGISTRY.items()))
 
 
 def choose(net: Network, penalty, batch: int) -> tuple[str, dict[str, Estimate]]:

@@ -63,7 +63,9 @@ Variants, all exact (they differ in rounding only)
     dimension (every operator accepts any batch size): fewer, larger operator
     evaluations, at ``chunk_size`` times the per-class memory. ``1`` is
     Algorithm 4 as printed; ``None`` processes all classes at once; ``"auto"``
-    stacks about :data:`TARGET_CHUNK_ROWS` examples. The ``ceil(C / chunk_size)``
+    stacks as many classes as keep the largest stacked tensor (the widest
+    layer's input or output for ``chunk_size × N`` examples) within
+    :data:`TARGET_CHUNK_BYTES`. The ``ceil(C / chunk_size)``
     passes get balanced sizes. A stacked evaluation counts as *one* operator
     evaluation for :func:`dbpaper.count_operations`, though it does the work
     of ``k``.
@@ -137,9 +139,10 @@ from .registry import Estimate, register_algorithm
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "ELEMENTWISE_COST",
-    "TARGET_CHUNK_ROWS",
+    "TARGET_CHUNK_BYTES",
     "Plan",
     "applies",
+    "auto_chunk_size",
     "jacobian_penalty_gradients",
     "optimized_algorithm",
     "plan",
@@ -152,9 +155,11 @@ __all__ = [
 #: ``"auto"``); read at call time, so it may be changed.
 DEFAULT_CHUNK_SIZE: int | str | None = "auto"
 
-#: ``chunk_size="auto"`` stacks about this many examples (``chunk_size * N``) per pass: enough
-#: for efficient matrix products, small enough for the per-chunk tensors to stay in cache.
-TARGET_CHUNK_ROWS = 1024
+#: ``chunk_size="auto"`` stacks as many classes as keep the largest stacked tensor within this many
+#: bytes: enough rows for efficient matrix products, small enough for the per-pass tensors to stay
+#: in cache instead of being allocated and faulted in afresh (a conv net's feature maps are large
+#: per example, an MLP's small; counting bytes, not rows, serves both).
+TARGET_CHUNK_BYTES = 4 * 2**20
 
 _AUTO = "auto"
 
@@ -261,17 +266,29 @@ def resolve_chunk_size(chunk_size):
     return DEFAULT_CHUNK_SIZE if chunk_size == "default" else chunk_size
 
 
+def auto_chunk_size(net: Network, batch: int) -> int:
+    """Classes per stacked pass for ``chunk_size="auto"``: the largest stacked tensor within :data:`TARGET_CHUNK_BYTES`.
+
+    The largest per-class tensor of a pass is the widest layer input or output,
+    ``batch × max_j max(d_{j-1}, d_j)`` elements of the parameters' size.
+    """
+    widest = max(max(layer.op.in_numel, layer.op.out_numel) for layer in net.layers)
+    params = net.parameters()
+    itemsize = params[0].element_size() if params else 4
+    return max(1, TARGET_CHUNK_BYTES // (batch * widest * itemsize))
+
+
 def plan(net: Network, penalty, batch: int, *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Plan:
     """Resolve ``chunk_size`` and the ``"auto"`` shortcuts (with :func:`shortcut_costs`).
 
     ``chunk_size``: a positive int, ``None`` (all classes at once) or
-    ``"auto"`` (``max(1, TARGET_CHUNK_ROWS // batch)`` classes). Raises a
+    ``"auto"`` (by bytes: :func:`auto_chunk_size`). Raises a
     ValueError when a shortcut is requested explicitly (``True``) but cannot
     be used on ``net``.
     """
     _check_chunk_size(chunk_size)
     if chunk_size == _AUTO:
-        chunk_size = max(1, TARGET_CHUNK_ROWS // batch)
+        chunk_size = auto_chunk_size(net, batch)
     _check_choice(gram, "gram")
     _check_choice(onehot, "onehot")
     c = net.layers[-1].op.out_numel
@@ -428,7 +445,7 @@ def jacobian_penalty_gradients(
     chunk_size : int, None or "auto"
         Classes per stacked pass (``1``: Algorithm 4 as printed, ``O(1)`` memory
         in ``C``; ``None``: all classes at once; ``"auto"``: about
-        :data:`TARGET_CHUNK_ROWS` stacked examples).
+        :data:`TARGET_CHUNK_BYTES` per stacked tensor).
     gram : bool or "auto"
         Use ``G = K_1 K_1ᵀ`` for a dense first layer (see the module docstring).
     onehot : bool or "auto"

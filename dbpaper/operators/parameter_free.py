@@ -51,9 +51,10 @@ class AvgPool2d(_ParameterFree):
     ``A^T`` is evaluated by the pooling-backward kernel, which is exactly the
     adjoint of the (linear) pooling map. Non-overlapping windows without
     padding (``stride = kernel_size``, the usual ``AvgPool2d(k)``) take a
-    faster exact path: ``A`` is a reshape and a mean over each window (of the
-    part of the input the windows cover), ``A^T`` spreads each value evenly
-    over its window (a broadcast) and leaves the uncovered border zero.
+    faster exact path for windows of up to 4 x 4: ``A`` adds the ``k`` strided
+    slices of each axis (of the part of the input the windows cover) and
+    divides by the window size, ``A^T`` repeats each value over its window
+    (divided by the window size) and leaves the uncovered border zero.
     """
 
     def __init__(
@@ -77,13 +78,16 @@ class AvgPool2d(_ParameterFree):
         super().__init__(in_shape, tuple(probe.shape[1:]), ())
         _, oh, ow = self.out_shape
         kh, kw = self.kernel_size
-        # windows that tile (part of) the input: no overlap, no padding, none past the border
+        # windows that tile (part of) the input: no overlap, no padding, none past the border, small
+        # enough for strided slices (larger windows: the pooling kernel)
         self._tiles = (
-            self.stride == self.kernel_size
+            max(kh, kw) <= 4
+            and self.stride == self.kernel_size
             and self.padding == (0, 0)
             and oh * kh <= in_shape[1]
             and ow * kw <= in_shape[2]
         )
+
     def _kw(self):
         return dict(
             kernel_size=self.kernel_size,
@@ -95,19 +99,29 @@ class AvgPool2d(_ParameterFree):
 
     def _linear(self, x):
         if self._tiles:
-            n, c, h, w = x.shape
-            (_, oh, ow), (kh, kw) = self.out_shape, self.kernel_size
-            if oh * kh != h or ow * kw != w:
-                x = x[:, :, : oh * kh, : ow * kw]
-            return x.reshape(n, c, oh, kh, ow, kw).mean(dim=(3, 5))
+            return self._window_mean(x)
         return F.avg_pool2d(x, **self._kw())
+
+    def _window_mean(self, x):
+        """The mean over each window as ``k`` strided slices added per axis (no reduction over a strided view)."""
+        (_, oh, ow), (kh, kw) = self.out_shape, self.kernel_size
+        t = x[..., : oh * kh, : ow * kw]
+        if kw > 1:
+            t = t[..., 0::kw] + t[..., 1::kw]
+            for j in range(2, kw):
+                t.add_(x[..., : oh * kh, j : ow * kw : kw])
+        if kh > 1:
+            s = t[..., 0::kh, :] + t[..., 1::kh, :]
+            for j in range(2, kh):
+                s.add_(t[..., j : oh * kh : kh, :])
+            t = s
+        return t * (1.0 / (kh * kw)) if kh * kw > 1 else t.clone()
 
     def _linear_transpose(self, y):
         if self._tiles:
-            n = y.shape[0]
-            c, h, w = self.in_shape
+            _, h, w = self.in_shape
             (_, oh, ow), (kh, kw) = self.out_shape, self.kernel_size
-            spread = (y * (1.0 / (kh * kw)))[:, :, :, None, :, None].expand(n, c, oh, kh, ow, kw).reshape(n, c, oh * kh, ow * kw)
+            spread = (y * (1.0 / (kh * kw))).repeat_interleave(kw, dim=-1).repeat_interleave(kh, dim=-2)
             if oh * kh != h or ow * kw != w:
                 spread = F.pad(spread, (0, w - ow * kw, 0, h - oh * kh))
             return spread
