@@ -9,7 +9,7 @@ export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all venv test test-package test-notebooks book notebooks figures bench lint clean
+.PHONY: all venv test test-package test-notebooks book notebooks figures bench gpu-check lint clean
 
 all: test book
 
@@ -55,6 +55,14 @@ figures: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m dbpaper bench
+
+# On a machine with a CUDA GPU: the CUDA tests, then the whole benchmark on the GPU (compiled peers included),
+# bounded to 8 minutes in all; the result goes to bench-out/bench-cuda.json (not into the book).
+GPU_BENCH_ARGS ?= --budget 4
+gpu-check: $(STAMP)
+	@$(BIN)/python -c "import sys, torch; torch.cuda.is_available() or sys.exit('gpu-check: CUDA is not available here (torch ' + torch.__version__ + ')')"
+	timeout 480 bash -c '$(BIN)/python -m pytest tests -q -k cuda && \
+		$(BIN)/python -m dbpaper bench --device cuda --out bench-out/bench-cuda.json --no-progress $(GPU_BENCH_ARGS)'
 
 lint: $(STAMP)
 	$(BIN)/ruff check dbpaper tests tools
