@@ -1,10 +1,13 @@
 """Benchmarks of the *Runtimes* chapter: Algorithm 4 (Appendix C) against autograd peers.
 
-``python -m dbpaper bench [--quick] [--device cpu|cuda] [--threads N] [--out FILE] [--plots DIR]``
+``python -m dbpaper bench [--quick] [--device cpu|cuda] [--threads N] [--only NAMES] [--no-compile] [--out FILE]
+[--plots DIR]``
 
-Every workload computes ``R = Σ_i mean_n ‖∇_{x_0} x_L^i‖²`` (the squared
+Most workloads compute ``R = Σ_i mean_n ‖∇_{x_0} x_L^i‖²`` (the squared
 Frobenius norm of the input Jacobian, Section 5.4) and its gradient with
-respect to all parameters, side by side in one process, with these methods:
+respect to all parameters, side by side in one process, with these methods
+(the others: one of the penalties of :mod:`dbpaper.penalties`, with the
+methods that apply to it):
 
 =====================  =========================================================================
 ``default``            what a user writes: ``dbpaper.penalty(model, x, JacobianFrobenius())``
@@ -21,7 +24,21 @@ respect to all parameters, side by side in one process, with these methods:
 ``hoffman-1proj``      the random-projection estimator of Hoffman et al. (2019) with one
                        projection (autograd): ``C ‖J_nᵀ v_n‖²`` with ``v_n`` uniform on the
                        unit sphere — an unbiased *estimate*, not the exact gradient
+``default-compiled``   ``torch.compile`` of ``r = dbpaper.penalty(model, x, pen)`` and
+                       ``torch.autograd.grad(r, params)`` in one function
+``autograd-compiled``  ``torch.compile`` of the ``autograd-summed`` step (``create_graph=True``
+                       input gradients, penalty, parameter backward), compiled with
+                       ``torch._dynamo.config.trace_autograd_ops = True`` (set around the
+                       compiling first call only, the old value restored)
 =====================  =========================================================================
+
+The compiled peers run on ``mlp`` and ``cnn`` in full runs (not with
+``--quick``, never with ``--no-compile``). Their first call is the
+compilation, stored as ``compile_s`` (and ``second_call_s``); ``time_ms`` is
+the steady state; their ``flops`` are those of the uncompiled computation. A
+peer that cannot be compiled here (no C compiler, a dynamo error) does not
+stop the run: the workload's ``failed`` maps it to ``{"stage", "error"}`` and
+it has no entry in ``results``.
 
 Metrics, per workload and method:
 
@@ -41,13 +58,22 @@ Metrics, per workload and method:
   interpreter, and ``tracemalloc`` does not see torch's allocations.)
 * ``max_rel_diff``: the largest relative difference of a gradient block
   from ``autograd-summed`` (a consistency check in the workload's dtype).
+* ``minor_faults_per_call``: minor page faults of the process
+  (``resource.getrusage(RUSAGE_SELF).ru_minflt``, all threads) around each
+  timed call, summed over the timed calls and divided by their number: how
+  often the allocator hands back memory the kernel must map afresh.
 
 Workloads: ``mlp`` (784-256-256-256-10 ReLU MLP with softmax, batch 128,
 float32), ``cnn`` (a small ReLU CNN with average pooling on 1×28×28), and
 sweeps over the number of classes ``C ∈ {2, 10, 100, 1000}`` (the MLP with
 batch 32, so that ``C = 1000`` stays affordable for the naive peers), the
-depth and the batch size. ``--quick`` runs shrunken versions: a smoke run of
-about 20 s on two CPU cores, not a measurement.
+depth and the batch size. Realistic workloads (group ``realistic``):
+``critic-gp``, the gradient penalty of a WGAN-GP critic (64-256-256-1 MLP with
+LeakyReLU(0.2), batch 256, ``GradientNormPenalty(target=1.0)``, one output),
+and ``cnn-cifar``, a CIFAR-sized ReLU CNN (3×32×32, convolutions 3→16→32→64
+with average pooling between them, a linear layer to 10 classes, softmax,
+batch 32) with the Jacobian penalty. ``--quick`` runs shrunken versions: a
+smoke run of about 20 s on two CPU cores, not a measurement.
 
 The result is a JSON file with the machine (torch version, CPU model,
 threads, device), the settings and every measurement, plus quick-look plots
