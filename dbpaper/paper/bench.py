@@ -897,15 +897,29 @@ def run(*, quick: bool = False, device: str = "cpu", threads: int | None = None,
         compile: bool | None = None) -> dict:  # fmt: skip
     """Run the benchmarks and return the JSON-ready result (see the module docstring).
 
+    ``threads``: torch's CPU threads during the run (default: torch's default; one with ``quick``, a smoke run
+    that the other work of a shared machine cannot stall); the previous setting is restored afterwards.
     ``compile``: run the ``torch.compile`` peers (default: on full runs, not with ``quick``).
     """
+    dev = _device(device)
+    if threads is None and quick and dev.type == "cpu":
+        threads = 1
+    if threads is not None and threads < 1:
+        raise BenchUsageError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return _run_all(quick=quick, dev=dev, only=only, repeats=repeats, min_repeats=min_repeats, budget_s=budget_s,
+                        progress=progress, compile=compile)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_all(*, quick: bool, dev: torch.device, only, repeats: int, min_repeats: int, budget_s: float, progress: bool,
+             compile: bool | None) -> dict:  # fmt: skip
     from tqdm import tqdm
 
-    dev = _device(device)
-    if threads is not None:
-        if threads < 1:
-            raise BenchUsageError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
     if min_repeats < 5 and not quick:
         raise BenchUsageError("at least 5 timed repeats are required (use --quick for a smoke run)")
     compile = not quick if compile is None else bool(compile)
@@ -1037,8 +1051,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dbpaper bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run on shrunken workloads (about 20 s on 2 CPU cores)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
-    parser.add_argument("--only", nargs="*", default=None, help="workload names or groups (main, classes, depth, batch)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default; 1 with --quick)")
+    parser.add_argument("--only", nargs="*", default=None, help="workload names or groups (main, realistic, penalties, classes, depth, batch)")
     parser.add_argument("--repeats", type=int, default=15, help="most timed calls per method (default 15)")
     parser.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls per method (default 5)")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timing per workload that decide the repeats")

@@ -164,3 +164,10 @@ def test_cuda_without_cuda_is_one_line(capsys):
     assert bench.main(["--quick", "--device", "cuda", "--no-progress", "--no-plots", "--out", "unused.json"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "CUDA is not available" in err
+
+
+def test_quick_runs_on_one_thread_and_restores_the_setting(realistic):
+    assert realistic["machine"]["threads"] == 1
+    before = torch.get_num_threads()
+    _run(only=["critic-gp"], threads=max(1, before - 1) if before > 1 else 2)
+    assert torch.get_num_threads() == before
