@@ -9,6 +9,7 @@ export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+<<<<<<< HEAD
 # The chapters' stored outputs are computed with AVX2 kernels on every x86 machine: ATen, MKL and
 # oneDNN would otherwise take AVX-512 paths where a CPU has them and round differently, and a
 # training run in a chapter would print other digits than the machine that stored its outputs.
@@ -16,6 +17,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 NOTEBOOK_ISA := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 
 .PHONY: all venv test test-package test-notebooks book notebooks figures bench lint clean
+=======
+.PHONY: all venv test test-package test-notebooks book notebooks figures bench gpu-check lint clean
+>>>>>>> issue-17-bench
 
 all: test book
 
@@ -62,6 +66,14 @@ figures: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m dbpaper bench
+
+# On a machine with a CUDA GPU: the CUDA tests, then the whole benchmark on the GPU (compiled peers included),
+# bounded to 8 minutes in all; the result goes to bench-out/bench-cuda.json (not into the book).
+GPU_BENCH_ARGS ?= --budget 4
+gpu-check: $(STAMP)
+	@$(BIN)/python -c "import sys, torch; torch.cuda.is_available() or sys.exit('gpu-check: CUDA is not available here (torch ' + torch.__version__ + ')')"
+	timeout 480 bash -c '$(BIN)/python -m pytest tests -q -k cuda && \
+		$(BIN)/python -m dbpaper bench --device cuda --out bench-out/bench-cuda.json --no-progress $(GPU_BENCH_ARGS)'
 
 lint: $(STAMP)
 	$(BIN)/ruff check dbpaper tests tools

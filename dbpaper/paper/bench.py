@@ -1,10 +1,13 @@
 """Benchmarks of the *Runtimes* chapter: Algorithm 4 (Appendix C) against autograd peers.
 
-``python -m dbpaper bench [--quick] [--device cpu|cuda] [--threads N] [--out FILE] [--plots DIR]``
+``python -m dbpaper bench [--quick] [--device cpu|cuda] [--threads N] [--only NAMES] [--no-compile] [--out FILE]
+[--plots DIR]``
 
-Every workload computes ``R = Σ_i mean_n ‖∇_{x_0} x_L^i‖²`` (the squared
+Most workloads compute ``R = Σ_i mean_n ‖∇_{x_0} x_L^i‖²`` (the squared
 Frobenius norm of the input Jacobian, Section 5.4) and its gradient with
-respect to all parameters, side by side in one process, with these methods:
+respect to all parameters, side by side in one process, with these methods
+(the others: one of the penalties of :mod:`dbpaper.penalties`, with the
+methods that apply to it):
 
 =====================  =========================================================================
 ``default``            what a user writes: ``dbpaper.penalty(model, x, JacobianFrobenius())``
@@ -21,7 +24,21 @@ respect to all parameters, side by side in one process, with these methods:
 ``hoffman-1proj``      the random-projection estimator of Hoffman et al. (2019) with one
                        projection (autograd): ``C ‖J_nᵀ v_n‖²`` with ``v_n`` uniform on the
                        unit sphere — an unbiased *estimate*, not the exact gradient
+``default-compiled``   ``torch.compile`` of ``r = dbpaper.penalty(model, x, pen)`` and
+                       ``torch.autograd.grad(r, params)`` in one function
+``autograd-compiled``  ``torch.compile`` of the ``autograd-summed`` step (``create_graph=True``
+                       input gradients, penalty, parameter backward), compiled with
+                       ``torch._dynamo.config.trace_autograd_ops = True`` (set around the
+                       compiling first call only, the old value restored)
 =====================  =========================================================================
+
+The compiled peers run on ``mlp`` and ``cnn`` in full runs (not with
+``--quick``, never with ``--no-compile``). Their first call is the
+compilation, stored as ``compile_s`` (and ``second_call_s``); ``time_ms`` is
+the steady state; their ``flops`` are those of the uncompiled computation. A
+peer that cannot be compiled here (no C compiler, a dynamo error) does not
+stop the run: the workload's ``failed`` maps it to ``{"stage", "error"}`` and
+it has no entry in ``results``.
 
 Metrics, per workload and method:
 
@@ -41,13 +58,22 @@ Metrics, per workload and method:
   interpreter, and ``tracemalloc`` does not see torch's allocations.)
 * ``max_rel_diff``: the largest relative difference of a gradient block
   from ``autograd-summed`` (a consistency check in the workload's dtype).
+* ``minor_faults_per_call``: minor page faults of the process
+  (``resource.getrusage(RUSAGE_SELF).ru_minflt``, all threads) around each
+  timed call, summed over the timed calls and divided by their number: how
+  often the allocator hands back memory the kernel must map afresh.
 
 Workloads: ``mlp`` (784-256-256-256-10 ReLU MLP with softmax, batch 128,
 float32), ``cnn`` (a small ReLU CNN with average pooling on 1×28×28), and
 sweeps over the number of classes ``C ∈ {2, 10, 100, 1000}`` (the MLP with
 batch 32, so that ``C = 1000`` stays affordable for the naive peers), the
-depth and the batch size. ``--quick`` runs shrunken versions: a smoke run of
-about 20 s on two CPU cores, not a measurement.
+depth and the batch size. Realistic workloads (group ``realistic``):
+``critic-gp``, the gradient penalty of a WGAN-GP critic (64-256-256-1 MLP with
+LeakyReLU(0.2), batch 256, ``GradientNormPenalty(target=1.0)``, one output),
+and ``cnn-cifar``, a CIFAR-sized ReLU CNN (3×32×32, convolutions 3→16→32→64
+with average pooling between them, a linear layer to 10 classes, softmax,
+batch 32) with the Jacobian penalty. ``--quick`` runs shrunken versions: a
+smoke run of about 20 s on two CPU cores, not a measurement.
 
 The result is a JSON file with the machine (torch version, CPU model,
 threads, device), the settings and every measurement, plus quick-look plots
@@ -74,7 +100,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["METHODS", "Workload", "main", "measure_peak_memory", "run", "workloads"]
+__all__ = ["METHODS", "BenchUsageError", "Workload", "main", "measure_peak_memory", "run", "workloads"]
 
 
 def default_out(tag: str, quick: bool) -> Path:
@@ -109,10 +135,17 @@ class Task:
 
 
 def _penalties() -> dict[str, Callable]:
-    from ..penalties import ClassicalDoubleBackprop, JacobianFrobenius, OperatorNorm, OutputNodeGradient
+    from ..penalties import (
+        ClassicalDoubleBackprop,
+        GradientNormPenalty,
+        JacobianFrobenius,
+        OperatorNorm,
+        OutputNodeGradient,
+    )
 
     return {
         "jacobian": JacobianFrobenius,
+        "gradient-norm": lambda: GradientNormPenalty(target=1.0),
         "classical-nll": lambda: ClassicalDoubleBackprop("nll"),
         "classical-mse": lambda: ClassicalDoubleBackprop("mse"),
         "output-node": lambda: OutputNodeGradient(3),
@@ -138,6 +171,7 @@ class Method:
     description: str
     build: Callable  # (model, net, params, x, y, task) -> callable returning (value, [grads])
     applies: Callable = lambda task: True  # noqa: E731
+    compiled: bool = False  # a torch.compile peer: run only with compile=True, its first call is the compilation
 
 
 def _flat_grads(net, grads) -> list[torch.Tensor]:
@@ -149,35 +183,54 @@ def _flat_grads(net, grads) -> list[torch.Tensor]:
 
 def _ours(algorithm: str) -> Callable:
     def build(model, net, params, x, y, task):
-        from ..autograd import loss_for
-        from ..pipeline import double_backprop, objective_gradients
+        import dbpaper
 
         pen = task.make()
         yp = y if pen.needs_y else None
+        if task.lam is None:
 
-        def call():
+            def call():
+                _reseed(pen)
+                res = dbpaper.double_backprop(net, x, pen, yp, algorithm=algorithm)
+                return res.value, _flat_grads(net, res.gradients)
+
+            return call
+        from ..autograd import loss_for
+        from ..pipeline import objective_gradients  # ℓ + λR straight from the algorithms
+
+        def call_objective():
             _reseed(pen)
-            if task.lam is None:
-                res = double_backprop(net, x, pen, yp, algorithm=algorithm)
-            else:
-                res = objective_gradients(net, x, pen, y, task.lam, loss=loss_for(y), algorithm=algorithm)
+            res = objective_gradients(net, x, pen, y, task.lam, loss=loss_for(y), algorithm=algorithm)
             return res.value, _flat_grads(net, res.gradients)
 
-        return call
+        return call_objective
 
     return build
 
 
-def _default(model, net, params, x, y, task):
-    """The call a user writes: ``dbpaper.penalty`` / ``dbpaper.objective`` (``algorithm="auto"``), then one backward."""
-    from ..autograd import objective, penalty
-
-    pen = task.make()
-    yp = y if pen.needs_y else None
+def _objective_call(model, params, x, y, task, pen, algorithm: str = "auto") -> Callable:
+    import dbpaper
 
     def call():
         _reseed(pen)
-        r = penalty(model, x, pen, yp) if task.lam is None else objective(model, x, pen, y, task.lam)
+        r = dbpaper.objective(model, x, pen, y, task.lam, algorithm=algorithm)
+        return r.detach(), list(torch.autograd.grad(r, params, allow_unused=True, materialize_grads=True))
+
+    return call
+
+
+def _default(model, net, params, x, y, task):
+    """The call a user writes: ``dbpaper.penalty`` / ``dbpaper.objective`` (``algorithm="auto"``), then one backward."""
+    import dbpaper
+
+    pen = task.make()
+    yp = y if pen.needs_y else None
+    if task.lam is not None:
+        return _objective_call(model, params, x, y, task, pen)
+
+    def call():
+        _reseed(pen)
+        r = dbpaper.penalty(model, x, pen, yp)
         return r.detach(), list(torch.autograd.grad(r, params, allow_unused=True, materialize_grads=True))
 
     return call
@@ -262,12 +315,84 @@ def _hoffman(model, net, params, x, y, task):
     return call
 
 
+def _default_compiled(model, net, params, x, y, task):
+    """``torch.compile`` of the default step: ``dbpaper.penalty`` and the parameter gradients in one compiled function."""
+    import dbpaper
+
+    pen = task.make()
+    yp = y if pen.needs_y else None
+
+    def step(xb):
+        r = dbpaper.penalty(model, xb, pen, yp)
+        grads = torch.autograd.grad(r, params, allow_unused=True, materialize_grads=True)
+        return r.detach(), grads
+
+    compiled = torch.compile(step)
+
+    def call():
+        _reseed(pen)
+        value, grads = compiled(x)
+        return value, list(grads)
+
+    call.eager = _default(model, net, params, x, y, task)  # the same computation uncompiled: counted for FLOPs
+    return call
+
+
+@contextlib.contextmanager
+def _tracing_autograd_ops():
+    """``torch._dynamo.config.trace_autograd_ops = True`` inside, the old value restored after."""
+    import torch._dynamo.config as dynamo_config
+
+    old = dynamo_config.trace_autograd_ops
+    dynamo_config.trace_autograd_ops = True
+    try:
+        yield
+    finally:
+        dynamo_config.trace_autograd_ops = old
+
+
+def _autograd_compiled(model, net, params, x, y, task):
+    """``torch.compile`` of the autograd peer: the ``create_graph=True`` input gradients, the penalty and its backward,
+    with ``torch._dynamo.config.trace_autograd_ops = True`` set only around the first call (the compilation)."""
+    from ..reference import _autograd_value
+
+    pen = task.make()
+    yp = y if pen.needs_y else None
+
+    def step(xb):
+        xx = xb.detach().requires_grad_(True)
+        out = model(xx)
+        value = _autograd_value(model, xx, out, pen, yp)
+        grads = torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
+        return value.detach(), grads
+
+    compiled = torch.compile(step)
+    state = {"compiled_once": False}
+
+    def call():
+        _reseed(pen)
+        if not state["compiled_once"]:  # the compilation: dynamo traces torch.autograd.grad into the graph
+            with _tracing_autograd_ops():
+                value, grads = compiled(x)
+            state["compiled_once"] = True
+        else:
+            value, grads = compiled(x)
+        return value, list(grads)
+
+    call.eager = _autograd_summed(model, net, params, x, y, task)
+    return call
+
+
 def _jacobian(task) -> bool:
     return task.jacobian
 
 
 def _jacobian_penalty_only(task) -> bool:
     return task.jacobian and task.lam is None
+
+
+def _penalty_only(task) -> bool:
+    return task.lam is None
 
 
 METHODS: dict[str, Method] = {
@@ -295,6 +420,15 @@ METHODS: dict[str, Method] = {
     "vmap-jacrev": Method("vmap(jacrev)", True, "torch.func.vmap(jacrev) Jacobian, one backward", _vmap_jacrev, _jacobian_penalty_only),
     "hoffman-1proj": Method(
         "random projection (1)", False, "Hoffman et al. (2019) estimator, one projection, autograd", _hoffman, _jacobian_penalty_only
+    ),
+    "default-compiled": Method(
+        "dbpaper default, compiled", True, "torch.compile of the default call and its backward (first call: compile_s)",
+        _default_compiled, _penalty_only, compiled=True,
+    ),
+    "autograd-compiled": Method(
+        "autograd, summed, compiled", True,
+        "torch.compile of the create_graph step and its backward, trace_autograd_ops (first call: compile_s)",
+        _autograd_compiled, _penalty_only, compiled=True,
     ),
 }
 
@@ -324,7 +458,7 @@ class Workload:
     """A model, an input batch, what to compute and the methods to run on it."""
 
     name: str
-    group: str  # "main", "penalties", "classes", "depth" or "batch"
+    group: str  # "main", "realistic", "penalties", "classes", "depth" or "batch"
     description: str
     params: dict
     make: Callable  # () -> (model, in_shape, batch, classes)
@@ -343,6 +477,22 @@ def _mlp(widths: list[int], seed: int = 0, act: Callable = nn.ReLU, softmax: boo
     return nn.Sequential(*mods)
 
 
+def _cnn_cifar(channels: tuple[int, int, int], size: int, classes: int = 10, seed: int = 0) -> nn.Sequential:
+    """Three 3x3 convolutions (padding 1) on ``3 x size x size`` with ReLU, average pooling between them, a linear layer."""
+    torch.manual_seed(seed)
+    c1, c2, c3 = channels
+    return nn.Sequential(
+        nn.Conv2d(3, c1, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(c3 * (size // 4) ** 2, classes), nn.Softmax(dim=-1),
+    )  # fmt: skip
+
+
+def _leaky() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
 def _cnn(channels: tuple[int, int], hidden: int, classes: int, seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     c1, c2 = channels
@@ -353,7 +503,8 @@ def _cnn(channels: tuple[int, int], hidden: int, classes: int, seed: int = 0) ->
     )  # fmt: skip
 
 
-ALL = tuple(METHODS)
+ALL = tuple(k for k, m in METHODS.items() if not m.compiled)
+COMPILED = tuple(k for k, m in METHODS.items() if m.compiled)
 SWEEP = ("default", "alg4", "alg4-shortcuts", "alg4-chunked", "autograd-summed", "autograd-per-class", "vmap-jacrev", "hoffman-1proj")
 PEERS = ("default", "alg4", "alg4-shortcuts", "alg4-chunked", "alg1-3", "minimal", "autograd-summed", "vmap-jacrev")
 
@@ -374,7 +525,7 @@ def workloads(quick: bool = False) -> list[Workload]:
         Workload(
             "mlp", "main", f"{arch} ReLU MLP, softmax, batch {batch}",
             {"widths": mlp_w, "batch": batch, "classes": mlp_w[-1]},
-            lambda: (_mlp(mlp_w), (mlp_w[0],), batch, mlp_w[-1]), ALL,
+            lambda: (_mlp(mlp_w), (mlp_w[0],), batch, mlp_w[-1]), ALL + COMPILED,
         )
     )  # fmt: skip
     out.append(
@@ -388,7 +539,30 @@ def workloads(quick: bool = False) -> list[Workload]:
         Workload(
             "cnn", "main", f"ReLU CNN conv{cnn_ch[0]}-pool-conv{cnn_ch[1]}-pool-{cnn_hidden}-10 on 1x28x28, softmax, batch {cnn_batch}",
             {"channels": list(cnn_ch), "hidden": cnn_hidden, "batch": cnn_batch, "classes": 10},
-            lambda: (_cnn(cnn_ch, cnn_hidden, 10), (1, 28, 28), cnn_batch, 10), ALL,
+            lambda: (_cnn(cnn_ch, cnn_hidden, 10), (1, 28, 28), cnn_batch, 10), ALL + COMPILED,
+        )
+    )  # fmt: skip
+    # realistic workloads: a WGAN-GP critic's gradient penalty and a CIFAR-sized CNN
+    critic_w = [16, 32, 32, 1] if quick else [64, 256, 256, 1]
+    critic_batch = 16 if quick else 256
+    out.append(
+        Workload(
+            "critic-gp", "realistic",
+            f"WGAN-GP critic {'-'.join(map(str, critic_w))} LeakyReLU(0.2) MLP, gradient penalty (|grad| - 1)^2, batch {critic_batch}",
+            {"widths": critic_w, "batch": critic_batch, "classes": 1, "activation": "leaky_relu(0.2)", "penalty": "gradient-norm",
+             "target": 1.0},
+            lambda: (_mlp(critic_w, act=_leaky, softmax=False), (critic_w[0],), critic_batch, 1), ALL,
+            Task("gradient-norm"),
+        )
+    )  # fmt: skip
+    cifar_ch, cifar_size, cifar_batch = ((2, 2, 4), 8, 4) if quick else ((16, 32, 64), 32, 32)
+    out.append(
+        Workload(
+            "cnn-cifar", "realistic",
+            f"ReLU CNN conv{cifar_ch[0]}-pool-conv{cifar_ch[1]}-pool-conv{cifar_ch[2]}-10 on 3x{cifar_size}x{cifar_size}, "
+            f"softmax, batch {cifar_batch}",
+            {"channels": list(cifar_ch), "size": cifar_size, "batch": cifar_batch, "classes": 10},
+            lambda: (_cnn_cifar(cifar_ch, cifar_size), (3, cifar_size, cifar_size), cifar_batch, 10), ALL,
         )
     )  # fmt: skip
     others = [
@@ -550,12 +724,33 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 1024, seco
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int, budget_s: float, bar) -> dict:
+def _applicable(w: Workload, compile: bool) -> list[str]:
+    """The methods that run on ``w``: those that apply to its task, the compiled peers only with ``compile``."""
+    return [m for m in w.methods if METHODS[m].applies(w.task) and (compile or not METHODS[m].compiled)]
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (all threads); 0 where ``resource`` is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _error_text(exc: BaseException, limit: int = 2000) -> str:
+    """``Type: message``, at most ``limit`` characters (dynamo's messages carry long traces)."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= limit else text[:limit] + " [...]"
+
+
+def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int, budget_s: float, bar,
+                      compile: bool = False) -> dict:  # fmt: skip
     model, in_shape, batch, classes = w.make()
     model = model.to(device=device, dtype=dtype)
-    from ..network import Network
+    import dbpaper
 
-    net = Network.from_sequential(model, in_shape)
+    net = dbpaper.Network.from_sequential(model, in_shape)
     params = net.parameters()
     g = torch.Generator().manual_seed(1)
     x = torch.randn((batch, *in_shape), generator=g, dtype=dtype).to(device)
@@ -563,43 +758,88 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
         y = torch.randn((batch, *net.out_shape), generator=g, dtype=dtype).to(device)
     else:
         y = torch.randint(0, classes, (batch,), generator=g).to(device)
-    methods = [m for m in w.methods if METHODS[m].applies(w.task)]
-    calls = {m: METHODS[m].build(model, net, params, x, y, w.task) for m in methods}
-    grad_mib = sum(p.numel() * p.element_size() for p in params) / 2**20
+    methods = _applicable(w, compile)
+    if any(METHODS[m].compiled for m in methods):
+        torch._dynamo.reset()  # fresh caches: the first call of every compiled peer is its compilation
     results: dict[str, dict] = {}
+    failed: dict[str, dict] = {}  # compiled peers that could not be compiled or run here: the error, not a crash
+
+    def fail(m: str, stage: str, exc: BaseException, **extra) -> None:
+        if not METHODS[m].compiled:
+            raise exc
+        failed[m] = {"stage": stage, "error": _error_text(exc), **extra}
+        results.pop(m, None)
+        calls.pop(m, None)
+
+    calls: dict[str, Callable] = {}
+    for m in methods:
+        try:
+            calls[m] = METHODS[m].build(model, net, params, x, y, w.task)
+        except Exception as exc:  # noqa: BLE001 - a compiled peer's failure is a result
+            fail(m, "compile", exc)
+            bar.update(2)
     ref = None
-    for m, fn in calls.items():  # warm-up, consistency and FLOPs
+    grads_of: dict[str, list[torch.Tensor]] = {}
+    for m, fn in list(calls.items()):  # warm-up (for a compiled peer: the compilation), consistency and FLOPs
         t0 = time.perf_counter()
-        value, grads = fn()
-        _sync(device)
+        try:
+            value, grads = fn()
+            _sync(device)
+        except Exception as exc:  # noqa: BLE001
+            fail(m, "compile", exc, compile_s=time.perf_counter() - t0)
+            bar.update(2)
+            continue
         warm = time.perf_counter() - t0
+        results[m] = {"warmup_s": warm, "value": float(value)}
+        grads_of[m] = [t.detach() for t in grads]
         if m == "autograd-summed":
-            ref = (float(value), [t.detach() for t in grads])
-        results[m] = {"warmup_s": warm, "value": float(value), "_grads": [t.detach() for t in grads]}
-        results[m]["flops"] = _flops(fn)
+            ref = (float(value), grads_of[m])
+        if METHODS[m].compiled:
+            results[m]["compile_s"] = warm  # the first call compiles; time_ms below is the steady state
+            t0 = time.perf_counter()
+            try:
+                fn()
+                _sync(device)
+            except Exception as exc:  # noqa: BLE001
+                fail(m, "second call", exc, compile_s=warm)
+                bar.update(2)
+                continue
+            results[m]["second_call_s"] = time.perf_counter() - t0
+            results[m]["flops_of"] = "the uncompiled peer"  # FlopCounterMode around compiled code would recompile
+        results[m]["flops"] = _flops(getattr(fn, "eager", fn))
         bar.update(1)
     for m in results:
-        grads = results[m].pop("_grads")
+        grads = grads_of.pop(m)
         if ref is not None:
             results[m]["max_rel_diff"] = _rel_diff(grads, ref[1])
             results[m]["value_rel_diff"] = abs(results[m]["value"] - ref[0]) / max(abs(ref[0]), 1e-300)
-    for m, fn in calls.items():
-        results[m]["peak_mib"] = measure_peak_memory(fn, device) / 2**20
+    grad_mib = sum(p.numel() * p.element_size() for p in params) / 2**20
+    for m, fn in list(calls.items()):
+        try:
+            results[m]["peak_mib"] = measure_peak_memory(fn, device) / 2**20
+        except Exception as exc:  # noqa: BLE001
+            fail(m, "memory", exc, compile_s=results[m].get("compile_s"))
+            bar.update(1)
+            continue
         results[m]["working_mib"] = max(0.0, results[m]["peak_mib"] - grad_mib)  # minus the returned gradients
         bar.update(1)
-    # timing: round-robin, as many rounds as the budget allows (at least min_repeats, at most repeats)
-    slowest = sum(r["warmup_s"] for r in results.values())
+    # timing: round-robin, as many rounds as the budget allows (at least min_repeats, at most repeats);
+    # a compiled peer counts with its second call, not its compilation
+    slowest = sum(r.get("second_call_s", r["warmup_s"]) for r in results.values())
     rounds = max(min_repeats, min(repeats, int(budget_s / max(slowest, 1e-9))))
     bar.total += rounds - min_repeats
     bar.refresh()
     samples: dict[str, list[float]] = {m: [] for m in calls}
+    faults: dict[str, int] = {m: 0 for m in calls}
     for _ in range(rounds):
         for m, fn in calls.items():
+            f0 = _minor_faults()
             _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)
             samples[m].append(time.perf_counter() - t0)
+            faults[m] += _minor_faults() - f0
         bar.update(1)
     for m, s in samples.items():
         results[m]["time_ms"] = statistics.median(s) * 1e3
@@ -607,11 +847,10 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
         q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
         results[m]["time_ms_iqr"] = [q[0] * 1e3, q[2] * 1e3]
         results[m]["gflops_per_s"] = results[m]["flops"] / (results[m]["time_ms"] * 1e-3) / 1e9
-    from ..planning import plan
-
+        results[m]["minor_faults_per_call"] = faults[m] / len(s)
     pen = w.task.make()
-    chosen = plan(model, x, pen, y if pen.needs_y else None)
-    return {
+    chosen = dbpaper.plan(model, x, pen, y if pen.needs_y else None)
+    out = {
         "name": w.name,
         "group": w.group,
         "default_plan": {
@@ -626,31 +865,70 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
         "rounds": rounds,
         "results": results,
     }
+    if failed:
+        out["failed"] = failed
+    return out
+
+
+class BenchUsageError(ValueError):
+    """Settings the benchmark cannot run with (unknown workloads, no CUDA, ...): one line for the user."""
+
+
+def _device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise BenchUsageError(f"unknown device {device!r} ({exc}); use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BenchUsageError(
+            f"--device cuda requested, but CUDA is not available (torch {torch.__version__}, "
+            f"built with CUDA {torch.version.cuda or 'none'})"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise BenchUsageError(f"unsupported device {device!r}; use cpu or cuda")
+    return dev
 
 
 def run(*, quick: bool = False, device: str = "cpu", threads: int | None = None, only: list[str] | None = None,
-        repeats: int = 15, min_repeats: int = 5, budget_s: float = 20.0, progress: bool = True) -> dict:  # fmt: skip
-    """Run the benchmarks and return the JSON-ready result (see the module docstring)."""
+        repeats: int = 15, min_repeats: int = 5, budget_s: float = 20.0, progress: bool = True,
+        compile: bool | None = None) -> dict:  # fmt: skip
+    """Run the benchmarks and return the JSON-ready result (see the module docstring).
+
+    ``threads``: torch's CPU threads during the run (default: torch's default; one with ``quick``, a smoke run
+    that the other work of a shared machine cannot stall); the previous setting is restored afterwards.
+    ``compile``: run the ``torch.compile`` peers (default: on full runs, not with ``quick``).
+    """
+    dev = _device(device)
+    if threads is None and quick and dev.type == "cpu":
+        threads = 1
+    if threads is not None and threads < 1:
+        raise BenchUsageError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return _run_all(quick=quick, dev=dev, only=only, repeats=repeats, min_repeats=min_repeats, budget_s=budget_s,
+                        progress=progress, compile=compile)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_all(*, quick: bool, dev: torch.device, only, repeats: int, min_repeats: int, budget_s: float, progress: bool,
+             compile: bool | None) -> dict:  # fmt: skip
     from tqdm import tqdm
 
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested, but CUDA is not available")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
     if min_repeats < 5 and not quick:
-        raise ValueError("at least 5 timed repeats are required (use --quick for a smoke run)")
+        raise BenchUsageError("at least 5 timed repeats are required (use --quick for a smoke run)")
+    compile = not quick if compile is None else bool(compile)
     dtype = torch.float32
     chosen = workloads(quick)
     if only:
         unknown = set(only) - {w.name for w in chosen} - {w.group for w in chosen}
         if unknown:
-            raise ValueError(f"unknown workloads {sorted(unknown)}; choose from {[w.name for w in chosen]} or groups")
+            raise BenchUsageError(f"unknown workloads {sorted(unknown)}; choose from {[w.name for w in chosen]} or groups")
         chosen = [w for w in chosen if w.name in only or w.group in only]
     min_rounds = 3 if quick else min_repeats
-    total = sum(2 * len([m for m in w.methods if METHODS[m].applies(w.task)]) + min_rounds for w in chosen)
+    total = sum(2 * len(_applicable(w, compile)) + min_rounds for w in chosen)
     bar = tqdm(total=total, desc="bench", unit="step", disable=not progress)
     started = time.perf_counter()
     out = {
@@ -663,13 +941,17 @@ def run(*, quick: bool = False, device: str = "cpu", threads: int | None = None,
             "repeats_min": min_repeats, "budget_s": budget_s, "timing": "median of round-robin repeats after one warm-up call",
             "memory": "CUDA max_memory_allocated" if dev.type == "cuda" else "torch.profiler(profile_memory=True): peak of the running sum of CPU allocator events",
             "flops": "torch.utils.flop_counter.FlopCounterMode (matrix products and convolutions)",
+            "minor_faults": "resource.getrusage(RUSAGE_SELF).ru_minflt (the whole process) around each timed call, per call",
+            "compile": compile,
+            "compiled_peers": "torch.compile (default backend); compile_s: the first call, time_ms: the steady state; "
+            "a peer that fails to compile is listed under the workload's 'failed' with its error",
         },  # fmt: skip
         "methods": {k: {"label": m.label, "exact": m.exact, "description": m.description} for k, m in METHODS.items()},
         "workloads": [],
     }
     for w in chosen:
         bar.set_postfix_str(w.name)
-        out["workloads"].append(_measure_workload(w, dev, dtype, repeats, min_rounds, budget_s / (4 if quick else 1), bar))
+        out["workloads"].append(_measure_workload(w, dev, dtype, repeats, min_rounds, budget_s / (4 if quick else 1), bar, compile))
     bar.close()
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
     return out
@@ -718,10 +1000,14 @@ def summary(result: dict) -> str:
             rel = ""
             if base:
                 rel = f"  time x{base['time_ms'] / r['time_ms']:.2f} vs summed, flops x{r['flops'] / base['flops']:.3f}"
+            faults = f"{r['minor_faults_per_call']:9.1f} faults" if "minor_faults_per_call" in r else ""
+            compiled = f"  (compile {r['compile_s']:.1f} s)" if "compile_s" in r else ""
             lines.append(
                 f"  {m:20s} {r['time_ms']:10.2f} ms {r['flops'] / 1e9:9.3f} GFLOP {r.get('gflops_per_s', 0):7.1f} GFLOP/s "
-                f"{r['peak_mib']:9.2f} MiB{rel}"
+                f"{r['peak_mib']:9.2f} MiB {faults}{rel}{compiled}"
             )
+        for m, f in w.get("failed", {}).items():
+            lines.append(f"  {m:20s} FAILED ({f['stage']}): {f['error'].splitlines()[0][:160]}")
     return "\n".join(lines)
 
 
@@ -762,8 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dbpaper bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run on shrunken workloads (about 20 s on 2 CPU cores)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
-    parser.add_argument("--only", nargs="*", default=None, help="workload names or groups (main, classes, depth, batch)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default; 1 with --quick)")
+    parser.add_argument("--only", nargs="*", default=None, help="workload names or groups (main, realistic, penalties, classes, depth, batch)")
     parser.add_argument("--repeats", type=int, default=15, help="most timed calls per method (default 15)")
     parser.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls per method (default 5)")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timing per workload that decide the repeats")
@@ -772,15 +1058,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", default=None, help="folder for quick-look PNGs (default: ./bench-out/plots-<device>)")
     parser.add_argument("--no-plots", action="store_true", help="do not draw the quick-look plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile peers (they run on full runs only)")
     argv = list(argv) if argv is not None else None
     if argv and argv[0] == "--":  # ``python -m dbpaper bench -- --quick``
         argv = argv[1:]
     args = parser.parse_args(argv)
-    dev = torch.device(args.device)
-    tag = dev.type + ("-quick" if args.quick else "")
-    out = Path(args.out) if args.out else default_out(tag, args.quick)
-    result = run(quick=args.quick, device=args.device, threads=args.threads, only=args.only, repeats=args.repeats,
-                 min_repeats=args.min_repeats, budget_s=args.budget, progress=not args.no_progress)  # fmt: skip
+    try:
+        dev = _device(args.device)
+        tag = dev.type + ("-quick" if args.quick else "")
+        out = Path(args.out) if args.out else default_out(tag, args.quick)
+        result = run(quick=args.quick, device=args.device, threads=args.threads, only=args.only, repeats=args.repeats,
+                     min_repeats=args.min_repeats, budget_s=args.budget, progress=not args.no_progress,
+                     compile=False if args.no_compile else None)  # fmt: skip
+    except BenchUsageError as exc:
+        print(f"dbpaper bench: {exc}", file=sys.stderr)
+        return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, sort_keys=False, default=_json_default) + "\n")
     print(summary(result))
