@@ -171,6 +171,27 @@ class Layer:
         _counting.record("weight_adjoint")
         return self.op._weight_adjoint(x.reshape(x.shape[0], *self.op.in_shape), y)
 
+    def Kbox_into(self, acc: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """``acc + alpha K_j□(x, y)`` in place (``alpha K_j□(x, y)`` when ``acc`` is ``None``).
+
+        For a dense layer ``K□(x, y) = Σ_n y_n x_nᵀ`` is written straight into the
+        accumulator (``addmm``): no temporary of the weight's size. Counted as one ``K□``.
+        """
+        if acc is not None and type(self.op) is Dense:
+            _counting.record("weight_adjoint")
+            return torch.addmm(acc, y.reshape(y.shape[0], -1).T, x.reshape(x.shape[0], -1), alpha=alpha, out=acc)
+        value = self.Kbox(x, y)
+        if acc is None:
+            return value if alpha == 1.0 else value.mul_(alpha)
+        return acc.add_(value, alpha=alpha)
+
+    def affine(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``z_j = K_j(θ_j, x) + b_j`` (one fused ``addmm`` for a dense layer with a bias). Counted as one ``K``."""
+        if self.bias is not None and type(self.op) is Dense:
+            _counting.record("apply")
+            return torch.addmm(self.bias, x.reshape(x.shape[0], -1), theta.T)
+        return self.add_bias(self.K(theta, x))
+
 
 @dataclasses.dataclass(eq=False)
 class ForwardRecord:
@@ -373,7 +394,7 @@ class Network:
         L = self.depth
         xs, dg, d2g, unit = [x], [None] * (L + 1), [None] * (L + 1), [False] * (L + 1)
         for j, layer in enumerate(self.layers, start=1):
-            z = layer.add_bias(layer.K(layer.theta(x), xs[-1]))
+            z = layer.affine(layer.theta(x), xs[-1])
             g = layer.activation
             xs.append(g.f(z))
             if j < L:

@@ -404,20 +404,8 @@ def _sym_fraction(d: int, levels: int = _SYM_LEVELS) -> float:
 
 
 def _kbox_into(layer, acc: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """``acc + alpha K_j□(x, y)`` (``alpha K_j□(x, y)`` when ``acc`` is ``None``), in place.
-
-    For a dense layer ``K□(x, y) = Σ_n y_n x_nᵀ`` is written straight into the
-    accumulator (``addmm``), so that no temporary of the weight's size exists:
-    for the output layer that temporary would be ``O(C)``. The evaluation is
-    counted like any other ``K□``.
-    """
-    if acc is not None and type(layer.op) is Dense:
-        _counting.record("weight_adjoint")
-        return torch.addmm(acc, y.reshape(y.shape[0], -1).T, x.reshape(x.shape[0], -1), alpha=alpha, out=acc)
-    value = layer.Kbox(x, y)
-    if acc is None:
-        return value if alpha == 1.0 else value.mul_(alpha)
-    return acc.add_(value, alpha=alpha)
+    """``acc + alpha K_j□(x, y)`` in place: :meth:`dbpaper.network.Layer.Kbox_into`."""
+    return layer.Kbox_into(acc, x, y, alpha)
 
 
 @torch.no_grad()

@@ -156,7 +156,7 @@ def forward_backward_pass(
         if layer.weight is not None:
             g = layer.Kbox(bbp.qs[j - 1], bp.zetas[j])
             if eta is not None:
-                g = g + layer.Kbox(rec.xs[j - 1], eta)
+                g = layer.Kbox_into(g, rec.xs[j - 1], eta)  # + K_j□(x_{j-1}, η_j), accumulated in place
             grads.weights[j - 1] = g
         if layer.bias is not None:
             grads.biases[j - 1] = layer.bias_adjoint(eta) if eta is not None else torch.zeros_like(layer.bias)
