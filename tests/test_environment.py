@@ -150,3 +150,18 @@ def test_public_entry_points_are_annotated(name):
     missing = [p for p, v in sig.parameters.items() if v.annotation is inspect.Parameter.empty]
     assert missing == [], f"dbpaper.{name}: parameters without annotations: {missing}"
     assert sig.return_annotation is not inspect.Signature.empty, f"dbpaper.{name}: no return annotation"
+
+
+def test_every_chapter_opens_with_the_install_cell():
+    """The first code cell of each chapter installs the package from the repository URL of _config.yml,
+    only where dbpaper is missing, and is skipped by nbval and the book's build."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import book_install_cell
+
+    assert book_install_cell.problems() == []
+    src = book_install_cell.source()
+    assert REPO_URL in src and 'find_spec("dbpaper") is None' in src and "[book]" in src
+    assert {"nbval-skip", "skip-execution"} <= set(book_install_cell.TAGS)
+    exec(compile(src, "install-cell", "exec"), {})  # dbpaper is importable here: nothing is fetched
