@@ -138,11 +138,14 @@ from .registry import Estimate, register_algorithm
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "GRAM_MAX_COND",
+    "GRAM_MAX_EPS_COND",
     "ELEMENTWISE_COST",
     "TARGET_CHUNK_BYTES",
     "Plan",
     "applies",
     "auto_chunk_size",
+    "gram_is_stable",
     "jacobian_penalty_gradients",
     "optimized_algorithm",
     "plan",
@@ -242,11 +245,46 @@ def shortcut_costs(net: Network, batch: int) -> dict[str, dict[str, int]]:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The resolved variant: classes per stacked pass and which shortcuts are used."""
+    """The resolved variant: classes per stacked pass and which shortcuts are used.
+
+    ``gram_if_stable``: the Gram shortcut was chosen by ``gram="auto"``, so it is used only if
+    ``W_1 W_1ᵀ`` is well enough conditioned when the algorithm runs (:func:`gram_is_stable`).
+    """
 
     chunk_size: int
     gram: bool
     onehot: bool
+    gram_if_stable: bool = dataclasses.field(default=False, compare=False)
+
+
+#: ``gram="auto"`` uses the Gram shortcut only where the estimated condition number of
+#: ``G = W_1 W_1ᵀ`` (that of ``W_1``, squared) is at most this, and at most
+#: ``GRAM_MAX_EPS_COND / eps`` for the dtype's machine epsilon ``eps``. ``⟨ζ, G ζ⟩`` loses
+#: ``eps · cond(W_1)²`` where ``‖W_1ᵀ ζ‖²`` loses ``eps · cond(W_1)``: the bound keeps the
+#: shortcut's error within a small factor of the direct path's, and rules it out in bfloat16
+#: and float16.
+GRAM_MAX_COND = 1024.0
+GRAM_MAX_EPS_COND = 1e-3
+
+
+def gram_is_stable(G: torch.Tensor) -> bool:
+    """Whether the Gram shortcut is numerically safe for ``G = W_1 W_1ᵀ`` (see :data:`GRAM_MAX_COND`).
+
+    The condition number is estimated from the pivots of a Cholesky factorisation
+    (``(max L_ii / min L_ii)²``, float32 at least); a factorisation that fails
+    (``G`` singular or nearly so, e.g. ``d_1 > d_0``) means unsafe. About
+    ``d_1³ / 3`` multiply-adds, small beside forming ``G``.
+    """
+    eps = torch.finfo(G.dtype).eps
+    bound = min(GRAM_MAX_COND, GRAM_MAX_EPS_COND / eps)
+    if bound < 1.0:
+        return False
+    work = G if G.dtype in (torch.float32, torch.float64) else G.float()
+    L, info = torch.linalg.cholesky_ex(work)
+    if int(info) != 0:
+        return False
+    d = torch.diagonal(L)
+    return bool((d.max() / d.min()) ** 2 <= bound)
 
 
 def _check_chunk_size(chunk_size) -> None:
@@ -307,10 +345,12 @@ def plan(net: Network, penalty, batch: int, *, chunk_size: int | str | None = 1,
             return key in costs and extra_ok and costs[key]["with"] < costs[key]["without"]
         return bool(choice)
 
+    use_gram = decide(gram, "gram", quadratic)
     return Plan(
         chunk_size=c if chunk_size is None else min(chunk_size, c),
-        gram=decide(gram, "gram", quadratic),
+        gram=use_gram,
         onehot=decide(onehot, "onehot"),
+        gram_if_stable=use_gram and gram == _AUTO,
     )
 
 
@@ -476,9 +516,14 @@ def jacobian_penalty_gradients(
         # G = K_1 K_1ᵀ = W_1 W_1ᵀ (K_1 applied to the rows of W_1, by symmetric blocks and counted as one K);
         # the factor 2/N of q_0 = 2 ξ_0 / N is folded in
         d1 = layers[0].op.out_numel
-        _counting.record("apply")
-        G2 = _mirror_(_gram_into(x0.new_zeros((d1, d1)), thetas[0].T)).mul_(2.0 / n)
-        A = x0.new_zeros((d1, d1))  # Σ_{i,n} ζ_1 ζ_1ᵀ, upper blocks until the class loop ends
+        G2 = _mirror_(_gram_into(x0.new_zeros((d1, d1)), thetas[0].T))
+        if p.gram_if_stable and (torch.compiler.is_compiling() or not gram_is_stable(G2)):
+            p = dataclasses.replace(p, gram=False)  # ill-conditioned W_1 (or compiled: no data-dependent branch)
+            G2 = None
+        else:
+            _counting.record("apply")
+            G2.mul_(2.0 / n)
+            A = x0.new_zeros((d1, d1))  # Σ_{i,n} ζ_1 ζ_1ᵀ, upper blocks until the class loop ends
     if p.onehot:
         W_L = thetas[L - 1]
         u = layers[-1].KT(W_L, out).reshape(n, -1)  # u_n = W_Lᵀ x_{L,n}
