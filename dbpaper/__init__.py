@@ -36,13 +36,14 @@ from .operators import (
     LocallyConnected2d,
 )
 from .pipeline import double_backprop
-from .planning import ALGORITHM_NAMES, ExecutionPlan, FallbackWarning, plan
+from .planning import ALGORITHM_NAMES, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
 
 __version__ = "0.2.0"
 
 __all__ = [
     "ALGORITHM_NAMES",
     "ExecutionPlan",
+    "BatchMixingWarning",
     "FallbackWarning",
     "Network",
     "UnsupportedModelError",

@@ -33,22 +33,25 @@ Guarantees (each one tested):
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .algorithms.driver import compute, compute_objective
+from .algorithms.driver import compute, compute_objective, penalty_value
 from .algorithms.passes import LayerGradients
 from .network import Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
 from .pipeline import read_cached, read_with_plans, record, resolve_in
-from .planning import validate_call, warn_fallback
+from .planning import BatchMixingWarning, validate_call, warn_fallback
 from .reference import output_map_of, penalty_by_autograd
 
 __all__ = ["LOSSES", "as_network", "loss_for", "objective", "penalty"]
 
 #: The losses :func:`objective` knows: ``"nll"`` (cross-entropy: ``−log softmax(x_L)[y]`` for logits,
-#: ``−log x_L[y]`` after a final softmax) and ``"mse"`` (``‖x_L − y‖²`` per example, batch mean).
+#: ``−log x_L[y]`` after a final softmax; as ``F.cross_entropy``) and ``"mse"`` (``‖x_L − y‖²`` summed
+#: over the outputs of an example, batch mean; ``C`` times ``F.mse_loss``, which averages over outputs too).
 LOSSES = ("nll", "mse")
 
 
@@ -193,21 +196,91 @@ def _autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Te
     return value
 
 
+def _mixes_examples(model) -> str | None:
+    """The first module that mixes the examples of a batch (BatchNorm in training mode), or ``None``."""
+    if not isinstance(model, nn.Module):
+        return None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+            return name or type(m).__name__
+    return None
+
+
+def _fallback(model, x, pen, y, lam, loss, err: UnsupportedModelError | None) -> torch.Tensor:
+    inner = unwrap(model)
+    if err is not None:
+        warn_fallback(inner, err)
+    mixer = _mixes_examples(inner)
+    if mixer is not None:
+        warnings.warn(
+            f"dbpaper: {mixer} is BatchNorm in training mode, which mixes the examples of the batch: the penalty "
+            "is that of the batch function (an example's input gradient depends on the others). For the "
+            "per-example penalty, put the model in eval mode (model.eval()) for the penalty's call.",
+            BatchMixingWarning,
+            stacklevel=4,
+        )
+    return _autograd(model, x, pen, y, lam, loss)
+
+
 def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) -> torch.Tensor:
     """Read (cached), plan (cached) and run; the call has been validated once by the entry point."""
     if algorithm == "autograd":
-        return _autograd(model, x, pen, y, lam, loss)
+        return _fallback(model, x, pen, y, lam, loss, None)
+    if not isinstance(unwrap(model), nn.Module | Network):
+        if not callable(model):
+            raise TypeError(f"model must be a torch.nn.Module, a dbpaper.Network or a callable, got {type(model).__name__}")
+        err = UnsupportedModelError("a plain callable, not an nn.Module", getattr(model, "__name__", type(model).__name__), "not an nn.Module")
+        if algorithm != "auto":
+            raise err
+        return _fallback(model, x, pen, y, lam, loss, err)
     try:
         net, plans = read_with_plans(model, x)
     except UnsupportedModelError as err:
         if algorithm != "auto":
             raise
-        warn_fallback(unwrap(model), err)
-        return _autograd(model, x, pen, y, lam, loss)
+        return _fallback(model, x, pen, y, lam, loss, err)
     net.check_input(x)
     pen.check(net, y)  # before planning: a penalty that does not fit the network raises its own error
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        # NaN or Inf in the batch: autograd's result, so that they propagate exactly as autograd propagates them
+        return _autograd(model, x, pen, y, lam, loss)
     name = resolve_in(plans, net, pen, algorithm, x.shape[0])
     return _explicit(model, net, x, pen, y, name, lam, loss)
+
+
+def _value_only(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) -> torch.Tensor:
+    """Under ``torch.no_grad()`` or ``torch.inference_mode()``: the value alone, no gradients, no graph."""
+    explicit = algorithm != "autograd" and isinstance(unwrap(model), nn.Module | Network)
+    if explicit:
+        try:
+            net, _ = read_with_plans(model, x)
+        except UnsupportedModelError as err:
+            if algorithm != "auto":
+                raise
+            warn_fallback(unwrap(model), err)
+            explicit = False
+    if explicit:
+        net.check_input(x)
+        pen.check(net, y)
+        explicit = bool(torch.isfinite(x).all())
+    if explicit:
+        rec = record(net, x)
+        value = penalty_value(net, rec, pen, y)
+        if lam is not None:
+            from .seeds import loss_value
+
+            value = loss_value(net.output_map, rec.output, y, loss, rec.logits) + lam * value
+        return value
+    with torch.inference_mode(False), torch.enable_grad():
+        xin = x.clone() if x.is_inference() else x
+        inner = unwrap(model)
+        value = penalty_by_autograd(inner, xin, pen, y, return_output=lam is not None)
+        if lam is not None:
+            from .seeds import loss_value
+
+            value, out = value
+            value = loss_value(output_map_of(inner), out, y, loss) + lam * value
+    return value.detach()
 
 
 def penalty(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, algorithm: str = "auto") -> torch.Tensor:
@@ -236,8 +309,23 @@ def penalty(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: to
     -------
     torch.Tensor
         The scalar ``R`` (the batch mean of the per-example penalty).
+
+    Notes
+    -----
+    * Under ``torch.no_grad()`` or ``torch.inference_mode()`` every path returns
+      the value alone: no gradient is computed and no graph is recorded.
+    * A batch with NaN or Inf entries is evaluated by autograd, so that they
+      propagate exactly as autograd propagates them.
+    * A plain callable (not an ``nn.Module``) and a ``Linear`` applied to the
+      last dimension of ``(N, ..., F)`` inputs run the autograd fallback, with
+      the per-example penalty taken over the whole example.
+    * BatchNorm in training mode mixes the examples of the batch: the penalty
+      is then that of the batch function (a :class:`~dbpaper.BatchMixingWarning`
+      says so); ``model.eval()`` gives the per-example penalty.
     """
     validate_call(x, penalty, y, algorithm)
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        return _value_only(model, x, penalty, y, algorithm, None, None)
     return _run(model, x, penalty, y, algorithm, None, None)
 
 
@@ -262,8 +350,17 @@ def objective(
     lam : float
         The weight ``λ`` of the penalty.
     loss : {"nll", "mse"}, optional
-        ``ℓ``, batch mean of the per-example loss. ``"nll"``: cross-entropy of the
-        logits (or ``−log x_L[y]`` after a final softmax); ``"mse"``: ``‖x_L − y‖²``.
+        ``ℓ``, the batch mean of the per-example loss.
+
+        * ``"nll"``: cross-entropy, ``−log softmax(x_L)[y]`` of the logits, or
+          ``−log x_L[y]`` after a final softmax (computed from the logits, so a
+          class whose probability underflows does not give NaN); equals
+          ``F.cross_entropy(logits, y)`` (mean over the batch).
+        * ``"mse"``: ``‖x_L − y‖²`` summed over the outputs of an example, then the
+          batch mean. **Not** ``F.mse_loss(x_L, y)``, which also averages over the
+          outputs: with ``C`` outputs per example this loss is ``C`` times
+          ``F.mse_loss`` (scale ``lam`` accordingly to compare).
+
         Default: derived from ``y`` by one rule (``dbpaper.autograd.loss_for``) — integer
         labels give ``"nll"``, float targets ``"mse"``.
 
@@ -277,4 +374,6 @@ def objective(
     validate_call(x, penalty, y, algorithm, y_used_by_loss=True)
     if isinstance(lam, bool) or not isinstance(lam, int | float) and not (isinstance(lam, torch.Tensor) and lam.numel() == 1):
         raise TypeError(f"lam must be a real number, got {lam!r}")
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        return _value_only(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
     return _run(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))

@@ -210,6 +210,8 @@ class ForwardRecord:
     dg: list[torch.Tensor | None]
     d2g: list[torch.Tensor | None]
     unit: list[bool] | None = None
+    #: ``z_L`` where the output map is the softmax (for a stable ``log_softmax`` in the loss), else ``None``
+    logits: torch.Tensor | None = None
 
     def slope(self, j: int, t: torch.Tensor) -> torch.Tensor:
         """``M(g'_j(z_j), t) = g'_j(z_j) ⊙ t`` (``t`` itself where ``g_j`` is the identity)."""
@@ -407,7 +409,8 @@ class Network:
                 else:
                     dg[j] = g.df(z)
                     d2g[j] = None if g.locally_linear else g.d2f(z)
-        return ForwardRecord(xs=xs, dg=dg, d2g=d2g, unit=unit)
+        logits = z if isinstance(self.output_map, act.Softmax) else None
+        return ForwardRecord(xs=xs, dg=dg, d2g=d2g, unit=unit, logits=logits)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x).output
@@ -457,6 +460,11 @@ def _operator(m: nn.Module, shape: tuple[int, ...], where: str):
     """The bilinear operator (and weight, bias) of a linear module, or None for other modules."""
     try:
         if isinstance(m, nn.Linear):
+            if len(shape) > 1 and shape[-1] == m.in_features:
+                raise _Unsupported(
+                    f"a Linear applied to the last dimension of per-example inputs of shape {shape} (a sequence "
+                    "model); eq. (8) reads a Linear on flat examples"
+                )
             if shape != (m.in_features,):
                 raise ValueError(f"input of per-example shape {shape} does not match in_features={m.in_features}")
             return Dense(m.in_features, m.out_features), m.weight, m.bias

@@ -409,11 +409,26 @@ class GradientNormPenalty(GeneralPenalty):
 
     ``v = e^{(i)}`` with ``i = index``; ``p`` is :class:`GradientNorm` (at
     ``∇_x x_L^i = 0`` the subgradient ``0`` of the norm is used, as torch autograd does).
+    Without ``index`` the model must have one output (a critic); a model with
+    several outputs raises a ``ValueError`` asking for ``index``.
     """
 
-    def __init__(self, target: float = 1.0, one_sided: bool = False, index: int = 0):
-        super().__init__(GradientNorm(target, one_sided), _index(index, "GradientNormPenalty"))
+    def __init__(self, target: float = 1.0, one_sided: bool = False, index: int | None = None):
+        super().__init__(GradientNorm(target, one_sided), _index(0 if index is None else index, "GradientNormPenalty"))
         self.target, self.one_sided, self.index = float(target), bool(one_sided), self.v
+        self._index_given = index is not None
+
+    def check_outputs(self, outputs: int) -> None:
+        """Raise unless the model has one output or ``index`` was given."""
+        if not self._index_given and outputs != 1:
+            raise ValueError(
+                f"GradientNormPenalty: the model has {outputs} outputs per example; a gradient penalty takes the "
+                "gradient of one output: pass index=i (e.g. GradientNormPenalty(target, index=0))"
+            )
+
+    def check(self, net, y):
+        super().check(net, y)
+        self.check_outputs(net.layers[-1].op.out_numel)
 
     def __repr__(self) -> str:
         return f"GradientNormPenalty(target={self.target}, one_sided={self.one_sided}, index={self.index})"

@@ -81,6 +81,7 @@ __all__ = [
     "FLOP_RATE",
     "Estimate",
     "ExecutionPlan",
+    "BatchMixingWarning",
     "FallbackWarning",
     "choose",
     "estimate",
@@ -94,6 +95,10 @@ ALGORITHM_NAMES = ("auto", "general", "minimal", "optimized", "optimized-shortcu
 
 class FallbackWarning(UserWarning):
     """A model outside the framework of eq. (8) is evaluated by autograd (``create_graph=True``)."""
+
+
+class BatchMixingWarning(UserWarning):
+    """The model mixes the examples of a batch (BatchNorm in training mode): the penalty is that of the batch function."""
 
 
 def _jacobian_options(net: Network, penalty: Penalty, batch: int, algorithm: str):

@@ -122,6 +122,8 @@ def _general_value(penalty: GeneralPenalty, xin: torch.Tensor, out: torch.Tensor
     from the recorded output, so its dependence on the network is
     differentiated too; ``p``'s per-batch targets (Sobolev) are constants.
     """
+    if hasattr(penalty, "check_outputs"):
+        penalty.check_outputs(out[0].numel())
     p = penalty.p_for(xin.detach(), y)
     v = penalty.v_for(out, y)
     (xi,) = torch.autograd.grad(out, xin, grad_outputs=v, create_graph=True, retain_graph=True)

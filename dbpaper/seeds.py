@@ -207,10 +207,22 @@ def _target(x_L: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     raise ValueError(f"unknown loss {loss!r}; use 'nll' or 'mse'")
 
 
-def loss_value(output_map: OutputMap, x_L: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """The batch mean of ``ℓ(x_L, y)`` (per-example losses summed over coordinates)."""
+def loss_value(
+    output_map: OutputMap, x_L: torch.Tensor, y: torch.Tensor, loss: str, z_L: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The batch mean of ``ℓ(x_L, y)`` (per-example losses summed over coordinates).
+
+    NLL after a softmax is computed stably: from ``log_softmax(z_L)`` where the
+    logits ``z_L`` are given (a recorded forward pass keeps them), else as
+    ``−log x_L[y]`` of the target class alone, so that another class whose
+    probability underflows to 0 does not turn a finite loss into NaN (``0 · log 0``).
+    """
     target = _target(x_L, y, loss)
     if loss == "mse":
         return torch.sum((x_L - target) ** 2) / x_L.shape[0]
-    logp = torch.log(x_L) if isinstance(output_map, Softmax) else torch.log_softmax(x_L, dim=-1)
-    return -torch.sum(target * logp) / x_L.shape[0]
+    if not isinstance(output_map, Softmax):
+        return -torch.sum(target * torch.log_softmax(x_L, dim=-1)) / x_L.shape[0]
+    if z_L is not None:
+        return -torch.sum(target * torch.log_softmax(z_L, dim=-1)) / x_L.shape[0]
+    # −log x_L[y]: the target class only (``target`` is one-hot: nll takes class indices)
+    return -torch.sum(torch.log(x_L.gather(-1, y.reshape(-1, 1).long()))) / x_L.shape[0]

@@ -58,7 +58,7 @@ def cases(out_like, y_cls):
     n = out_like.shape[0]
     const = torch.linspace(-1, 1, out_like[0].numel(), dtype=torch.float64).reshape(out_like.shape[1:])
     return [
-        (P.GradientNormPenalty(), None, lambda m, x: (xi_of(m, x, lambda o: unit(o, 0)).reshape(n, -1).norm(dim=1) - 1).pow(2).mean()),
+        (P.GradientNormPenalty(index=0), None, lambda m, x: (xi_of(m, x, lambda o: unit(o, 0)).reshape(n, -1).norm(dim=1) - 1).pow(2).mean()),
         (P.GradientNormPenalty(0.2, one_sided=True, index=2), None,
          lambda m, x: torch.relu(xi_of(m, x, lambda o: unit(o, 2)).reshape(n, -1).norm(dim=1) - 0.2).pow(2).mean()),
         (P.GeneralPenalty(log_p, v=1), None, lambda m, x: log_p(xi_of(m, x, lambda o: unit(o, 1))).mean()),
@@ -168,7 +168,7 @@ def test_gradient_penalty_where_the_input_gradient_vanishes():
         model[0].weight.copy_(torch.ones(4, 3))
         model[0].bias.fill_(0.0)
     x = torch.tensor([[1.0, 0.5, 0.2], [-1.0, -2.0, -0.5], [0.3, -0.1, 0.4]], dtype=torch.float64, requires_grad=True)
-    pen = P.GradientNormPenalty(target=0.5)
+    pen = P.GradientNormPenalty(target=0.5, index=0)
     xi = xi_of(model, x, lambda o: unit(o, 0))
     assert float(xi[1].detach().abs().max()) == 0.0 and float(xi[0].detach().abs().max()) > 0  # example 1 is dead
     ref = (xi.reshape(3, -1).norm(dim=1) - 0.5).pow(2).mean()

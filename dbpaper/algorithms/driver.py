@@ -20,7 +20,7 @@ from .passes import (
 )
 from .registry import ALGORITHMS, Estimate, register_algorithm
 
-__all__ = ["ALGORITHMS", "Result", "compute", "compute_objective", "general", "loss_kind", "minimal", "register_algorithm"]
+__all__ = ["ALGORITHMS", "Result", "compute", "compute_objective", "general", "loss_kind", "minimal", "penalty_value", "register_algorithm"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -119,6 +119,16 @@ register_algorithm("general", general, cost=general_cost)
 register_algorithm("minimal", minimal, cost=minimal_cost)
 
 
+def penalty_value(net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None) -> torch.Tensor:
+    """``R`` alone: Algorithm 1 once per ``v`` and ``p(ξ_0)``, no gradients (what a call under ``torch.no_grad()`` returns)."""
+    n = rec.xs[0].shape[0]
+    value = rec.xs[0].new_zeros(())
+    with torch.no_grad():
+        for seed in penalty.seeds(net, rec, y):
+            value = value + penalty.p.value(backward_pass(net, rec, seed.zeta_L()).xis[0]).sum() / n
+    return value
+
+
 def compute(
     net: Network,
     rec: ForwardRecord,
@@ -143,7 +153,7 @@ def compute(
             if y is None:
                 raise ValueError("with_loss=True needs y (labels or targets)")
             n = rec.xs[0].shape[0]
-            result.loss = loss_value(net.output_map, rec.output, y, kind)
+            result.loss = loss_value(net.output_map, rec.output, y, kind, rec.logits)
             if getattr(penalty, "loss", None) == kind and passes:
                 # Section 4.5: the ζ_j of classical double backpropagation are the loss's own
                 result.loss_gradients = standard_backprop(net, rec, None, xis_reuse=passes[0]).scaled(1.0 / n)
@@ -169,15 +179,16 @@ def compute_objective(
     ``η_1`` with ``∇_{x_0}(ℓ + λR) = K_1ᵀ(θ_1, η_1)``; ``loss`` holds ``ℓ``.
     With ``"minimal"`` the loss gradient ``∇_{z_L} ℓ`` is added to the seed
     ``η_L`` of Algorithm 3 (``4L - 1`` evaluations for a single ``v``, not the
-    ``5L - 2`` of Section 5.1); Algorithm 4 adds ``∇_{z_L} ℓ / λ`` to ``η̂_L``
-    before its single forward-backward pass and scales by ``λ`` (for
-    ``λ = 0``: a standard backpropagation of the loss, Section 4.5).
+    ``5L - 2`` of Section 5.1); Algorithm 4 scales its ``q_0`` by ``λ`` and adds
+    ``∇_{z_L} ℓ`` to ``η̂_L`` before its single forward-backward pass (for
+    ``λ = 0``: a standard backpropagation of the loss, Section 4.5). No
+    intermediate is divided by ``λ``.
     ``"general"`` is the paper's path: a separate backpropagation of the loss.
     """
     lam = float(lam)
     with torch.no_grad():
         n = rec.xs[0].shape[0]
-        ell = loss_value(net.output_map, rec.output, y, loss)
+        ell = loss_value(net.output_map, rec.output, y, loss, rec.logits)
         zeta_loss = LossGradientSeed(net.output_map, rec.output, y, loss).zeta_L() / n  # ∇_{z_L} ℓ (batch mean)
         options = getattr(ALGORITHMS[name], "options", None)  # the Algorithm 4 variants carry their options
         if name == "minimal":
@@ -185,11 +196,11 @@ def compute_objective(
         elif options is not None and lam != 0.0:
             from .jacobian import jacobian_penalty_gradients, resolve_chunk_size
 
-            # Algorithm 4's final pass is linear in η̂_L too: fold ∇_{z_L} ℓ / λ in and scale by λ
+            # Algorithm 4's final pass is linear in (q, η̂_L): scale the penalty's q_0 by λ and fold ∇_{z_L} ℓ into η̂_L
             value, grads = jacobian_penalty_gradients(
-                net, rec, penalty, **{**options, "chunk_size": resolve_chunk_size(options["chunk_size"])}, extra_eta_L=zeta_loss / lam
-            )
-            grads = grads.scaled(lam)
+                net, rec, penalty, **{**options, "chunk_size": resolve_chunk_size(options["chunk_size"])},
+                extra_eta_L=zeta_loss, scale=lam,
+            )  # fmt: skip
         else:
             value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
             grads = grads.scaled(lam)

@@ -458,6 +458,7 @@ def jacobian_penalty_gradients(
     gram: bool | str = False,
     onehot: bool | str = False,
     extra_eta_L: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, LayerGradients]:
     """``R`` and ``∇_θ R``, ``∇_b R`` of the Jacobian penalty by Algorithm 4 (Appendix C), corrected.
 
@@ -480,8 +481,13 @@ def jacobian_penalty_gradients(
         Use the closed forms of ``v = e^{(i)}`` for a dense output layer.
     extra_eta_L : torch.Tensor, optional
         Added to ``η̂_L`` before the forward-backward pass: the single pass is
-        linear in ``η̂_L``, so ``∇_{z_L} ℓ / λ`` here (and the result scaled by
-        ``λ``) gives the gradients of ``ℓ + λR`` at no extra evaluation.
+        linear in ``(q, η̂_L)``, so ``∇_{z_L} ℓ`` here with ``scale = λ`` gives the
+        gradients of ``ℓ + λR`` at no extra evaluation.
+    scale : float
+        The gradients returned are those of ``scale · R`` (``R`` itself is
+        returned unscaled): ``q_0`` of Algorithm 2 carries the factor, so that no
+        intermediate is divided by ``λ`` (which overflows in half precision for
+        small ``λ``).
 
     Returns
     -------
@@ -579,6 +585,8 @@ def jacobian_penalty_gradients(
             zetas[1] = None
             h = torch.mm(Z, G2)  # h_1 = K_1(θ_1, q_0) = (2/N) G ζ_1
             value = value + torch.dot(Z.reshape(-1), h.reshape(-1)) / 2  # (1/N) Σ ⟨ζ_1, G ζ_1⟩ = (1/N) Σ ‖ξ_0‖²
+            if scale != 1.0:
+                h.mul_(scale)  # h_1 = K_1(θ_1, scale · q_0)
             _gram_into(A, Z)  # A += Zᵀ Z (upper blocks)
             del Z
             h = h.reshape(k * n, *layers[0].op.out_shape)
@@ -589,7 +597,7 @@ def jacobian_penalty_gradients(
             first_bb = 2
         else:
             value = value + penalty.p.value(xi).sum() / n
-            q = penalty.p.grad(xi).div_(n)  # q_0 = ∇p(ξ_0) / N (batch mean)
+            q = penalty.p.grad(xi).mul_(scale / n)  # q_0 = scale · ∇p(ξ_0) / N (batch mean)
             xi = None
             h = None
             first_bb = 1
@@ -642,7 +650,7 @@ def jacobian_penalty_gradients(
         layer = layers[j - 1]
         if layer.weight is not None:
             if j == 1 and p.gram:
-                g = layer.Kbox(thetas[0], _mirror_(A).mul_(2.0 / n))  # θ̂¹_1 = (2/N) A W_1
+                g = layer.Kbox(thetas[0], _mirror_(A).mul_(2.0 * scale / n))  # θ̂¹_1 = (2/N) A W_1
             else:
                 g = acc[j]
             if eta is not None:
