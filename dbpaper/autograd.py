@@ -33,14 +33,14 @@ Guarantees (each one tested):
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
+from ._precomputed import Precomputed, average_over_ranks, flat_gradients, guard_second_order, is_ddp
 from .algorithms.driver import compute, compute_objective, penalty_value
-from .algorithms.passes import LayerGradients
 from .network import Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
 from .pipeline import read_cached, read_with_plans, record, resolve_in
@@ -77,102 +77,55 @@ def loss_for(y: torch.Tensor, loss: str | None = None) -> str:
     raise TypeError(f"cannot derive a loss from labels of dtype {y.dtype}; pass loss='nll' or loss='mse'")
 
 
-def _flat(net: Network, grads: LayerGradients) -> list[torch.Tensor]:
-    out = []
-    for layer, gw, gb in zip(net.layers, grads.weights, grads.biases):
-        if layer.weight is not None:
-            out.append(gw)
-        if layer.bias is not None:
-            out.append(gb)
-    return out
+def _autocast_active(x: torch.Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled() if x.device.type == "cpu" else torch.is_autocast_enabled()
 
 
-def _is_ddp(model) -> bool:
-    from torch.nn.parallel import DistributedDataParallel
+def _compute_input(net: Network, x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager]:
+    """The input the explicit algorithms compute with, and the context they run in.
 
-    return isinstance(model, DistributedDataParallel)
-
-
-def _average_over_ranks(grads: list[torch.Tensor], process_group) -> list[torch.Tensor]:
-    """All-reduce (mean) ``grads`` over the ranks of ``process_group`` in one collective."""
-    import torch.distributed as dist
-
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, group=process_group)
-    flat /= dist.get_world_size(process_group)
-    out, offset = [], 0
-    for g in grads:
-        out.append(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-    return out
-
-
-_SECOND_ORDER = (
-    "dbpaper.penalty / dbpaper.objective are differentiable once: their gradients come from the explicit "
-    "algorithms, not from a recorded graph, so create_graph=True through them (a Hessian-vector product, a "
-    "gradient penalty on top) would silently drop R's curvature. Use algorithm='autograd' for higher derivatives."
-)
-
-
-class _Precomputed(torch.autograd.Function):
-    """A scalar whose gradients were computed at call time: ``grad_out *`` the stored gradients."""
-
-    @staticmethod
-    def forward(ctx, payload, x, *params):
-        value, grads, input_grad = payload  # input_grad: a callable giving ∇_x at backward time, or None
-        ctx.input_grad = input_grad
-        ctx.n_grads = len(grads)
-        # the parameters and x are saved so that an in-place change before backward() raises
-        ctx.save_for_backward(*grads, x, *params)
-        return value.detach().clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        saved = ctx.saved_tensors  # checks the version counters of x and the parameters
-        grads = saved[: ctx.n_grads]
-        x = saved[ctx.n_grads]
-        # `R.backward()` seeds 1: hand the stored gradients back as they are (no multiply, no copy)
-        one = not torch.compiler.is_compiling() and grad_out.device.type == "cpu" and bool(grad_out == 1)
-        grad_x = None
-        if ctx.needs_input_grad[1]:
-            gx = ctx.input_grad() if ctx.input_grad is not None else None
-            grad_x = torch.zeros_like(x) if gx is None else (gx if one else grad_out * gx)
-        return (None, grad_x, *(grads if one else (grad_out * g for g in grads)))
-
-
-def _guard_second_order(t: torch.Tensor) -> torch.Tensor:
-    """Make ``create_graph=True`` through ``t`` raise a clear error (the backward itself is once-differentiable)."""
-    if t.requires_grad:
-
-        def hook(grad):
-            if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-                raise RuntimeError(_SECOND_ORDER)
-            return grad
-
-        t.register_hook(hook)
-    return t
+    Under ``torch.autocast`` they compute in the parameters' dtype with autocast
+    switched off: every operator evaluation and every accumulation in full
+    precision, so their error is that of the parameters' dtype (never worse
+    than autograd's under the same autocast, which runs the matrix products in
+    the low precision). Elsewhere: ``x`` as it is.
+    """
+    if not _autocast_active(x):
+        return x, contextlib.nullcontext()
+    params = net.parameters()
+    dtype = params[0].dtype if params else x.dtype
+    return x.to(dtype), torch.autocast(x.device.type, enabled=False)
 
 
 def _explicit(model, net: Network, x, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
-    rec = record(net, x)
+    xc, precision = _compute_input(net, x)
+    with precision:
+        return _explicit_run(model, net, x, xc, pen, y, name, lam, loss)
+
+
+def _explicit_run(model, net: Network, x, xc, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
+    rec = record(net, xc)
     if lam is None:
         res = compute(net, rec, pen, y, name=name)
     else:
         res = compute_objective(net, rec, pen, y, lam, loss=loss, name=name)
-    grads = _flat(net, res.gradients)
-    if _is_ddp(model):
-        grads = _average_over_ranks(grads, model.process_group)
+    grads = flat_gradients(net, res.gradients)
+    if is_ddp(model):
+        grads = average_over_ranks(grads, model.process_group)
     eta_1 = res.gradients.eta_1
     first = net.layers[0]
 
     def input_grad():
         if eta_1 is None:
             return None
-        return first.KT(first.theta(eta_1), eta_1).reshape(x.shape)
+        with torch.autocast(x.device.type, enabled=False):  # backward may run under the caller's autocast
+            return first.KT(first.theta(eta_1), eta_1).reshape(x.shape).to(x.dtype)
 
     params = net.parameters()
-    return _guard_second_order(_Precomputed.apply((res.value, grads, input_grad), x, *params))
+    return guard_second_order(Precomputed.apply((res.value, grads, input_grad), x, *params))
 
 
 def _autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Tensor:
@@ -185,14 +138,14 @@ def _autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Te
         from .seeds import loss_value
 
         value = loss_value(output_map_of(inner), out, y, loss) + lam * value
-    if _is_ddp(model):  # no graph through DDP's reducer: average the gradients now, as the explicit path does
+    if is_ddp(model):  # no graph through DDP's reducer: average the gradients now, as the explicit path does
         params = [p for p in inner.parameters() if p.requires_grad]
         wants_x = x.requires_grad
         grads = torch.autograd.grad(value, params + ([x] if wants_x else []), allow_unused=True, materialize_grads=True)
         gx = grads[-1] if wants_x else None
-        grads = _average_over_ranks(list(grads[: len(params)]), model.process_group)
-        value = _Precomputed.apply((value.detach(), grads, (lambda: gx) if wants_x else None), x, *params)
-        return _guard_second_order(value)
+        grads = average_over_ranks(list(grads[: len(params)]), model.process_group)
+        value = Precomputed.apply((value.detach(), grads, (lambda: gx) if wants_x else None), x, *params)
+        return guard_second_order(value)
     return value
 
 
@@ -239,13 +192,20 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
         if algorithm != "auto":
             raise
         return _fallback(model, x, pen, y, lam, loss, err)
-    net.check_input(x)
+    net.check_input(_compute_input(net, x)[0])
     pen.check(net, y)  # before planning: a penalty that does not fit the network raises its own error
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
         # NaN or Inf in the batch: autograd's result, so that they propagate exactly as autograd propagates them
         return _autograd(model, x, pen, y, lam, loss)
     name = resolve_in(plans, net, pen, algorithm, x.shape[0])
     return _explicit(model, net, x, pen, y, name, lam, loss)
+
+
+def _value_only_mode() -> bool:
+    """``torch.no_grad()`` or ``torch.inference_mode()`` is active (never while compiling: a traced step records grads)."""
+    if torch.compiler.is_compiling():
+        return not torch.is_grad_enabled()
+    return not torch.is_grad_enabled() or torch.is_inference_mode_enabled()
 
 
 def _value_only(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) -> torch.Tensor:
@@ -260,16 +220,18 @@ def _value_only(model, x, pen, y, algorithm: str, lam: float | None, loss: str |
             warn_fallback(unwrap(model), err)
             explicit = False
     if explicit:
-        net.check_input(x)
+        xc, precision = _compute_input(net, x)
+        net.check_input(xc)
         pen.check(net, y)
         explicit = bool(torch.isfinite(x).all())
     if explicit:
-        rec = record(net, x)
-        value = penalty_value(net, rec, pen, y)
-        if lam is not None:
-            from .seeds import loss_value
+        with precision:
+            rec = record(net, xc)
+            value = penalty_value(net, rec, pen, y)
+            if lam is not None:
+                from .seeds import loss_value
 
-            value = loss_value(net.output_map, rec.output, y, loss, rec.logits) + lam * value
+                value = loss_value(net.output_map, rec.output, y, loss, rec.logits) + lam * value
         return value
     with torch.inference_mode(False), torch.enable_grad():
         xin = x.clone() if x.is_inference() else x
@@ -324,7 +286,7 @@ def penalty(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: to
       says so); ``model.eval()`` gives the per-example penalty.
     """
     validate_call(x, penalty, y, algorithm)
-    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+    if _value_only_mode():
         return _value_only(model, x, penalty, y, algorithm, None, None)
     return _run(model, x, penalty, y, algorithm, None, None)
 
@@ -374,6 +336,6 @@ def objective(
     validate_call(x, penalty, y, algorithm, y_used_by_loss=True)
     if isinstance(lam, bool) or not isinstance(lam, int | float) and not (isinstance(lam, torch.Tensor) and lam.numel() == 1):
         raise TypeError(f"lam must be a real number, got {lam!r}")
-    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+    if _value_only_mode():
         return _value_only(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
     return _run(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))

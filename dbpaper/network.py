@@ -65,12 +65,21 @@ class UnsupportedModelError(ValueError):
 
 
 def unwrap(model):
-    """The module inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper, else ``model`` itself."""
+    """The module inside a ``DistributedDataParallel``, ``DataParallel`` or ``torch.compile`` wrapper, else ``model``.
+
+    A compiled module (``torch.compile(model)``) shares its parameters with the
+    original one, which the explicit algorithms read; their own first-order
+    graphs compile (and a compiled training step traces them).
+    """
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-    while isinstance(model, DistributedDataParallel | DataParallel):
-        model = model.module
-    return model
+    while True:
+        if isinstance(model, DistributedDataParallel | DataParallel):
+            model = model.module
+        elif isinstance(model, nn.Module) and type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # torch._dynamo.eval_frame.OptimizedModule
+        else:
+            return model
 
 
 #: (torch base class, the method its ``forward`` must be) for every module the reader accepts

@@ -143,7 +143,10 @@ def choose(net: Network, penalty, batch: int) -> tuple[str, dict[str, Estimate]]
     if hit is not None:
         return hit
     candidates = {name: estimate(net, penalty, batch, name) for name in _applicable(net, penalty)}
-    best = min(candidates, key=lambda k: candidates[k].seconds)  # ties: the first, i.e. "general"
+    best = None  # the smallest predicted time; ties: the first registered, i.e. "general"
+    for name, est in candidates.items():
+        if best is None or est.seconds < candidates[best].seconds:
+            best = name
     if len(_CHOICES) > 512:
         _CHOICES.clear()
     _CHOICES[key] = (best, candidates)

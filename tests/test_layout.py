@@ -181,7 +181,7 @@ LAYERS = [
     ["dbpaper.penalties"],
     ["dbpaper.algorithms"],
     ["dbpaper.planning"],
-    ["dbpaper.pipeline"],
+    ["dbpaper.pipeline", "dbpaper._precomputed"],
     ["dbpaper.reference", "dbpaper.autograd", "dbpaper.counting", "dbpaper.__main__", "dbpaper"],
 ]
 
