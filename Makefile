@@ -9,17 +9,13 @@ export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-<<<<<<< HEAD
 # The chapters' stored outputs are computed with AVX2 kernels on every x86 machine: ATen, MKL and
 # oneDNN would otherwise take AVX-512 paths where a CPU has them and round differently, and a
 # training run in a chapter would print other digits than the machine that stored its outputs.
 # (No effect on other architectures; the package tests and the benchmarks use the machine as it is.)
 NOTEBOOK_ISA := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 
-.PHONY: all venv test test-package test-notebooks book notebooks figures bench lint clean
-=======
 .PHONY: all venv test test-package test-notebooks book notebooks figures bench gpu-check lint clean
->>>>>>> issue-17-bench
 
 all: test book
 

@@ -165,3 +165,20 @@ def test_every_chapter_opens_with_the_install_cell():
     assert REPO_URL in src and 'find_spec("dbpaper") is None' in src and "[book]" in src
     assert {"nbval-skip", "skip-execution"} <= set(book_install_cell.TAGS)
     exec(compile(src, "install-cell", "exec"), {})  # dbpaper is importable here: nothing is fetched
+
+
+def test_no_merge_conflict_markers():
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not files:  # not a git checkout (a source archive): every text file here
+        files = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file() and ".venv" not in p.parts]
+    bad = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix in (".png", ".pdf", ".svg", ".ipynb", ".json") or not path.is_file():
+            continue
+        text = path.read_text(errors="ignore")
+        if re.search(r"^(<<<<<<< |>>>>>>> )", text, re.M) or re.search(r"^=======$", text, re.M) and "<<<<<<<" in text:
+            bad.append(name)
+    assert bad == []
