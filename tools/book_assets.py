@@ -1,4 +1,4 @@
-"""Sphinx extension: every inline script of a page once; external types as plain code.
+"""Sphinx extension: every inline script of a page once; external types as plain code; no automatic figure numbers.
 
 sphinx-togglebutton (at ``builder-inited``) and sphinx-thebe (at ``env-before-read-docs``) register
 inline scripts after the HTML builder has collected its scripts; Sphinx 7.4 keeps the one added to
@@ -57,8 +57,19 @@ def plain_external_types(app, env, node, contnode):
     return plain
 
 
+def no_automatic_figure_numbers(app, config) -> None:
+    """Captions carry their own numbers ("Figure 2" for the paper's, "Book figure 3" for the book's).
+
+    Jupyter Book turns Sphinx's ``numfig`` on after reading ``_config.yml``, so
+    every caption was printed with a second, book-wide number ("Fig. 13 Figure 2.");
+    ``_config.yml`` asks for ``numfig: false``, and this makes it hold.
+    """
+    config.numfig = False
+
+
 def setup(app):
     """Register the page-context hook (after the extensions that add scripts) and the plain external types."""
+    app.connect("config-inited", no_automatic_figure_numbers, priority=900)
     app.connect("html-page-context", dedupe_scripts, priority=900)
     app.connect("missing-reference", plain_external_types, priority=400)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

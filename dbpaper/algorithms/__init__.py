@@ -2,7 +2,7 @@
 
 Only the layers' bilinear operators are called; no autograd runs here. Each
 algorithm registers what it runs, where it applies and what it costs
-(:mod:`dbpaper.algorithms.registry`); the planner (:mod:`dbpaper.planning`)
+(``dbpaper.algorithms.registry``); the planner (:mod:`dbpaper.planning`)
 sits above this package and chooses among them, and the entry points
 (:func:`dbpaper.double_backprop`, :func:`dbpaper.penalty`) sit above the planner.
 """
@@ -20,13 +20,12 @@ from .passes import (
     linearized_forward,
     standard_backprop,
 )
-from .registry import ALGORITHMS, REGISTRY, AlgorithmSpec, Estimate, register_algorithm
+from .registry import ALGORITHMS, REGISTRY, AlgorithmSpec, register_algorithm
 
 __all__ = [
     "ALGORITHMS",
     "REGISTRY",
     "AlgorithmSpec",
-    "Estimate",
     "compute",
     "compute_objective",
     "registry",
