@@ -1,0 +1,86 @@
+"""dbpaper: the executable companion to "A Closer Look at Double Backpropagation" (Etmann, 2019).
+
+The public API is listed in ``__all__``; everything else is private. The code
+that exists for the companion book (figures, tables, benchmarks, the loss
+landscapes of Section 6) lives in :mod:`dbpaper.paper`, which imports this
+library and is never imported by it.
+"""
+
+from . import activations, algorithms, numdiff, operators, penalties, planning, reference
+from .activations import (
+    ELU,
+    Activation,
+    CoordinatewiseOutput,
+    Identity,
+    IdentityOutput,
+    LeakyReLU,
+    OutputMap,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+)
+from .autograd import objective, penalty
+from .counting import count_operations
+from .diagnostics import AdjointErrors, adjoint_errors, dtype_tolerance, theorem_2_3_errors
+from .network import Network, UnsupportedModelError
+from .operators import (
+    AvgPool2d,
+    BilinearOperator,
+    Conv1d,
+    Conv2d,
+    Dense,
+    Hadamard,
+    InvertibleDownsampling,
+    LocallyConnected2d,
+)
+from .pipeline import double_backprop
+from .planning import ALGORITHM_NAMES, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "ALGORITHM_NAMES",
+    "ExecutionPlan",
+    "BatchMixingWarning",
+    "FallbackWarning",
+    "Network",
+    "UnsupportedModelError",
+    "plan",
+    "planning",
+    "algorithms",
+    "count_operations",
+    "double_backprop",
+    "numdiff",
+    "objective",
+    "penalties",
+    "penalty",
+    "reference",
+    "ELU",
+    "Activation",
+    "CoordinatewiseOutput",
+    "AdjointErrors",
+    "AvgPool2d",
+    "BilinearOperator",
+    "Conv1d",
+    "Conv2d",
+    "Dense",
+    "Hadamard",
+    "Identity",
+    "IdentityOutput",
+    "InvertibleDownsampling",
+    "LeakyReLU",
+    "LocallyConnected2d",
+    "OutputMap",
+    "ReLU",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "Tanh",
+    "activations",
+    "adjoint_errors",
+    "dtype_tolerance",
+    "operators",
+    "theorem_2_3_errors",
+]

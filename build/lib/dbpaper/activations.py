@@ -1,0 +1,355 @@
+"""Coordinate-wise activations (Definition 3.1) and the output maps of Appendix B.
+
+A coordinate-wise activation ``g`` acts through the symmetric bilinear
+operator ``M(a, v) = a ⊙ v``: ``G'(z) v = g'(z) ⊙ v`` and
+``G''(z) v = g''(z) ⊙ v`` (eq. (9)). Each activation is a small final class
+with ``f``, ``df`` (``g'``) and ``d2f`` (``g''``) and the flag
+``locally_linear`` (``g'' = 0`` almost everywhere, Section 5.2).
+
+Derivatives at the kinks follow torch's conventions (ReLU: ``g'(0) = 0``;
+leaky ReLU: ``g'(0) = alpha``; ELU: ``g'(0) = alpha``), so the package agrees
+with autograd everywhere, not only almost everywhere.
+
+The output maps are not all coordinate-wise: :class:`Softmax` acts through
+its symmetric Jacobian ``S(x) = diag(x) - x x^T`` (Appendix B.1). A
+coordinate-wise activation can also be the output map (a final sigmoid,
+tanh, softplus, ...): :class:`CoordinatewiseOutput`. Output maps are written
+in terms of the output ``x_L`` (the recorded forward pass keeps ``x_L``, not
+``z_L``), so every activation also gives ``g'`` and ``g''`` as functions of
+its output (``df_from_output``, ``d2f_from_output``) — as torch's own
+backward of sigmoid and tanh does.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+__all__ = [
+    "Activation",
+    "CoordinatewiseOutput",
+    "ELU",
+    "Identity",
+    "LeakyReLU",
+    "OutputMap",
+    "ReLU",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "Tanh",
+    "IdentityOutput",
+]
+
+
+class Activation(abc.ABC):
+    """A coordinate-wise, twice (almost everywhere) differentiable ``g``."""
+
+    #: ``True`` when ``g'' = 0`` almost everywhere (Section 5.2).
+    locally_linear: bool = False
+
+    #: ``True`` when the forward pass should take ``g'`` and ``g''`` from the output ``g(z)`` (one
+    #: transcendental function per layer instead of three; torch's own backward of tanh and the
+    #: sigmoid uses the output too, so the values agree with autograd's).
+    derivatives_from_output: bool = False
+
+    @abc.abstractmethod
+    def f(self, z: torch.Tensor) -> torch.Tensor:
+        """``g(z)``."""
+
+    @abc.abstractmethod
+    def df(self, z: torch.Tensor) -> torch.Tensor:
+        """``g'(z)``, so that ``G'(z) v = g'(z) ⊙ v``."""
+
+    def d2f(self, z: torch.Tensor) -> torch.Tensor:
+        """``g''(z)``, so that ``G''(z) v = g''(z) ⊙ v``; zero for locally linear ``g``."""
+        return torch.zeros_like(z)
+
+    def df_from_output(self, x: torch.Tensor) -> torch.Tensor:
+        """``g'(z)`` written in terms of the output ``x = g(z)`` (for a final coordinate-wise map)."""
+        raise NotImplementedError(f"{self!r} cannot express g' through its output")
+
+    def d2f_from_output(self, x: torch.Tensor) -> torch.Tensor:
+        """``g''(z)`` written in terms of the output ``x = g(z)``; zero for locally linear ``g``."""
+        if self.locally_linear:
+            return torch.zeros_like(x)
+        raise NotImplementedError(f"{self!r} cannot express g'' through its output")
+
+    def output_invertible(self) -> bool:
+        """Whether ``g'`` and ``g''`` are functions of the output ``g(z)``, so that ``g`` can be the output map."""
+        return True
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(vars(self).items()))))
+
+
+class Identity(Activation):
+    """``g(z) = z``."""
+
+    locally_linear = True
+
+    def f(self, z):
+        return z
+
+    def df(self, z):
+        return torch.ones_like(z)
+
+    def df_from_output(self, x):
+        return torch.ones_like(x)
+
+
+class ReLU(Activation):
+    """``g(z) = max(z, 0)``, with ``g'(0) = 0`` as in torch."""
+
+    locally_linear = True
+
+    def f(self, z):
+        return torch.relu(z)
+
+    def df(self, z):
+        return (z > 0).to(z.dtype)
+
+    def df_from_output(self, x):
+        return (x > 0).to(x.dtype)  # x > 0 exactly where z > 0
+
+
+class LeakyReLU(Activation):
+    """``g(z) = z`` for ``z > 0`` and ``alpha z`` otherwise (``nn.LeakyReLU(negative_slope=alpha)``)."""
+
+    locally_linear = True
+
+    def __init__(self, alpha: float = 0.01):
+        self.alpha = float(alpha)
+
+    def f(self, z):
+        return torch.where(z > 0, z, self.alpha * z)
+
+    def df(self, z):
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.alpha))
+
+    def df_from_output(self, x):
+        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.alpha))  # x > 0 iff z > 0 for alpha >= 0
+
+    def output_invertible(self):
+        return self.alpha >= 0
+
+
+class Tanh(Activation):
+    """``g = tanh``, ``g' = 1 - g^2``, ``g'' = -2 g g'``."""
+
+    derivatives_from_output = True
+
+    def f(self, z):
+        return torch.tanh(z)
+
+    def df(self, z):
+        t = torch.tanh(z)
+        return 1 - t * t
+
+    def d2f(self, z):
+        t = torch.tanh(z)
+        return -2 * t * (1 - t * t)
+
+    def df_from_output(self, x):
+        return 1 - x * x
+
+    def d2f_from_output(self, x):
+        return -2 * x * (1 - x * x)
+
+
+class Sigmoid(Activation):
+    """``g = sigma``, ``g' = sigma (1 - sigma)``, ``g'' = g' (1 - 2 sigma)``."""
+
+    derivatives_from_output = True
+
+    def f(self, z):
+        return torch.sigmoid(z)
+
+    def df(self, z):
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+
+    def d2f(self, z):
+        s = torch.sigmoid(z)
+        return s * (1 - s) * (1 - 2 * s)
+
+    def df_from_output(self, x):
+        return x * (1 - x)
+
+    def d2f_from_output(self, x):
+        return x * (1 - x) * (1 - 2 * x)
+
+
+class Softplus(Activation):
+    """``g(z) = log(1 + exp(beta z)) / beta``, linear above ``beta z > threshold`` (``nn.Softplus``)."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        self.beta = float(beta)
+        self.threshold = float(threshold)
+
+    def f(self, z):
+        return torch.nn.functional.softplus(z, beta=self.beta, threshold=self.threshold)
+
+    def df(self, z):
+        bz = self.beta * z
+        return torch.where(bz > self.threshold, torch.ones_like(z), torch.sigmoid(bz))
+
+    def d2f(self, z):
+        bz = self.beta * z
+        s = torch.sigmoid(bz)
+        return torch.where(bz > self.threshold, torch.zeros_like(z), self.beta * s * (1 - s))
+
+    # From the output: exp(beta x) = 1 + exp(beta z), so sigma(beta z) = 1 - exp(-beta x). Above the
+    # threshold x = z. (Inside the window log(exp(t) - 1) < beta z <= t, of width ~exp(-t), the two
+    # readings differ by less than exp(-t).)
+    def df_from_output(self, x):
+        bx = self.beta * x
+        return torch.where(bx > self.threshold, torch.ones_like(x), -torch.expm1(-bx))
+
+    def d2f_from_output(self, x):
+        bx = self.beta * x
+        e = torch.exp(-bx)  # 1 - sigma(beta z)
+        return torch.where(bx > self.threshold, torch.zeros_like(x), self.beta * (-torch.expm1(-bx)) * e)
+
+
+class ELU(Activation):
+    """``g(z) = z`` for ``z > 0`` and ``alpha (exp(z) - 1)`` otherwise (``nn.ELU``)."""
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = float(alpha)
+
+    def f(self, z):
+        return torch.where(z > 0, z, self.alpha * torch.expm1(z))
+
+    def df(self, z):
+        return torch.where(z > 0, torch.ones_like(z), self.alpha * torch.exp(z))
+
+    def d2f(self, z):
+        # torch's double backward takes g''(0) = 0 while g'(0) = alpha; we mirror both
+        return torch.where(z >= 0, torch.zeros_like(z), self.alpha * torch.exp(z))
+
+    # From the output (alpha > 0): x > 0 iff z > 0, x >= 0 iff z >= 0, and alpha exp(z) = x + alpha for z <= 0.
+    def df_from_output(self, x):
+        return torch.where(x > 0, torch.ones_like(x), x + self.alpha)
+
+    def d2f_from_output(self, x):
+        return torch.where(x >= 0, torch.zeros_like(x), x + self.alpha)
+
+    def output_invertible(self):
+        return self.alpha > 0
+
+
+class OutputMap(abc.ABC):
+    """The last layer's map ``g_L`` (Appendix B): softmax, identity or a coordinate-wise activation."""
+
+    name: str
+    #: ``True`` when ``dx_L/dz_L`` does not depend on ``z_L`` (then ``curvature`` is zero).
+    linear: bool = False
+
+    @abc.abstractmethod
+    def f(self, z: torch.Tensor) -> torch.Tensor:
+        """``x_L = g_L(z_L)``."""
+
+    @abc.abstractmethod
+    def jvp(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``(dx_L/dz_L) u``, written in terms of the output ``x = x_L``; self-adjoint."""
+
+    def curvature(self, x: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
+        """``(d/dz_L [(dx_L/dz_L)* v])* h`` for a fixed ``v``: the ``v``-independent part of ``η_L`` (eq. (28) at ``j = L``).
+
+        ``None`` when it vanishes identically (a linear output map).
+        """
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self).__name__)
+
+
+class Softmax(OutputMap):
+    """``x = softmax(z)`` over the last dimension; ``dx/dz = S(x) = diag(x) - x x^T`` (Appendix B.1)."""
+
+    name = "softmax"
+
+    def f(self, z):
+        return torch.softmax(z, dim=-1)
+
+    def jvp(self, x, u):
+        return x * (u - torch.sum(x * u, dim=-1, keepdim=True))
+
+    def curvature(self, x, v, h):
+        # Appendix B.1, corrected (erratum E5): S (v⊙h − ⟨x,v⟩ h − ⟨x,h⟩ v)
+        dot = lambda a, b: torch.sum(a * b, dim=-1, keepdim=True)  # noqa: E731
+        return self.jvp(x, v * h - dot(x, v) * h - dot(x, h) * v)
+
+
+class IdentityOutput(OutputMap):
+    """``x_L = z_L``: penalties on logits or regression outputs (Appendix B.3)."""
+
+    name = "identity"
+    linear = True
+
+    def f(self, z):
+        return z
+
+    def jvp(self, x, u):
+        return u
+
+
+class CoordinatewiseOutput(OutputMap):
+    """A coordinate-wise activation as the output map: ``x_L = g(z_L)`` (a final sigmoid, tanh, softplus, ...).
+
+    ``dx_L/dz_L = diag(g'(z_L))`` is symmetric; eq. (28) at ``j = L`` gives,
+    for a fixed ``v``, ``η_L = g''(z_L) ⊙ h_L ⊙ v``. Both derivatives are
+    read from the output ``x_L`` (:meth:`dbpaper.Activation.df_from_output`), so the
+    recorded forward pass needs nothing beyond ``x_L``.
+    """
+
+    def __init__(self, activation: Activation):
+        if not isinstance(activation, Activation):
+            raise TypeError(f"CoordinatewiseOutput needs a coordinate-wise Activation, got {activation!r}")
+        if not activation.output_invertible():
+            raise ValueError(f"{activation!r} cannot be an output map: its derivatives are not functions of its output")
+        self.activation = activation
+        self.name = f"coordinate-wise {type(activation).__name__.lower()}"
+        self.linear = isinstance(activation, Identity)
+
+    def f(self, z):
+        return self.activation.f(z)
+
+    def df(self, x: torch.Tensor) -> torch.Tensor:
+        """``g'(z_L)`` from ``x_L``."""
+        return self.activation.df_from_output(x)
+
+    def d2f(self, x: torch.Tensor) -> torch.Tensor:
+        """``g''(z_L)`` from ``x_L``."""
+        return self.activation.d2f_from_output(x)
+
+    def jvp(self, x, u):
+        return self.df(x) * u
+
+    def curvature(self, x, v, h):
+        if self.linear or self.activation.locally_linear:
+            return None
+        return self.d2f(x) * h * v  # M(G''(z_L) h_L, v), eq. (28) at j = L
+
+    def __repr__(self) -> str:
+        return f"CoordinatewiseOutput({self.activation!r})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.activation == other.activation
+
+    def __hash__(self) -> int:
+        return hash(("CoordinatewiseOutput", self.activation))

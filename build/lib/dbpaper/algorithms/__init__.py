@@ -1,0 +1,58 @@
+"""Algorithms 1–3 of Section 4, Algorithm 4, the initial values of Appendix B and the reuse of Section 4.5.
+
+Only the layers' bilinear operators are called; no autograd runs here. Each
+algorithm registers what it runs, where it applies and what it costs
+(``dbpaper.algorithms.registry``); the planner (:mod:`dbpaper.planning`)
+sits above this package and chooses among them, and the entry points
+(:func:`dbpaper.double_backprop`, :func:`dbpaper.penalty`) sit above the planner.
+"""
+
+from ..seeds import ConstantSeed, LossGradientSeed, Seed, loss_value, softmax_jacobian_apply
+from . import jacobian, registry
+from .driver import Result, compute, compute_objective, loss_kind
+from .passes import (
+    BackwardBackwardPass,
+    BackwardPass,
+    LayerGradients,
+    backward_backward_pass,
+    backward_pass,
+    forward_backward_pass,
+    linearized_forward,
+    standard_backprop,
+)
+from .registry import ALGORITHMS, REGISTRY, AlgorithmSpec, register_algorithm
+
+__all__ = [
+    "ALGORITHMS",
+    "REGISTRY",
+    "AlgorithmSpec",
+    "compute",
+    "compute_objective",
+    "registry",
+    "BackwardBackwardPass",
+    "BackwardPass",
+    "ConstantSeed",
+    "LayerGradients",
+    "LossGradientSeed",
+    "Result",
+    "Seed",
+    "backward_backward_pass",
+    "backward_pass",
+    "forward_backward_pass",
+    "jacobian",
+    "linearized_forward",
+    "loss_kind",
+    "loss_value",
+    "register_algorithm",
+    "softmax_jacobian_apply",
+    "standard_backprop",
+]
+
+
+def __getattr__(name: str):
+    # dbpaper.algorithms.double_backprop, as before the entry points moved above the planner
+    if name in ("double_backprop", "objective_gradients"):
+        from .. import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

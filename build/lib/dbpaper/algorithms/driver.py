@@ -1,0 +1,211 @@
+"""Putting Algorithms 1–3 together: ``R``, ``∇_θ R``, ``∇_b R`` and, optionally, the loss gradient of Section 4.5."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..activations import Softmax
+from ..network import ForwardRecord, Network
+from ..penalties import Penalty
+from ..seeds import LossGradientSeed, loss_value
+from .costs import eta_vanishes, layer_sums, power_iteration_flops
+from .passes import (
+    LayerGradients,
+    backward_backward_pass,
+    backward_pass,
+    forward_backward_pass,
+    standard_backprop,
+)
+from .registry import ALGORITHMS, Estimate, register_algorithm
+
+__all__ = ["ALGORITHMS", "Result", "compute", "compute_objective", "general", "loss_kind", "minimal", "penalty_value", "register_algorithm"]
+
+
+@dataclasses.dataclass(eq=False)
+class Result:
+    """The outcome of one double-backpropagation step.
+
+    ``value`` is ``R``; ``gradients`` holds ``∇_θj R`` and ``∇_bj R`` per layer
+    (and ``η_1``, from which ``∇_{x_0} R = K_1ᵀ(θ_1, η_1)``). With
+    ``with_loss=True``, ``loss`` and ``loss_gradients`` hold the mean loss and
+    its gradients.
+    """
+
+    value: torch.Tensor
+    gradients: LayerGradients
+    loss: torch.Tensor | None = None
+    loss_gradients: LayerGradients | None = None
+    algorithm: str = "general"
+
+
+def loss_kind(net: Network, penalty) -> str:
+    """The loss used with ``with_loss=True``: a classical penalty's own loss, else NLL for softmax, else squared error."""
+    own = getattr(penalty, "loss", None)
+    if own is not None:
+        return own
+    return "nll" if isinstance(net.output_map, Softmax) else "mse"
+
+
+def general(
+    net: Network,
+    rec: ForwardRecord,
+    penalty,
+    y,
+    *,
+    scale: float = 1.0,
+    extra_eta_L: torch.Tensor | None = None,
+    minimal: bool = False,
+):
+    """Algorithms 1–3 once per ``v`` of the penalty (class by class for the Jacobian penalty).
+
+    Returns ``R``, the gradients of ``scale · R`` and the backward passes
+    (kept only for a single seed, for the reuse of Section 4.5).
+    ``minimal=True`` (the registered ``"minimal"``) skips the work the paper's
+    count includes but nothing uses: ``h_L`` where ``η_L`` vanishes identically.
+
+    ``extra_eta_L`` folds a loss into the forward-backward pass: Algorithm 3
+    is linear in ``(q, η_L)``, so seeding it with ``scale · η_L + ∇_{z_L} ℓ``
+    (and ``q_0 = scale · ∇p(ξ_0) / N``) returns the gradients of
+    ``ℓ + scale · R`` in the same pass — ``4L - 1`` evaluations instead of the
+    ``5L - 2`` of Section 5.1. ``η_1`` then also gives ``∇_{x_0}(ℓ + scale · R)``.
+    """
+    n = rec.xs[0].shape[0]
+    value = rec.xs[0].new_zeros(())
+    grads = LayerGradients.zeros(net.depth)
+    passes = []
+    single = penalty.num_seeds(net) == 1
+    extra = extra_eta_L
+    for seed in penalty.seeds(net, rec, y):
+        bp = backward_pass(net, rec, seed.zeta_L())  # Algorithm 1
+        xi_0 = bp.xis[0]
+        value = value + penalty.p.value(xi_0).sum() / n
+        q_0 = penalty.p.grad(xi_0) * (scale / n)
+        bbp = backward_backward_pass(net, rec, q_0, need_h_L=not (minimal and seed.eta_is_zero))  # Algorithm 2
+        eta_L = seed.eta_L(bbp.hs[net.depth])  # Appendix B (None where it vanishes identically)
+        if extra is not None:
+            eta_L = extra if eta_L is None else eta_L + extra
+            extra = None  # the loss is folded into the first seed's pass only
+        grads.add(forward_backward_pass(net, rec, bp, bbp, eta_L))  # Algorithm 3
+        if single:
+            passes.append(bp)
+    return value, grads, passes
+
+
+def minimal(net: Network, rec: ForwardRecord, penalty, y, **kw):
+    """Algorithms 1–3 without unused work (``h_L`` skipped where ``η_L ≡ 0``); see :func:`general`."""
+    return general(net, rec, penalty, y, minimal=True, **kw)
+
+
+def general_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
+    """``2N [F + S (2F + F□) + S (F' + F□)]`` (the last bracket only where ``η`` does not vanish) and ``3L + S (8L + 5)`` calls."""
+    L, n = net.depth, batch
+    F, Fbox, Fprime = layer_sums(net)
+    S = penalty.num_seeds(net)
+    fb = 0 if eta_vanishes(net, penalty) else Fprime + Fbox
+    return Estimate(2 * n * (F + S * (2 * F + Fbox + fb)) + power_iteration_flops(net, penalty, n), 3 * L + S * (8 * L + 5))
+
+
+def minimal_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
+    """:func:`general_cost` without ``h_L`` (``2N S m_L``) where ``η_L`` vanishes, one call fewer per ``v``."""
+    base = general_cost(net, penalty, batch)
+    unused = net.layers[-1].op.macs if eta_vanishes(net, penalty) else 0
+    S = penalty.num_seeds(net)
+    return Estimate(base.flops - 2 * batch * S * unused, base.calls - S)
+
+
+register_algorithm("general", general, cost=general_cost)
+register_algorithm("minimal", minimal, cost=minimal_cost)
+
+
+def penalty_value(net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None) -> torch.Tensor:
+    """``R`` alone: Algorithm 1 once per ``v`` and ``p(ξ_0)``, no gradients (what a call under ``torch.no_grad()`` returns)."""
+    n = rec.xs[0].shape[0]
+    value = rec.xs[0].new_zeros(())
+    with torch.no_grad():
+        for seed in penalty.seeds(net, rec, y):
+            value = value + penalty.p.value(backward_pass(net, rec, seed.zeta_L()).xis[0]).sum() / n
+    return value
+
+
+def compute(
+    net: Network,
+    rec: ForwardRecord,
+    penalty: Penalty,
+    y: torch.Tensor | None,
+    *,
+    name: str,
+    with_loss: bool = False,
+) -> Result:
+    """Run the registered algorithm ``name`` on a recorded forward pass (no planning, no validation).
+
+    The entry points (:func:`dbpaper.double_backprop`, :func:`dbpaper.penalty`)
+    validate the call, read the network and choose ``name`` once; this runs it.
+    With ``with_loss`` also the loss and its gradients (Section 4.5), reusing
+    the backward pass of classical double backpropagation when the losses coincide.
+    """
+    with torch.no_grad():
+        value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
+        result = Result(value=value, gradients=grads, algorithm=name)
+        if with_loss:
+            kind = loss_kind(net, penalty)
+            if y is None:
+                raise ValueError("with_loss=True needs y (labels or targets)")
+            n = rec.xs[0].shape[0]
+            result.loss = loss_value(net.output_map, rec.output, y, kind, rec.logits)
+            if getattr(penalty, "loss", None) == kind and passes:
+                # Section 4.5: the ζ_j of classical double backpropagation are the loss's own
+                result.loss_gradients = standard_backprop(net, rec, None, xis_reuse=passes[0]).scaled(1.0 / n)
+            else:
+                zeta_L = LossGradientSeed(net.output_map, rec.output, y, kind).zeta_L() / n
+                result.loss_gradients = standard_backprop(net, rec, zeta_L)
+    return result
+
+
+def compute_objective(
+    net: Network,
+    rec: ForwardRecord,
+    penalty: Penalty,
+    y: torch.Tensor,
+    lam: float,
+    *,
+    loss: str,
+    name: str,
+) -> Result:
+    """``ℓ + λR`` and its gradients (Section 4.5) with the registered algorithm ``name``, the loss folded in where possible.
+
+    ``value`` is ``ℓ + λR``; ``gradients`` holds its parameter gradients and
+    ``η_1`` with ``∇_{x_0}(ℓ + λR) = K_1ᵀ(θ_1, η_1)``; ``loss`` holds ``ℓ``.
+    With ``"minimal"`` the loss gradient ``∇_{z_L} ℓ`` is added to the seed
+    ``η_L`` of Algorithm 3 (``4L - 1`` evaluations for a single ``v``, not the
+    ``5L - 2`` of Section 5.1); Algorithm 4 scales its ``q_0`` by ``λ`` and adds
+    ``∇_{z_L} ℓ`` to ``η̂_L`` before its single forward-backward pass (for
+    ``λ = 0``: a standard backpropagation of the loss, Section 4.5). No
+    intermediate is divided by ``λ``.
+    ``"general"`` is the paper's path: a separate backpropagation of the loss.
+    """
+    lam = float(lam)
+    with torch.no_grad():
+        n = rec.xs[0].shape[0]
+        ell = loss_value(net.output_map, rec.output, y, loss, rec.logits)
+        zeta_loss = LossGradientSeed(net.output_map, rec.output, y, loss).zeta_L() / n  # ∇_{z_L} ℓ (batch mean)
+        options = getattr(ALGORITHMS[name], "options", None)  # the Algorithm 4 variants carry their options
+        if name == "minimal":
+            value, grads, _ = minimal(net, rec, penalty, y, scale=lam, extra_eta_L=zeta_loss)
+        elif options is not None and lam != 0.0:
+            from .jacobian import jacobian_penalty_gradients, resolve_chunk_size
+
+            # Algorithm 4's final pass is linear in (q, η̂_L): scale the penalty's q_0 by λ and fold ∇_{z_L} ℓ into η̂_L
+            value, grads = jacobian_penalty_gradients(
+                net, rec, penalty, **{**options, "chunk_size": resolve_chunk_size(options["chunk_size"])},
+                extra_eta_L=zeta_loss, scale=lam,
+            )  # fmt: skip
+        else:
+            value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
+            grads = grads.scaled(lam)
+            if getattr(penalty, "loss", None) == loss and passes:  # Section 4.5: reuse the ζ_j of the classical penalty
+                grads.add(standard_backprop(net, rec, None, xis_reuse=passes[0]).scaled(1.0 / n))
+            else:
+                grads.add(standard_backprop(net, rec, zeta_loss))
+    return Result(value=ell + lam * value, gradients=grads, loss=ell, algorithm=name)

@@ -1,0 +1,205 @@
+"""The passes of Section 4: Algorithms 1–3, the standard backpropagation of Section 4.5
+and the linearised forward pass used by power iterations.
+
+Only the layers' bilinear operators ``K``, ``Kᵀ``, ``K□`` and the Hadamard
+product ``M`` are used — never autograd. Index conventions (written once):
+lists are indexed by the layer number ``j``; ``xis[j] = ξ_j`` for
+``j = 0..L``, ``zetas[j] = ζ_j``, ``qs[j] = q_j`` for ``j = 0..L-1``,
+``hs[j] = h_j`` and ``etas[j] = η_j`` for ``j = 1..L``; unused slots hold
+``None``. A ``None`` η means "identically zero" (Appendix B.3, Section 5.3)
+and the operator evaluations it would feed are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..network import ForwardRecord, Network
+
+__all__ = [
+    "BackwardPass",
+    "BackwardBackwardPass",
+    "LayerGradients",
+    "backward_pass",
+    "backward_backward_pass",
+    "forward_backward_pass",
+    "linearized_forward",
+    "standard_backprop",
+]
+
+
+@dataclasses.dataclass(eq=False)
+class BackwardPass:
+    """ξ_j and ζ_j of eq. (14)."""
+
+    xis: list[torch.Tensor | None]
+    zetas: list[torch.Tensor | None]
+
+
+@dataclasses.dataclass(eq=False)
+class BackwardBackwardPass:
+    """q_j and h_j of eq. (18)."""
+
+    qs: list[torch.Tensor | None]
+    hs: list[torch.Tensor | None]
+
+
+@dataclasses.dataclass(eq=False)
+class LayerGradients:
+    """Per-layer gradients (``None`` where a layer has no such parameter) and ``η_1`` (for ``∇_{x_0}``)."""
+
+    weights: list[torch.Tensor | None]
+    biases: list[torch.Tensor | None]
+    eta_1: torch.Tensor | None = None
+
+    @classmethod
+    def zeros(cls, depth: int) -> LayerGradients:
+        return cls([None] * depth, [None] * depth, None)
+
+    def add(self, other: LayerGradients) -> None:
+        """Accumulate ``other`` into ``self`` (used across classes and for ``L + λR``)."""
+        for lst, olst in ((self.weights, other.weights), (self.biases, other.biases)):
+            for i, g in enumerate(olst):
+                if g is not None:
+                    lst[i] = g if lst[i] is None else lst[i] + g
+        if other.eta_1 is not None:
+            self.eta_1 = other.eta_1 if self.eta_1 is None else self.eta_1 + other.eta_1
+
+    def scaled(self, factor: float) -> LayerGradients:
+        f = lambda t: None if t is None else factor * t  # noqa: E731
+        return LayerGradients([f(g) for g in self.weights], [f(g) for g in self.biases], f(self.eta_1))
+
+
+def backward_pass(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor) -> BackwardPass:
+    """Algorithm 1 (eqs. (15)–(16)): ``ζ_j = G'_j(z_j) ξ_j`` and ``ξ_{j-1} = K_jᵀ(θ_j, ζ_j)``.
+
+    Starts from ``ζ_L = (dx_L/dz_L)* v`` (computed by the seed, Appendix B);
+    ``L`` evaluations of ``Kᵀ``. ``ξ_0`` is the input gradient whose penalty
+    ``p(ξ_0)`` is ``R``.
+    """
+    L = net.depth
+    xis: list[torch.Tensor | None] = [None] * (L + 1)
+    zetas: list[torch.Tensor | None] = [None] * (L + 1)
+    zetas[L] = zeta_L
+    for j in range(L, 0, -1):
+        layer = net.layers[j - 1]
+        xis[j - 1] = layer.KT(layer.theta(zeta_L), zetas[j])
+        if j > 1:
+            zetas[j - 1] = rec.slope(j - 1, xis[j - 1])  # M(g'_{j-1}(z_{j-1}), ξ_{j-1})
+    return BackwardPass(xis, zetas)
+
+
+def backward_backward_pass(net: Network, rec: ForwardRecord, q_0: torch.Tensor, *, need_h_L: bool = True) -> BackwardBackwardPass:
+    """Algorithm 2 (eqs. (20)–(21)): ``h_j = K_j(θ_j, q_{j-1})``, ``q_j = G'_j(z_j) h_j``.
+
+    Starts from ``q_0 = ∇p(ξ_0)``; ``L`` evaluations of ``K``. ``q_L`` is not
+    formed: nothing depends on it. ``h_L`` only feeds ``η_L`` (Appendix B);
+    where ``η_L`` vanishes identically (an identity output with a
+    network-independent ``v``, Section 5.3) pass ``need_h_L=False`` and it is
+    not formed either: ``L - 1`` evaluations.
+    """
+    L = net.depth
+    qs: list[torch.Tensor | None] = [None] * (L + 1)
+    hs: list[torch.Tensor | None] = [None] * (L + 1)
+    qs[0] = q_0
+    for j in range(1, L + 1 if need_h_L else L):
+        layer = net.layers[j - 1]
+        hs[j] = layer.K(layer.theta(q_0), qs[j - 1])
+        if j < L:
+            qs[j] = rec.slope(j, hs[j])
+    return BackwardBackwardPass(qs, hs)
+
+
+def forward_backward_pass(
+    net: Network,
+    rec: ForwardRecord,
+    bp: BackwardPass,
+    bbp: BackwardBackwardPass,
+    eta_L: torch.Tensor | None,
+    trace: dict | None = None,
+) -> LayerGradients:
+    """Algorithm 3 (eqs. (22)–(31)) with the corrected argument order of ``K□`` (erratum E3).
+
+    For ``j = L, ..., 1``::
+
+        η_j   = η_L (Appendix B)                          if j = L
+        η_j   = M(G''_j(z_j) h_j, ξ_j) + G'_j(z_j) γ_j    otherwise       (28)
+        ∇_θj R = K_j□(q_{j-1}, ζ_j) + K_j□(x_{j-1}, η_j)                    (31)
+        ∇_bj R = η_j
+        γ_{j-1} = K_jᵀ(θ_j, η_j)                          if j > 1         (30)
+
+    ``L - 1`` evaluations of ``Kᵀ`` in general; none where ``η_j`` vanishes
+    identically (``None``), e.g. for all ``j`` with an identity output and a
+    network-independent ``v`` in a locally linear network (Section 5.3).
+    With a dict ``trace``, the lists ``trace["eta"]`` and ``trace["gamma"]``
+    (indexed by ``j``) are filled for inspection.
+    """
+    L = net.depth
+    grads = LayerGradients.zeros(L)
+    if trace is not None:
+        trace["eta"], trace["gamma"] = [None] * (L + 1), [None] * (L + 1)
+    gamma: torch.Tensor | None = None
+    eta: torch.Tensor | None = None
+    for j in range(L, 0, -1):
+        layer = net.layers[j - 1]
+        if j == L:
+            eta = eta_L
+        else:
+            terms = []
+            if rec.d2g[j] is not None:
+                terms.append(rec.d2g[j] * bbp.hs[j] * bp.xis[j])  # M(G''(z_j) h_j, ξ_j)
+            if gamma is not None:
+                terms.append(rec.slope(j, gamma))  # G'(z_j) γ_j
+            eta = sum(terms[1:], terms[0]) if terms else None
+        if layer.weight is not None:
+            g = layer.Kbox(bbp.qs[j - 1], bp.zetas[j])
+            if eta is not None:
+                g = layer.Kbox_into(g, rec.xs[j - 1], eta)  # + K_j□(x_{j-1}, η_j), accumulated in place
+            grads.weights[j - 1] = g
+        if layer.bias is not None:
+            grads.biases[j - 1] = layer.bias_adjoint(eta) if eta is not None else torch.zeros_like(layer.bias)
+        if j > 1:
+            gamma = layer.KT(layer.theta(rec.xs[0]), eta) if eta is not None else None
+        if trace is not None:
+            trace["eta"][j] = eta
+            if j > 1:
+                trace["gamma"][j - 1] = gamma
+    grads.eta_1 = eta
+    return grads
+
+
+def standard_backprop(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor, xis_reuse: BackwardPass | None = None) -> LayerGradients:
+    """Section 4.5, eqs. (32)–(33): ``∇_θj ℓ = K_j□(x_{j-1}, ζ_j)``, ``∇_bj ℓ = ζ_j``.
+
+    With ``xis_reuse`` (the backward pass of classical double backpropagation,
+    whose ``v`` is ``∇_{x_L} ℓ``) the ``ζ_j`` are reused and no ``Kᵀ`` is
+    evaluated; otherwise the ``L - 1`` evaluations ``ξ_{j-1} = K_jᵀ(θ_j, ζ_j)``,
+    ``j ≥ 2``, are performed.
+    """
+    L = net.depth
+    grads = LayerGradients.zeros(L)
+    zeta = zeta_L
+    for j in range(L, 0, -1):
+        layer = net.layers[j - 1]
+        if xis_reuse is not None:
+            zeta = xis_reuse.zetas[j]
+        if layer.weight is not None:
+            grads.weights[j - 1] = layer.Kbox(rec.xs[j - 1], zeta)
+        if layer.bias is not None:
+            grads.biases[j - 1] = layer.bias_adjoint(zeta)
+        if j > 1 and xis_reuse is None:
+            zeta = rec.slope(j - 1, layer.KT(layer.theta(zeta), zeta))
+    grads.eta_1 = zeta  # ζ_1: ∇_{x_0} ℓ = K_1ᵀ(θ_1, ζ_1)
+    return grads
+
+
+def linearized_forward(net: Network, rec: ForwardRecord, u: torch.Tensor) -> torch.Tensor:
+    """``(dx_L/dx_0) u``: the forward pass linearised at the recorded point (``L`` evaluations of ``K``)."""
+    L = net.depth
+    t = u
+    for j, layer in enumerate(net.layers, start=1):
+        t = layer.K(layer.theta(u), t)
+        t = rec.slope(j, t) if j < L else layer.activation.jvp(rec.output, t)
+    return t

@@ -1,0 +1,50 @@
+"""Torch modules the package adds to ``torch.nn`` (currently the locally connected layer)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .operators import LocallyConnected2d as _LCOperator
+
+__all__ = ["LocallyConnected2d"]
+
+
+class LocallyConnected2d(nn.Module):
+    """A 2-D convolution with unshared filters, usable inside ``nn.Sequential``.
+
+    ``weight`` has shape ``(C_out, H_out, W_out, C_in, kh, kw)`` and ``bias``
+    ``(C_out, H_out, W_out)``; the input size must be fixed at construction.
+    The bilinear operator is :class:`dbpaper.operators.LocallyConnected2d`.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        bias: bool = True,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        self.operator = _LCOperator(in_shape, out_channels, kernel_size, stride, padding, dilation)
+        fan_in = math.prod(self.operator.param_shape[3:])
+        bound = 1.0 / math.sqrt(fan_in)
+        kw = dict(dtype=dtype, device=device)
+        self.weight = nn.Parameter(torch.empty(self.operator.param_shape, **kw).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(self.operator.out_shape, **kw).uniform_(-bound, bound)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to a batch ``x`` of shape ``(N, C_in, H, W)``."""
+        y = self.operator.apply(self.weight, x)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return repr(self.operator)

@@ -1,0 +1,19 @@
+"""Bilinear operators of Section 2.1: one per file, each with apply / transpose / weight_adjoint."""
+
+from .base import BilinearOperator
+from .conv import Conv1d, Conv2d
+from .dense import Dense
+from .hadamard import Hadamard
+from .locally_connected import LocallyConnected2d
+from .parameter_free import AvgPool2d, InvertibleDownsampling
+
+__all__ = [
+    "AvgPool2d",
+    "BilinearOperator",
+    "Conv1d",
+    "Conv2d",
+    "Dense",
+    "Hadamard",
+    "InvertibleDownsampling",
+    "LocallyConnected2d",
+]

@@ -1,0 +1,279 @@
+"""The chapters' figures, one drawing function per figure family.
+
+Every function takes the numbers a chapter computed and returns a matplotlib
+figure; the chapter saves it with :func:`dbpaper.paper.figures.save_figure`.
+The computations stay in the chapters (and in the library); only the drawing
+lives here, so that a family of figures — Figures 3 to 7 of the paper are one
+family — is drawn by one function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = [
+    "activation_curves",
+    "adjoint_defects",
+    "decision_regions",
+    "fit_and_regions",
+    "generator_curves",
+    "power_iterations",
+    "random_gradient_errors",
+    "slice_panels",
+    "smoothing",
+    "step_size_errors",
+]
+
+
+def _no_jump_lines(ts, f, boundaries):
+    """``f`` as floats with NaN at the first grid point past each boundary: no vertical line across a jump."""
+    f = np.array(f, dtype=float)
+    if boundaries is not None and len(boundaries):
+        f[np.minimum(np.searchsorted(ts, boundaries), len(f) - 1)] = np.nan
+    return f
+
+
+# ---------------------------------------------------------------- Section 6: loss landscapes
+def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsize=(10, 2.9)):
+    """Figure 2: (a) the fit and its affine regions, (b) ``∂_{x_0} z_L`` per region, (c) ``R_cdb`` along ``x_0``."""
+    fig, axes = plt.subplots(1, 3, figsize=figsize)
+    ax = axes[0]
+    ax.plot(xs, target, color="k", lw=2.2, alpha=0.35, label=r"$\sin x_0$")
+    ax.plot(xs, fit, color="C0", lw=1.2, label="network $z_L$")
+    ax.set_title("(a) fit and affine regions")
+    ax.legend(loc="upper left", fontsize=7)
+    for k in range(len(edges) - 1):  # (b) one horizontal segment per region, exactly
+        axes[1].hlines(s_pieces[k], edges[k], edges[k + 1], color="C1", lw=1.6)
+    axes[1].set_title(r"(b) $\partial_{x_0} z_L$")
+    axes[2].plot(ts, _no_jump_lines(ts, cdb, boundaries), color="C2", lw=1.2)
+    axes[2].set_title(r"(c) $\mathcal{R}_\mathrm{cdb} = (2(x_L-y)\,\partial_{x_0}x_L)^2$")
+    for ax in axes:
+        for b in boundaries:
+            ax.axvline(b, color="0.6", lw=0.7, zorder=0)
+        ax.set_xlabel("$x_0$")
+        ax.set_xlim(edges[0], edges[-1])
+    fig.tight_layout()
+    return fig
+
+
+def slice_panels(panels: Sequence[Mapping], figsize=(8, 2.9)):
+    """Figures 3–7: one panel per slice (``w`` left, ``b`` right), a quantity against the sliced parameter.
+
+    Each panel is a mapping with ``ts``, ``f`` (the values), ``var`` (``"w"`` or ``"b"``),
+    ``title``, ``ylabel``, ``at`` (the trained value, dotted) and optionally
+    ``boundaries`` (drawn as grey lines, no line drawn across them), ``ticks``
+    (boundaries of a batch, drawn as ticks on the axis) and ``ylim``.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize, squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        ts, bnd = np.asarray(p["ts"]), p.get("boundaries")
+        for t in bnd if bnd is not None else ():
+            ax.axvline(t, color="0.6", lw=0.7, zorder=0)
+        ax.plot(ts, _no_jump_lines(ts, p["f"], bnd), lw=1.3, color="C0" if p["var"] == "w" else "C3")
+        ax.axvline(p["at"], color="k", lw=0.8, ls=":", zorder=0)
+        if p.get("ticks") is not None:
+            ax.plot(p["ticks"], np.zeros_like(p["ticks"]), "|", color="0.4", ms=5, transform=ax.get_xaxis_transform())
+        ax.set_xlabel(f"${p['var']}$")
+        ax.set_ylabel(p["ylabel"])
+        ax.set_title(p["title"])
+        ax.set_xlim(ts[0], ts[-1])
+        if p.get("ylim") is not None:
+            ax.set_ylim(*p["ylim"])
+    fig.tight_layout()
+    return fig
+
+
+def smoothing(ts, first_batch: Mapping[int, np.ndarray], rows, single_jumps: Mapping[str, float], figsize=(11, 3.4)):
+    """Book figure: (a) the averaged derivative of the first batch for several ``M``, (b) the largest jump,
+    (c) total and jump variation against ``M`` (``rows``: :class:`~dbpaper.paper.landscape.SmoothingRow`)."""
+    fig, axes = plt.subplots(1, 3, figsize=figsize)
+    for k, (Mk, curve) in enumerate(first_batch.items()):
+        axes[0].plot(ts, curve, lw=1.0, color=f"C{k}", label=f"$M = {Mk}$")
+    axes[0].set_xlabel("$w$")
+    axes[0].set_title(r"(a) $\partial_w \mathcal{R}^{\mathfrak{B}}_\mathrm{cdb}$, first batch")
+    axes[0].legend(fontsize=7)
+    markers = {"node": "o", "cdb": "s"}
+    labels = {"node": r"$\mathcal{R}_\mathrm{node}$", "cdb": r"$\mathcal{R}_\mathrm{cdb}$"}
+    for c, name in enumerate(single_jumps):
+        mine = [r for r in rows if r.penalty == name]
+        Ms = np.array([r.M for r in mine])
+        axes[1].loglog(Ms, [r.largest_jump for r in mine], marker=markers.get(name, "o"), lw=1.0, color=f"C{c}",
+                       label=labels.get(name, name))
+        axes[1].loglog(Ms, single_jumps[name] / Ms, color=f"C{c}", ls="--", lw=0.8)
+        axes[2].loglog(Ms, [r.total_variation for r in mine], marker=markers.get(name, "o"), lw=1.0, color=f"C{c}",
+                       label="TV, " + labels.get(name, name))
+        axes[2].loglog(Ms, [r.jump_variation for r in mine], marker=markers.get(name, "o"), lw=1.0, ls=":",
+                       color=f"C{c}", mfc="none", label=r"$\Sigma|$jumps$|$, " + labels.get(name, name))
+    axes[1].set_title("(b) largest jump\n(dashed: $\\mathrm{max}_n |J_n| / M$)")
+    axes[1].set_xlabel("batch size $M$")
+    axes[1].legend(fontsize=7)
+    axes[2].set_title("(c) variation of the average")
+    axes[2].set_xlabel("batch size $M$")
+    axes[2].legend(fontsize=6.5, ncol=2, loc="center")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- background: derivatives
+def step_size_errors(hs, rel_error: Mapping[str, np.ndarray], eps: float, floor: float = 1e-17, figsize=(6.4, 4.0)):
+    """The error of finite differences and the complex step against the step size, with the error balance."""
+    hs = np.asarray(hs, dtype=float)
+    fig, ax = plt.subplots(figsize=figsize)
+    styles = {"forward": ("C0", "-"), "backward": ("C1", "--"), "central": ("C2", "-"), "complex": ("C3", "-")}
+    for m, err in rel_error.items():
+        color, ls = styles.get(m, ("k", "-"))
+        ax.loglog(hs, np.maximum(np.asarray(err, dtype=float), floor), color=color, ls=ls, lw=1.2, label=m)
+    trunc = hs[(hs > 1e-7) & (hs < 1e-1)]
+    canc = hs[(hs > 1e-15) & (hs < 1e-7)]
+    for guide in (0.05 * trunc, 0.5 * trunc**2):
+        ax.loglog(trunc, guide, color="0.45", lw=0.8, ls=":")
+    ax.loglog(canc, 10 * eps / canc, color="0.45", lw=0.8, ls=":")
+    ax.text(1e-4, 5e-7, "$\\propto h$", color="0.3")
+    ax.text(1e-4, 5e-11, "$\\propto h^2$", color="0.3")
+    ax.text(1e-12, 3e-3, "$\\propto \\varepsilon / h$", color="0.3")
+    ax.axvline(math.sqrt(eps), color="C0", lw=0.6, alpha=0.5)
+    ax.axvline(eps ** (1 / 3), color="C2", lw=0.6, alpha=0.5)
+    ax.set_xlabel("step size $h$")
+    ax.set_ylabel("relative error of $f'(0.7)$")
+    ax.set_ylim(floor / 3, 10)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def random_gradient_errors(sample_sizes, rmse: Mapping, evaluations: Mapping[str, Sequence[int]], n: int,
+                           figsize=(8.4, 3.6)):
+    """RMS error of random-direction gradient estimators against the number of evaluations (exact, noisy).
+
+    ``rmse[objective, name]`` lists the errors over ``sample_sizes``; ``evaluations[name]`` the matching
+    numbers of evaluations of ``f``; ``n`` is the dimension (central differences need ``2 n``).
+    """
+    ms = np.asarray(sample_sizes, dtype=float)
+    fig, axes = plt.subplots(1, 2, figsize=figsize, sharey=True)
+    colors = {"SPSA, Rademacher": "C0", "SPSA, Gaussian": "C1", "regression": "C3"}
+    for ax, objective in zip(axes, ("exact", "noisy")):
+        for name, evals in evaluations.items():
+            ax.loglog(evals, [max(e, 1e-12) for e in rmse[objective, name]], "o-", ms=3, color=colors.get(name),
+                      label=name)
+        ax.loglog(2 * ms, np.sqrt((n - 1) / ms), color=colors["SPSA, Rademacher"], ls=":", lw=0.8)
+        ax.loglog(2 * ms, np.sqrt((n + 1) / ms), color=colors["SPSA, Gaussian"], ls=":", lw=0.8)
+        ax.axvline(2 * n, color="0.4", lw=0.8, ls="--")
+        ax.text(2 * n * 1.15, 20, "central\ndifferences", color="0.3", fontsize=7, va="top")
+        ax.set_xlabel("evaluations of $f$")
+        ax.set_title(f"{objective} objective")
+    axes[0].set_ylabel("RMS relative error of the gradient")
+    axes[0].legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- background: classical double backpropagation
+def decision_regions(grid_x, grid_y, probabilities: Mapping[str, np.ndarray], x_train, y_train, lambdas: Mapping,
+                     noise_levels, loss_vs_noise: Mapping[str, Sequence[float]], figsize=(10.5, 3.3)):
+    """Two classifiers' decision regions on the plane (``probabilities[name]`` of shape ``(len(grid_y), len(grid_x))``)
+    and their test loss against the input noise level."""
+    fig, axes = plt.subplots(1, 3, figsize=figsize, gridspec_kw={"width_ratios": [1, 1, 0.9]})
+    for ax, (name, prob) in zip(axes, probabilities.items()):
+        ax.contourf(grid_x, grid_y, prob, levels=np.linspace(0, 1, 11).tolist(), cmap="RdBu_r", alpha=0.6)
+        ax.contour(grid_x, grid_y, prob, levels=[0.5], colors="k", linewidths=1.2)
+        ax.scatter(x_train[:, 0], x_train[:, 1], c=y_train, cmap="RdBu_r", edgecolors="k", s=14, linewidths=0.5)
+        ax.set_title(f"{name} ($\\lambda = {lambdas[name]}$)")
+        ax.set_aspect("equal")
+        ax.grid(False)
+        ax.set_xlabel("$x_1$")
+    axes[0].set_ylabel("$x_2$")
+    for name, color in zip(loss_vs_noise, ("C1", "C0")):
+        axes[2].plot(noise_levels, loss_vs_noise[name], "o-", ms=3, color=color, label=name)
+    axes[2].set_xlabel("input noise level $\\sigma$")
+    axes[2].set_ylabel("test loss")
+    axes[2].set_title("robustness to input noise")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def generator_curves(clean, targets, curves: Mapping[str, np.ndarray], t, clean_speed, speeds: Mapping[str, np.ndarray],
+                     figsize=(9.6, 3.4)):
+    """Generated curves against the clean curve and the training targets, and their speed ``|G'(t)|``."""
+    fig, axes = plt.subplots(1, 2, figsize=figsize, gridspec_kw={"width_ratios": [1.3, 1]})
+    ax = axes[0]
+    ax.plot(clean[:, 0], clean[:, 1], color="0.6", lw=2.5, label="clean curve")
+    ax.scatter(targets[:, 0], targets[:, 1], color="k", s=12, zorder=3, label="training targets")
+    for (name, out), color in zip(curves.items(), ("C1", "C0")):
+        ax.plot(out[:, 0], out[:, 1], color=color, lw=1.3, label=name)
+    ax.set_xlabel("output coordinate 1")
+    ax.set_ylabel("output coordinate 2")
+    ax.set_title("generated curves $G(t)$, $t \\in [-1, 1]$")
+    ax.legend(fontsize=7, loc="lower right")
+    ax = axes[1]
+    ax.plot(t, clean_speed, color="0.6", lw=2.5, label="clean curve")
+    for (name, speed), color in zip(speeds.items(), ("C1", "C0")):
+        ax.plot(t, speed, color=color, lw=1.3, label=name)
+    ax.set_xlabel("latent code $t$")
+    ax.set_ylabel("$\\|J_G(t)\\|_F = \\|G'(t)\\|$")
+    ax.set_title("output speed per unit latent step")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- Sections 2–3
+def adjoint_defects(errors: Mapping, names: Sequence[str], short: Sequence[str], eps: Mapping[str, float],
+                    floor: float = 1e-19, figsize=(7.5, 3.6)):
+    """Normalised adjoint defects per operator and dtype (``errors[(name, dtype)]`` has ``transpose`` and
+    ``weight_adjoint``), with the machine epsilons."""
+    fig, ax = plt.subplots(figsize=figsize)
+    pos = np.arange(len(names))
+    markers = {("float32", "transpose"): ("o", "C0"), ("float32", "weight_adjoint"): ("s", "C0"),
+               ("float64", "transpose"): ("o", "C1"), ("float64", "weight_adjoint"): ("s", "C1")}
+    for (dt, which), (mk, col) in markers.items():
+        vals = [max(getattr(errors[(n, dt)], which), floor) for n in names]
+        off = -0.12 if which == "transpose" else 0.12
+        label = f"{dt}: {'⟨x, Kᵀ(θ,y)⟩' if which == 'transpose' else '⟨θ, K□(x,y)⟩'}"
+        ax.scatter(pos + off, vals, marker=mk, color=col, label=label, zorder=3)
+    for dt, col in (("float32", "C0"), ("float64", "C1")):
+        ax.axhline(eps[dt], color=col, ls="--", lw=0.8)
+        ax.text(len(names) - 0.5, eps[dt] * 1.6, f"eps({dt})", color=col, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(floor / 3, 1e-3)
+    ax.set_xticks(pos, short)
+    ax.set_ylabel("normalised defect")
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def activation_curves(activations: Mapping, t, figsize=(9, 2.9)):
+    """``g``, ``g'`` and ``g''`` of the package's activations (``activations[name]`` has ``f``, ``df``, ``d2f``)."""
+    fig, axes = plt.subplots(1, 3, figsize=figsize, sharex=True)
+    for k, (name, act) in enumerate(activations.items()):
+        for ax, fn in zip(axes, (act.f, act.df, act.d2f)):
+            ax.plot(np.asarray(t), np.asarray(fn(t)), lw=1.2, color=f"C{k}", label=name)
+    for ax, title in zip(axes, ("$g(z)$", "$g'(z)$", "$g''(z)$")):
+        ax.set_title(title)
+        ax.set_xlabel("$z$")
+    axes[0].set_ylim(-1.5, 3)
+    axes[2].legend(fontsize=6.5, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def power_iterations(iters, ratios, figsize=(5.5, 3.2)):
+    """The power-method lower bound of the operator norm over its spectral norm, per input and on average."""
+    ratios = np.asarray(ratios)
+    fig, ax = plt.subplots(figsize=figsize)
+    for i in range(ratios.shape[1]):
+        ax.plot(iters, ratios[:, i], color="0.7", lw=0.8)
+    ax.plot(iters, ratios.mean(axis=1), color="C0", lw=2, marker="o", label=f"mean over {ratios.shape[1]} inputs")
+    ax.axhline(1.0, color="C3", ls="--", lw=1, label="spectral norm of $J$")
+    ax.set_xlabel("power iterations")
+    ax.set_ylabel(r"$\|J^* v\| \,/\, \|J\|_2$")
+    ax.set_xscale("log")
+    ax.set_xticks(iters, [str(k) for k in iters])
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig

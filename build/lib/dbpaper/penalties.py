@@ -1,0 +1,497 @@
+"""Penalty terms of Section 4.1: ``R = p((dx_L/dx_0)* v)``, eq. (10).
+
+A penalty is a choice of ``p`` and of one or more ``v``; its value is the
+mean over the batch of the per-example penalty, summed over its ``v``'s:
+
+    R = Σ_k (1/N) Σ_n p(ξ_0^{(k, n)}),   ξ_0^{(k, n)} = (dx_L/dx_0)* v^{(k, n)}.
+
+=====================================  ============================================  =================
+penalty                                ``v``                                         ``p``
+=====================================  ============================================  =================
+:class:`ClassicalDoubleBackprop`       ``∇_{x_L} ℓ(x_L, y)`` (Section 4.1.1)         ``‖·‖²``
+:class:`OutputNodeGradient`            ``e^{(i)}`` (Section 4.1.2)                   ``‖·‖²``
+:class:`JacobianFrobenius`             ``e^{(1)}, ..., e^{(C)}`` (Section 4.1.2)     ``‖·‖²``
+:class:`OperatorNorm`                  random unit ``v`` after power iterations      ``‖·‖``
+:class:`GradientNormPenalty`           ``e^{(i)}``                                   ``(‖·‖ − t)²`` or ``max(0, ‖·‖ − t)²``
+:class:`Sobolev`                       ``e^{(i)}``                                   ``‖· − t_n‖²``
+:class:`GeneralPenalty`                constant, index, labels, or ``v(x_L, y)``     any ``p``
+=====================================  ============================================  =================
+
+General penalties
+-----------------
+:class:`GeneralPenalty` takes any ``p`` — an object with ``value``/``grad``,
+a :class:`PFunction` (a per-example function of ``ξ_0``, with or without its
+gradient; without, ``∇p`` is taken by first-order autograd of ``p`` on
+``ξ_0`` alone), or a plain callable — and any single ``v``: an output index,
+``"labels"`` (``v = e^{(y_n)}``), a constant tensor, or a function
+``v(x_L, y)`` of the network output (with its vector-Jacobian product
+``(dv/dx_L)* u``, or by first-order autograd of ``v`` alone). All are
+single-``v`` penalties, computed exactly by Algorithms 1–3 (``"general"``)
+and by the autograd fallback :func:`dbpaper.reference.penalty_by_autograd`.
+
+Kinks. ``‖·‖`` is not differentiable at ``0``; :class:`Norm` and
+:class:`GradientNorm` use the subgradient ``0`` there (``∇‖u‖ = 0`` at
+``u = 0``), torch autograd's convention for ``linalg.vector_norm``, so
+``∇p(0) = 0`` for ``(‖u‖ − t)²`` too. The one-sided ``max(0, ‖u‖ − t)²`` is
+continuously differentiable (its gradient ``2 max(0, ‖u‖ − t) u/‖u‖`` is
+``0`` at ``‖u‖ = t`` from both sides), so no choice is needed there.
+
+The penalties are descriptions; the algorithms in :mod:`dbpaper.algorithms`
+evaluate them. Each penalty yields *seeds* (Appendix B) for a recorded
+forward pass.
+"""
+
+from __future__ import annotations
+
+import abc
+import operator
+from collections.abc import Iterator
+
+import torch
+
+from .network import ForwardRecord, Network
+from .seeds import ConstantSeed, FunctionSeed, LossGradientSeed, Seed
+
+__all__ = [
+    "ClassicalDoubleBackprop",
+    "GeneralPenalty",
+    "GradientNorm",
+    "GradientNormPenalty",
+    "JacobianFrobenius",
+    "Norm",
+    "OperatorNorm",
+    "OutputNodeGradient",
+    "PFunction",
+    "Penalty",
+    "Sobolev",
+    "SquaredDistance",
+    "SquaredNorm",
+]
+
+
+class SquaredNorm:
+    """``p(u) = ‖u‖²`` per example, ``∇p(u) = 2u``."""
+
+    def value(self, xi: torch.Tensor) -> torch.Tensor:
+        return torch.sum(xi * xi, dim=tuple(range(1, xi.ndim)))
+
+    def grad(self, xi: torch.Tensor) -> torch.Tensor:
+        return 2 * xi
+
+    def __repr__(self) -> str:
+        return "SquaredNorm()"
+
+
+class Norm:
+    """``p(u) = ‖u‖`` per example, ``∇p(u) = u / ‖u‖`` (0 where ``u = 0``)."""
+
+    def value(self, xi: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(xi.reshape(xi.shape[0], -1), dim=1)
+
+    def grad(self, xi: torch.Tensor) -> torch.Tensor:
+        n = self.value(xi).reshape((-1,) + (1,) * (xi.ndim - 1))
+        return torch.where(n > 0, xi / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(xi))
+
+    def __repr__(self) -> str:
+        return "Norm()"
+
+
+def _norms(xi: torch.Tensor) -> torch.Tensor:
+    """Per-example Euclidean norms, shaped to broadcast against ``xi``."""
+    return torch.linalg.vector_norm(xi.reshape(xi.shape[0], -1), dim=1).reshape((-1,) + (1,) * (xi.ndim - 1))
+
+
+def _unit_direction(xi: torch.Tensor) -> torch.Tensor:
+    """``u / ‖u‖`` per example, ``0`` where ``u = 0`` (torch's subgradient of the norm at 0)."""
+    n = _norms(xi)
+    return torch.where(n > 0, xi / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(xi))
+
+
+class GradientNorm:
+    """``p(u) = (‖u‖ − t)²`` or, one-sided, ``max(0, ‖u‖ − t)²`` per example.
+
+    ``∇p(u) = 2 (‖u‖ − t) u/‖u‖`` (one-sided: ``2 max(0, ‖u‖ − t) u/‖u‖``),
+    with ``u/‖u‖ := 0`` at ``u = 0`` as torch autograd's norm does.
+    """
+
+    def __init__(self, target: float = 1.0, one_sided: bool = False):
+        self.target = float(target)
+        self.one_sided = bool(one_sided)
+
+    def _excess(self, xi):
+        d = torch.linalg.vector_norm(xi.reshape(xi.shape[0], -1), dim=1) - self.target
+        return torch.relu(d) if self.one_sided else d
+
+    def value(self, xi: torch.Tensor) -> torch.Tensor:
+        return self._excess(xi) ** 2
+
+    def grad(self, xi: torch.Tensor) -> torch.Tensor:
+        e = self._excess(xi).reshape((-1,) + (1,) * (xi.ndim - 1))
+        return 2 * e * _unit_direction(xi)
+
+    def __repr__(self) -> str:
+        return f"GradientNorm(target={self.target}, one_sided={self.one_sided})"
+
+
+class SquaredDistance:
+    """``p(u) = ‖u − t_n‖²`` per example for per-example targets ``t`` (shaped like ``ξ_0``); ``∇p(u) = 2(u − t)``."""
+
+    def __init__(self, target: torch.Tensor):
+        self.target = target
+
+    def value(self, xi):
+        d = xi - self.target
+        return torch.sum(d * d, dim=tuple(range(1, xi.ndim)))
+
+    def grad(self, xi):
+        return 2 * (xi - self.target)
+
+    def __repr__(self) -> str:
+        return f"SquaredDistance(target of shape {tuple(self.target.shape)})"
+
+
+class PFunction:
+    """A user-supplied ``p``: ``fn(ξ_0) -> (N,)`` per-example values, and optionally ``grad(ξ_0) -> ∇p``.
+
+    Without ``grad``, ``∇p(ξ_0)`` is the gradient of ``fn(ξ_0).sum()`` by
+    first-order autograd on ``ξ_0`` alone (``fn`` must then be torch code;
+    at a kink autograd's own subgradient convention applies). The autograd
+    fallback differentiates ``fn`` through the network, so ``fn`` must be
+    differentiable torch code for it in any case.
+    """
+
+    def __init__(self, fn, grad=None, name: str | None = None):
+        if not callable(fn) or (grad is not None and not callable(grad)):
+            raise TypeError("PFunction: fn (and grad, if given) must be callable")
+        self.fn, self._grad, self.name = fn, grad, name or getattr(fn, "__name__", "p")
+
+    def value(self, xi):
+        out = self.fn(xi)
+        if not isinstance(out, torch.Tensor) or out.shape != xi.shape[:1]:
+            raise ValueError(f"PFunction {self.name}: p must return one value per example, shape ({xi.shape[0]},), got "
+                             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        return out
+
+    def grad(self, xi):
+        if self._grad is not None:
+            g = self._grad(xi)
+        else:
+            with torch.enable_grad():
+                u = xi.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(self.value(u).sum(), u, allow_unused=True)
+            g = torch.zeros_like(xi) if g is None else g
+        if g.shape != xi.shape:
+            raise ValueError(f"PFunction {self.name}: ∇p must be shaped like ξ_0 {tuple(xi.shape)}, got {tuple(g.shape)}")
+        return g
+
+    def __repr__(self) -> str:
+        return f"PFunction({self.name}{', with grad' if self._grad is not None else ''})"
+
+
+class Penalty(abc.ABC):
+    """A penalty ``R = Σ_k mean_n p(ξ_0^{(k)})`` of the form (10)."""
+
+    p: SquaredNorm | Norm = SquaredNorm()
+    #: whether the penalty needs labels / targets ``y``
+    needs_y: bool = False
+
+    @abc.abstractmethod
+    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None) -> Iterator[Seed]:
+        """The ``v``'s of eq. (10) with the output map, one seed each."""
+
+    def num_seeds(self, net: Network) -> int:
+        """How many ``v``'s (backward passes) the penalty needs."""
+        return 1
+
+    def check(self, net: Network, y: torch.Tensor | None) -> None:
+        """Raise a clear error if the penalty does not fit the network or ``y``."""
+        if self.needs_y and y is None:
+            raise ValueError(f"{self!r} needs y (labels or targets)")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class ClassicalDoubleBackprop(Penalty):
+    """Drucker & LeCun's ``‖∇_{x_0} ℓ(x_L, y)‖²`` (eqs. (1), (11)).
+
+    ``loss="nll"``: ``y`` holds class indices; with a softmax output
+    ``ℓ = −log x_L[y]``, with an identity output the cross-entropy of the logits.
+    ``loss="mse"``: ``ℓ = ‖x_L − y‖²`` with targets ``y`` shaped like ``x_L``.
+    """
+
+    needs_y = True
+
+    def __init__(self, loss: str = "nll"):
+        if loss not in ("nll", "mse"):
+            raise ValueError(f"ClassicalDoubleBackprop: loss must be 'nll' or 'mse', got {loss!r}")
+        self.loss = loss
+
+    def seeds(self, net, rec, y):
+        yield LossGradientSeed(net.output_map, rec.output, y, self.loss)
+
+
+class OutputNodeGradient(Penalty):
+    """``‖∇_{x_0} x_L^i‖²`` for one output node ``i`` (Section 4.1.2); ``v = e^{(i)}``.
+
+    With an identity output (no final softmax) this penalises the gradient of
+    the logit ``z_L^i``.
+    """
+
+    def __init__(self, index: int):
+        self.index = _index(index, "OutputNodeGradient")
+
+    def check(self, net, y):
+        c = net.layers[-1].op.out_numel
+        if self.index >= c:
+            raise ValueError(f"OutputNodeGradient: index {self.index} is out of range for {c} outputs")
+
+    def seeds(self, net, rec, y):
+        yield ConstantSeed(net.output_map, rec.output, _unit(rec.output, self.index))
+
+
+class JacobianFrobenius(Penalty):
+    """``‖J‖_F² = Σ_i ‖∇_{x_0} x_L^i‖²``: ``C`` penalties of the form (10) (Section 4.1.2)."""
+
+    def num_seeds(self, net):
+        return net.layers[-1].op.out_numel
+
+    def seeds(self, net, rec, y):
+        for i in range(self.num_seeds(net)):
+            yield ConstantSeed(net.output_map, rec.output, _unit(rec.output, i))
+
+
+class OperatorNorm(Penalty):
+    """The randomised lower bound ``‖(dx_L/dx_0)* v‖`` of the operator norm (Section 4.1.3).
+
+    ``v`` is drawn uniformly from the unit sphere (a normalised Gaussian) per
+    example; ``iterations - 1`` power iterations ``v ← J Jᵀ v / ‖J Jᵀ v‖``
+    then improve it, so ``iterations=1`` is the single random projection of
+    eq. (13). ``v`` is treated as a constant (no gradient flows through the
+    power iteration), which makes the penalty exactly of the form (10) with a
+    network-independent ``v``. Draws come from ``generator`` (a CPU
+    ``torch.Generator``) when given.
+    """
+
+    p = Norm()
+
+    def __init__(self, iterations: int = 1, generator: torch.Generator | None = None):
+        if not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"OperatorNorm: iterations must be an int >= 1, got {iterations!r}")
+        self.iterations = iterations
+        self.generator = generator
+
+    def __repr__(self) -> str:
+        return f"OperatorNorm(iterations={self.iterations}{', generator=...' if self.generator is not None else ''})"
+
+    def sample_v(self, like: torch.Tensor) -> torch.Tensor:
+        """A per-example random unit vector shaped like ``like`` (drawn on the CPU for reproducibility)."""
+        v = torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device="cpu").to(like.device)
+        return _normalize(v)
+
+    def seeds(self, net, rec, y):
+        from .algorithms.passes import backward_pass, linearized_forward
+
+        v = self.sample_v(rec.output)
+        for _ in range(self.iterations - 1):
+            xi_0 = backward_pass(net, rec, net.output_map.jvp(rec.output, v)).xis[0]
+            v = _normalize(linearized_forward(net, rec, xi_0))
+        yield ConstantSeed(net.output_map, rec.output, v)
+
+
+class GeneralPenalty(Penalty):
+    """Any single-``v`` penalty ``R = mean_n p((dx_L/dx_0)* v)`` of eq. (10).
+
+    Parameters
+    ----------
+    p : PFunction or callable
+        The per-example penalty of ``ξ_0``: a :class:`PFunction`, a bare
+        callable (it becomes ``PFunction(p)``) or any object with ``value``
+        and ``grad`` methods.
+    v : int, "labels", torch.Tensor or callable
+        ``int``: ``v = e^{(v)}`` (an output index); ``"labels"``:
+        ``v = e^{(y_n)}`` with class indices ``y``; a tensor: a constant
+        ``v`` shaped like one output (broadcast over the batch) or like the
+        whole batch of outputs; a callable ``v(x_L, y)``: a ``v`` that depends
+        on the network through its output.
+    v_vjp : callable, optional
+        For a callable ``v``: ``v_vjp(x_L, y, u) = (dv/dx_L)* u``. Without
+        it the product is taken by first-order autograd of ``v`` alone.
+    uses_y : bool
+        Whether the callable ``v`` or ``p`` needs ``y`` (then ``y`` is required).
+    """
+
+    def __init__(self, p, v=0, *, v_vjp=None, uses_y: bool = False):
+        if not (hasattr(p, "value") and hasattr(p, "grad")):
+            if not callable(p):
+                raise TypeError(f"GeneralPenalty: p must have value/grad or be callable, got {p!r}")
+            p = PFunction(p)
+        self._p = p
+        if isinstance(v, str):
+            if v != "labels":
+                raise ValueError(f"GeneralPenalty: the only string v is 'labels', got {v!r}")
+        elif isinstance(v, torch.Tensor):
+            if not v.is_floating_point():
+                raise ValueError(f"GeneralPenalty: a constant v must be a float tensor, got {v.dtype}")
+        elif not callable(v):
+            v = _index(v, type(self).__name__)
+        if v_vjp is not None and not callable(v):
+            raise ValueError("GeneralPenalty: v_vjp is only meaningful for a callable v")
+        self.v = v
+        self.v_vjp = v_vjp
+        self.needs_y = bool(uses_y) or (isinstance(v, str) and v == "labels")
+        self._bound = None
+
+    # -- p: the user's, bound per batch where it needs the batch (Sobolev targets) --------------
+    @property
+    def p(self):
+        return self._bound if self._bound is not None else self._p
+
+    def p_for(self, x0: torch.Tensor, y: torch.Tensor | None):
+        """The ``p`` for a batch ``x_0`` (and ``y``); the same ``p`` for every batch unless a subclass binds targets."""
+        return self._p
+
+    def v_for(self, x_L: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """``v`` for a batch of outputs (differentiable in ``x_L`` for a callable ``v``)."""
+        v = self.v
+        if callable(v) and not isinstance(v, torch.Tensor):
+            out = v(x_L, y)
+            if not isinstance(out, torch.Tensor) or out.shape != x_L.shape:
+                raise ValueError(f"{type(self).__name__}: v(x_L, y) must be shaped like x_L {tuple(x_L.shape)}")
+            return out
+        if isinstance(v, str):  # labels
+            c = x_L[0].numel()
+            if y is None or y.dtype not in (torch.int64, torch.int32) or y.shape != x_L.shape[:1]:
+                raise ValueError(f"{type(self).__name__}: v='labels' needs integer class indices y of shape ({x_L.shape[0]},)")
+            if not torch.compiler.is_compiling() and (y.min() < 0 or y.max() >= c):
+                raise ValueError(f"{type(self).__name__}: class indices must lie in [0, {c}), got [{int(y.min())}, {int(y.max())}]")
+            return torch.nn.functional.one_hot(y.long(), c).to(x_L.dtype).reshape(x_L.shape)
+        if isinstance(v, torch.Tensor):
+            v = v.to(dtype=x_L.dtype, device=x_L.device)
+            if v.shape == x_L.shape[1:]:
+                return v.expand_as(x_L).clone()
+            if v.shape == x_L.shape:
+                return v
+            raise ValueError(f"{type(self).__name__}: constant v has shape {tuple(v.shape)}; expected {tuple(x_L.shape[1:])} or {tuple(x_L.shape)}")
+        c = x_L[0].numel()
+        if v >= c:
+            raise ValueError(f"{type(self).__name__}: index {v} is out of range for {c} outputs")
+        return _unit(x_L, v)
+
+    def check(self, net, y):
+        super().check(net, y)
+        if isinstance(self.v, int) and not isinstance(self.v, bool):
+            c = net.layers[-1].op.out_numel
+            if self.v >= c:
+                raise ValueError(f"{type(self).__name__}: index {self.v} is out of range for {c} outputs")
+
+    def seeds(self, net, rec, y):
+        self._bound = self.p_for(rec.xs[0], y)
+        v = self.v
+        if callable(v) and not isinstance(v, torch.Tensor):
+            vjp = None if self.v_vjp is None else (lambda u: self.v_vjp(rec.output, y, u))
+            yield FunctionSeed(net.output_map, rec.output, lambda xl: v(xl, y), vjp)
+        else:
+            yield ConstantSeed(net.output_map, rec.output, self.v_for(rec.output, y))
+
+    def __repr__(self) -> str:
+        v = self.v
+        if isinstance(v, torch.Tensor):
+            v = f"<constant of shape {tuple(v.shape)}>"
+        elif callable(v):
+            v = getattr(v, "__name__", "<function>")
+        return f"{type(self).__name__}(p={self._p!r}, v={v!r})"
+
+
+class GradientNormPenalty(GeneralPenalty):
+    """The gradient penalty ``(‖∇_x x_L^i‖ − t)²`` (Gulrajani et al.), or one-sided ``max(0, ‖∇_x x_L^i‖ − t)²`` (Lunz et al.).
+
+    ``v = e^{(i)}`` with ``i = index``; ``p`` is :class:`GradientNorm` (at
+    ``∇_x x_L^i = 0`` the subgradient ``0`` of the norm is used, as torch autograd does).
+    Without ``index`` the model must have one output (a critic); a model with
+    several outputs raises a ``ValueError`` asking for ``index``.
+    """
+
+    def __init__(self, target: float = 1.0, one_sided: bool = False, index: int | None = None):
+        super().__init__(GradientNorm(target, one_sided), _index(0 if index is None else index, "GradientNormPenalty"))
+        self.target, self.one_sided, self.index = float(target), bool(one_sided), self.v
+        self._index_given = index is not None
+
+    def check_outputs(self, outputs: int) -> None:
+        """Raise unless the model has one output or ``index`` was given."""
+        if not self._index_given and outputs != 1:
+            raise ValueError(
+                f"GradientNormPenalty: the model has {outputs} outputs per example; a gradient penalty takes the "
+                "gradient of one output: pass index=i (e.g. GradientNormPenalty(target, index=0))"
+            )
+
+    def check(self, net, y):
+        super().check(net, y)
+        self.check_outputs(net.layers[-1].op.out_numel)
+
+    def __repr__(self) -> str:
+        return f"GradientNormPenalty(target={self.target}, one_sided={self.one_sided}, index={self.index})"
+
+
+class Sobolev(GeneralPenalty):
+    """Sobolev training (Czarnecki et al.): ``‖∇_x x_L^i − t_n‖²`` with per-example target gradients ``t_n``.
+
+    ``target_gradients`` says where ``t`` comes from:
+
+    * ``None`` (default): from ``y`` — ``dbpaper.penalty(model, x, Sobolev(), y=t)``
+      with ``t`` shaped like ``x`` (then ``y`` is required);
+    * a callable ``t(x)``: the known derivative of the target function,
+      evaluated on each batch (works with :func:`dbpaper.objective`, whose
+      ``y`` holds the values);
+    * a tensor shaped like the batch ``x``: fixed targets for that batch only.
+    """
+
+    def __init__(self, target_gradients=None, index: int = 0):
+        super().__init__(SquaredNorm(), _index(index, "Sobolev"))
+        self.target_gradients, self.index = target_gradients, self.v
+        self.needs_y = target_gradients is None
+
+    def p_for(self, x0, y):
+        t = self.target_gradients
+        if t is None:
+            t = y
+        elif callable(t) and not isinstance(t, torch.Tensor):
+            t = t(x0)
+        if not isinstance(t, torch.Tensor) or t.shape != x0.shape or not t.is_floating_point():
+            raise ValueError(
+                f"Sobolev: target gradients must be a float tensor shaped like x {tuple(x0.shape)}, got "
+                f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+            )
+        return SquaredDistance(t.to(dtype=x0.dtype, device=x0.device))
+
+    def __repr__(self) -> str:
+        t = self.target_gradients
+        src = "y" if t is None else (f"<tensor {tuple(t.shape)}>" if isinstance(t, torch.Tensor) else getattr(t, "__name__", "<function>"))
+        return f"Sobolev(target_gradients={src}, index={self.index})"
+
+
+def _index(index, who: str) -> int:
+    """A non-negative int from ``index`` (Python or NumPy integers, 0-d integer tensors); bools are refused."""
+    if isinstance(index, bool) or (isinstance(index, torch.Tensor) and index.dtype == torch.bool):
+        raise ValueError(f"{who}: index must be a non-negative integer, got the bool {index!r}")
+    try:
+        i = operator.index(index)
+    except TypeError:
+        raise ValueError(f"{who}: index must be a non-negative integer, got {index!r}") from None
+    if i < 0:
+        raise ValueError(f"{who}: index must be a non-negative integer, got {i}")
+    return i
+
+
+def _unit(like: torch.Tensor, index: int) -> torch.Tensor:
+    v = torch.zeros_like(like).reshape(like.shape[0], -1)
+    v[:, index] = 1
+    return v.reshape(like.shape)
+
+
+def _normalize(v: torch.Tensor) -> torch.Tensor:
+    n = torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).reshape((-1,) + (1,) * (v.ndim - 1))
+    return v / torch.where(n > 0, n, torch.ones_like(n))
+
+

@@ -1,0 +1,236 @@
+"""Read → plan → run, once per call: the path every entry point takes to the explicit algorithms.
+
+A call of :func:`dbpaper.penalty`, :func:`dbpaper.objective` or
+:func:`double_backprop` is validated once (:func:`dbpaper.planning.validate_call`),
+then
+
+1. **read** — the model as the network of eq. (8)
+   (:meth:`dbpaper.Network.from_sequential`), or the reason it is outside the
+   framework; cached per model and per-example input shape;
+2. **plan** — the registered algorithm that runs (``"auto"``: the cheapest by
+   the cost model of :mod:`dbpaper.planning`); cached per reading, penalty,
+   batch size and algorithm name;
+3. **run** — one recorded forward pass and the algorithm
+   (:func:`dbpaper.algorithms.compute`).
+
+The cache is keyed by the model object (weakly: it does not keep a model
+alive) and checked on every call against a *structural signature* of the
+model: the identity, type, training flag, hooks and plain attributes (sizes,
+strides, slopes, ...) of every submodule, and the identity, shape, dtype,
+device and ``requires_grad`` of every parameter and buffer. Swapping a
+module, adding a hook, replacing a parameter object, changing a
+hyperparameter or ``requires_grad`` makes it read and plan afresh. Parameter
+*values* and versions are not part of it: every optimizer step changes them,
+and the algorithms read the parameters' current values on every call. The
+cache holds the submodules and parameters it has seen, so that their ``id``
+cannot be reused by a new object while an entry refers to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+
+import torch
+from torch import nn
+
+from .algorithms import jacobian as J
+from .algorithms.driver import Result, compute, compute_objective
+from .algorithms.registry import REGISTRY
+from .network import ForwardRecord, Network, UnsupportedModelError, unwrap
+from .penalties import Penalty
+from .planning import resolve
+
+__all__ = ["clear_cache", "double_backprop", "model_signature", "objective_gradients", "read_cached", "read_with_plans", "resolve_cached", "resolve_in"]
+
+_PLAIN = (int, float, bool, str, type(None))
+_MAX_SHAPES = 8  # input shapes cached per model
+_MAX_PLANS = 64  # plans cached per reading
+
+
+def _attribute_signature(m: nn.Module) -> tuple:
+    out = []
+    for k, v in vars(m).items():
+        if k in ("_parameters", "_buffers", "_modules"):
+            continue
+        if isinstance(v, dict):  # hooks and other registries: their size
+            out.append((k, len(v)))
+        elif isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(e, _PLAIN) for e in v)):
+            out.append((k, v))
+        else:  # a tensor attribute, a callable set on the instance (e.g. forward), ...: its identity
+            out.append((k, id(v)))
+    return tuple(out)
+
+
+def _tensor_signature(t: torch.Tensor | None):
+    if t is None:
+        return None
+    return (id(t), tuple(t.shape), t.dtype, t.device, t.requires_grad)
+
+
+def model_signature(model: nn.Module) -> tuple[tuple, list]:
+    """The structural signature of ``model`` (see the module docstring) and the objects it names.
+
+    The root module itself is not in the list (the cache is keyed by it, weakly).
+    """
+    sig, objects = [], []
+    for m in model.modules():
+        if m is not model:
+            objects.append(m)
+        params = tuple((k, _tensor_signature(p)) for k, p in m._parameters.items())
+        buffers = tuple((k, _tensor_signature(b)) for k, b in m._buffers.items())
+        objects += [t for t in m._parameters.values() if t is not None]
+        objects += [t for t in m._buffers.values() if t is not None]
+        sig.append((id(m), type(m), _attribute_signature(m), params, buffers))
+    return tuple(sig), objects
+
+
+@dataclasses.dataclass(eq=False)
+class _Reading:
+    signature: tuple
+    keepalive: list
+    networks: dict  # per-example input shape -> Network | UnsupportedModelError
+    plans: dict  # (input shape, penalty key, batch, algorithm, settings) -> registered name
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_NETWORK_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # plans of Network objects passed directly
+
+
+def clear_cache() -> None:
+    """Forget every cached reading and plan (they are rebuilt on the next call)."""
+    _CACHE.clear()
+    _NETWORK_PLANS.clear()
+
+
+def _reading(model: nn.Module) -> _Reading:
+    signature, objects = model_signature(model)
+    entry = _CACHE.get(model)
+    if entry is None or entry.signature != signature:
+        entry = _Reading(signature, objects, {}, {})
+        _CACHE[model] = entry
+    return entry
+
+
+def read_cached(model, x: torch.Tensor) -> Network:
+    """``model`` read as the network of eq. (8) for inputs shaped like ``x``, from the cache when it is current.
+
+    Raises :class:`~dbpaper.UnsupportedModelError` (also cached) for a model outside the framework.
+    """
+    return read_with_plans(model, x)[0]
+
+
+def read_with_plans(model, x: torch.Tensor) -> tuple[Network, dict]:
+    """:func:`read_cached` and the plan cache of that reading (for :func:`resolve_in`): one signature per call."""
+    if isinstance(model, Network):
+        return model, _NETWORK_PLANS.setdefault(model, {})
+    inner = unwrap(model)
+    if not isinstance(inner, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or a dbpaper.Network, got {type(inner).__name__}")
+    entry = _reading(inner)
+    shape = tuple(x.shape[1:])
+    hit = entry.networks.get(shape)
+    if hit is None:
+        try:
+            hit = Network.from_sequential(inner, shape)
+        except UnsupportedModelError as err:
+            hit = err
+        if len(entry.networks) >= _MAX_SHAPES:
+            entry.networks.clear()
+            entry.plans.clear()
+        entry.networks[shape] = hit
+    if isinstance(hit, UnsupportedModelError):
+        raise UnsupportedModelError(str(hit), hit.module, hit.reason)
+    return hit, entry.plans
+
+
+def resolve_cached(model, net: Network, penalty: Penalty, algorithm: str, batch: int) -> str:
+    """The registered algorithm to run (``"auto"`` by the cost model), cached with the reading of ``model``."""
+    if isinstance(model, Network):
+        plans = _NETWORK_PLANS.setdefault(model, {})
+    else:
+        plans = _reading(unwrap(model)).plans
+    return resolve_in(plans, net, penalty, algorithm, batch)
+
+
+def resolve_in(plans: dict, net: Network, penalty: Penalty, algorithm: str, batch: int) -> str:
+    """The registered algorithm to run, memoised in ``plans`` (from :func:`read_with_plans`)."""
+    key = (
+        net.in_shape, type(penalty), repr(penalty), batch, algorithm,
+        J.DEFAULT_CHUNK_SIZE, J.TARGET_CHUNK_BYTES, tuple((k, id(v)) for k, v in REGISTRY.items()),
+    )  # fmt: skip
+    name = plans.get(key)
+    if name is None:
+        name = resolve(net, penalty, algorithm, batch=batch)
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+        plans[key] = name
+    return name
+
+
+def record(net: Network, x: torch.Tensor) -> ForwardRecord:
+    """One recorded forward pass without an autograd graph (``x`` already checked against ``net``)."""
+    with torch.no_grad():
+        return net.forward(x.detach(), check=False)
+
+
+def double_backprop(
+    net: Network,
+    x: torch.Tensor,
+    penalty: Penalty,
+    y: torch.Tensor | None = None,
+    *,
+    algorithm: str = "auto",
+    with_loss: bool = False,
+) -> Result:
+    """Evaluate ``R`` and its parameter gradients with the explicit algorithms (no autograd).
+
+    Parameters
+    ----------
+    net : dbpaper.Network
+        The network of eq. (8).
+    x : torch.Tensor
+        A batch of inputs ``x_0``, shape ``(N, *net.in_shape)``.
+    penalty : dbpaper.penalties.Penalty
+        The penalty term of Section 4.1.
+    y : torch.Tensor, optional
+        Labels (class indices) or targets, for classical double backpropagation
+        and for ``with_loss``.
+    algorithm : str
+        ``"auto"`` (default: the cheapest applicable algorithm by the cost model
+        of :mod:`dbpaper.planning`), ``"general"`` (Algorithms 1–3, class by
+        class for several ``v``) or any registered algorithm.
+    with_loss : bool
+        Also return the loss and its gradients (Section 4.5), reusing the
+        backward pass of classical double backpropagation when the losses coincide.
+
+    Returns
+    -------
+    dbpaper.algorithms.Result
+        ``value`` (``R``), ``gradients`` and the ``algorithm`` that ran.
+    """
+    if not isinstance(net, Network):
+        raise TypeError(f"double_backprop takes a dbpaper.Network (dbpaper.Network.from_sequential(model, in_shape)), got {type(net).__name__}")
+    net.check_input(x)
+    penalty.check(net, y)
+    name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
+    return compute(net, record(net, x), penalty, y, name=name, with_loss=with_loss)
+
+
+def objective_gradients(
+    net: Network,
+    x: torch.Tensor,
+    penalty: Penalty,
+    y: torch.Tensor,
+    lam: float,
+    *,
+    loss: str,
+    algorithm: str = "auto",
+) -> Result:
+    """``ℓ + λR`` and its gradients (Section 4.5); see :func:`dbpaper.algorithms.compute_objective`."""
+    if not isinstance(net, Network):
+        raise TypeError(f"objective_gradients takes a dbpaper.Network, got {type(net).__name__}")
+    net.check_input(x)
+    penalty.check(net, y)
+    name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
+    return compute_objective(net, record(net, x), penalty, y, lam, loss=loss, name=name)

@@ -1,0 +1,288 @@
+"""Autograd implementations of the penalties: the oracle of the tests and the peers of the benchmarks.
+
+Nothing here is used by the algorithms. Three flavours:
+
+* :func:`autograd_penalty` builds ``R`` with ``create_graph=True`` (double
+  backward); with ``summed=True`` all ``v``'s are summed before the parameter
+  backward, with ``summed=False`` each ``v`` gets its own backward ("class by
+  class");
+* :func:`func_jacobian_frobenius` uses ``torch.func`` (``vmap(jacrev)``) for
+  the Jacobian penalty;
+* :func:`reference_gradients` returns ``R`` and its parameter gradients from
+  either flavour, in the order of :meth:`dbpaper.Network.parameters`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .network import Network
+from .penalties import (
+    ClassicalDoubleBackprop,
+    GeneralPenalty,
+    JacobianFrobenius,
+    OperatorNorm,
+    OutputNodeGradient,
+    Penalty,
+)
+from .seeds import loss_value
+
+__all__ = ["autograd_penalty", "func_jacobian_frobenius", "output_map_of", "penalty_by_autograd", "reference_gradients", "traced_quantities"]
+
+
+def _vs(penalty: Penalty, net: Network, out: torch.Tensor, x: torch.Tensor, model: nn.Module):
+    if isinstance(penalty, OutputNodeGradient):
+        v = torch.zeros_like(out).reshape(out.shape[0], -1)
+        v[:, penalty.index] = 1
+        return [v.reshape(out.shape)]
+    if isinstance(penalty, JacobianFrobenius):
+        vs = []
+        for i in range(out[0].numel()):
+            v = torch.zeros_like(out).reshape(out.shape[0], -1)
+            v[:, i] = 1
+            vs.append(v.reshape(out.shape))
+        return vs
+    if isinstance(penalty, OperatorNorm):
+        v = penalty.sample_v(out.detach())
+        xd = x.detach()
+        for _ in range(penalty.iterations - 1):
+            _, vjp = torch.func.vjp(model, xd)
+            (w,) = vjp(v)
+            _, jw = torch.func.jvp(model, (xd,), (w,))
+            n = torch.linalg.vector_norm(jw.reshape(jw.shape[0], -1), dim=1).reshape((-1,) + (1,) * (jw.ndim - 1))
+            v = jw / torch.where(n > 0, n, torch.ones_like(n))
+        return [v.detach()]
+    raise TypeError(f"no reference implementation for {penalty!r}")
+
+
+def autograd_penalty(model: nn.Module, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The summands ``mean_n p(ξ_0^{(k)})`` of ``R``, one per ``v``, each differentiable (``create_graph=True``)."""
+    net = Network.from_sequential(model, x.shape[1:])
+    x = x.detach().requires_grad_(True)
+    out = model(x)
+    n = x.shape[0]
+    if isinstance(penalty, ClassicalDoubleBackprop):
+        loss = loss_value(net.output_map, out, y, penalty.loss) * n  # Σ_n ℓ_n: per-example input gradients
+        (xi,) = torch.autograd.grad(loss, x, create_graph=True)
+        return [penalty.p.value(xi).sum() / n]
+    if isinstance(penalty, GeneralPenalty):
+        return [_general_value(penalty, x, out, y)]
+    terms = []
+    for v in _vs(penalty, net, out, x, model):
+        (xi,) = torch.autograd.grad(out, x, grad_outputs=v, create_graph=True, retain_graph=True)
+        terms.append(penalty.p.value(xi).sum() / n)
+    return terms
+
+
+def output_map_of(model: nn.Module):
+    """The output map ``g_L`` a model ends with: :class:`~dbpaper.Softmax` if its last module is ``nn.Softmax`` over the
+    last dimension (looking into nested ``nn.Sequential``), a :class:`~dbpaper.activations.CoordinatewiseOutput` for a
+    final sigmoid, tanh, softplus, ... (for the losses it acts like the identity: ``x_L`` is read as logits), else the
+    identity."""
+    from . import activations as act
+    from .network import unwrap
+
+    m = unwrap(model)
+    while isinstance(m, nn.Sequential) and len(m) > 0:
+        m = m[-1]
+    if isinstance(m, nn.Softmax) and m.dim in (-1, 1):
+        return act.Softmax()
+    final = {nn.Sigmoid: act.Sigmoid, nn.Tanh: act.Tanh, nn.ReLU: act.ReLU}
+    if type(m) in final:
+        return act.CoordinatewiseOutput(final[type(m)]())
+    if type(m) is nn.Softplus:
+        return act.CoordinatewiseOutput(act.Softplus(m.beta, m.threshold))
+    return act.IdentityOutput()
+
+
+def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False):
+    """``R`` of eq. (10) for *any* model, by autograd with ``create_graph=True`` (the fallback of ``"auto"``).
+
+    The batch mean of the per-example penalty as everywhere; the ``C``
+    terms of the Jacobian penalty are summed before any backward. The model
+    is called once on ``x``; the output is read as in :func:`output_map_of`.
+    ``R`` is differentiable to any order in the parameters and, if ``x``
+    requires grad, in ``x``. Modules that mix examples (BatchNorm in training
+    mode) make the input gradient of one example depend on the others; the
+    penalty is then what autograd computes for the batch. With
+    ``return_output=True`` the model's output is returned too: ``(R, x_L)``.
+    """
+    with torch.enable_grad():
+        xin = x if x.requires_grad else x.detach().requires_grad_(True)
+        out = model(xin)
+        value = _autograd_value(model, xin, out, penalty, y)
+    return (value, out) if return_output else value
+
+
+def _general_value(penalty: GeneralPenalty, xin: torch.Tensor, out: torch.Tensor, y) -> torch.Tensor:
+    """``mean_n p((dx_L/dx_0)* v)`` for a :class:`~dbpaper.penalties.GeneralPenalty` with ``create_graph=True``.
+
+    A ``v`` that is a function of ``x_L`` enters as ``grad_outputs`` computed
+    from the recorded output, so its dependence on the network is
+    differentiated too; ``p``'s per-batch targets (Sobolev) are constants.
+    """
+    if hasattr(penalty, "check_outputs"):
+        penalty.check_outputs(out[0].numel())
+    p = penalty.p_for(xin.detach(), y)
+    v = penalty.v_for(out, y)
+    (xi,) = torch.autograd.grad(out, xin, grad_outputs=v, create_graph=True, retain_graph=True)
+    return p.value(xi).sum() / xin.shape[0]
+
+
+def _autograd_value(model, xin: torch.Tensor, out: torch.Tensor, penalty: Penalty, y) -> torch.Tensor:
+    n = xin.shape[0]
+    if isinstance(penalty, GeneralPenalty):
+        return _general_value(penalty, xin, out, y)
+    if isinstance(penalty, ClassicalDoubleBackprop):
+        loss = loss_value(output_map_of(model), out, y, penalty.loss) * n  # Σ_n ℓ_n: per-example input gradients
+        (xi,) = torch.autograd.grad(loss, xin, create_graph=True)
+        return penalty.p.value(xi).sum() / n
+    if isinstance(penalty, OutputNodeGradient | JacobianFrobenius):
+        flat = out.reshape(n, -1)
+        idx = [penalty.index] if isinstance(penalty, OutputNodeGradient) else range(flat.shape[1])
+        if isinstance(penalty, OutputNodeGradient) and penalty.index >= flat.shape[1]:
+            raise ValueError(f"OutputNodeGradient: index {penalty.index} is out of range for {flat.shape[1]} outputs")
+        total = out.new_zeros(())
+        for i in idx:
+            (xi,) = torch.autograd.grad(flat[:, i].sum(), xin, create_graph=True, retain_graph=True)
+            total = total + penalty.p.value(xi).sum() / n
+        return total
+    if isinstance(penalty, OperatorNorm):
+        v = penalty.sample_v(out.detach())
+        for _ in range(penalty.iterations - 1):  # v <- J Jᵀ v / ‖J Jᵀ v‖, with J u by the double-vjp trick
+            w = torch.zeros_like(out).requires_grad_(True)
+            (g,) = torch.autograd.grad(out, xin, w, create_graph=True, retain_graph=True)
+            (jw,) = torch.autograd.grad(g, w, torch.autograd.grad(out, xin, v, retain_graph=True)[0], retain_graph=True)
+            nrm = torch.linalg.vector_norm(jw.reshape(n, -1), dim=1).reshape((-1,) + (1,) * (jw.ndim - 1))
+            v = (jw / torch.where(nrm > 0, nrm, torch.ones_like(nrm))).detach()
+        (xi,) = torch.autograd.grad(out, xin, v, create_graph=True)
+        return penalty.p.value(xi).sum() / n
+    raise TypeError(f"no autograd implementation for {penalty!r}")
+
+
+def func_jacobian_frobenius(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``mean_n ‖J(x_n)‖_F²`` with ``torch.func.vmap(jacrev)`` (differentiable in the parameters)."""
+
+    def single(xi):
+        return model(xi.unsqueeze(0)).squeeze(0)
+
+    jac = torch.func.vmap(torch.func.jacrev(single))(x.detach())
+    return torch.sum(jac * jac) / x.shape[0]
+
+
+def reference_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    penalty: Penalty,
+    y: torch.Tensor | None = None,
+    *,
+    mode: str = "summed",
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``R`` and ``∇R`` for the parameters (Network order) by autograd.
+
+    ``mode``: ``"summed"`` (all ``v``'s summed, one backward), ``"per_class"``
+    (one backward per ``v``, accumulated) or ``"func"`` (``torch.func``; Jacobian
+    penalty only).
+    """
+    net = Network.from_sequential(model, x.shape[1:])
+    params = net.parameters()
+    if mode == "func":
+        if not isinstance(penalty, JacobianFrobenius):
+            raise ValueError("mode='func' is implemented for JacobianFrobenius only")
+        value = func_jacobian_frobenius(model, x)
+        return value.detach(), [g.detach() for g in torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)]
+    terms = autograd_penalty(model, x, penalty, y)
+    if mode == "summed":
+        value = sum(terms[1:], terms[0])
+        return value.detach(), [g.detach() for g in torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)]
+    if mode == "per_class":
+        grads = [torch.zeros_like(p) for p in params]
+        for k, t in enumerate(terms):
+            for acc, g in zip(grads, torch.autograd.grad(t, params, retain_graph=k < len(terms) - 1, allow_unused=True, materialize_grads=True)):
+                acc += g
+        return sum(t.detach() for t in terms), grads
+    raise ValueError(f"unknown mode {mode!r}; use 'summed', 'per_class' or 'func'")
+
+
+
+
+def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None) -> dict[str, list]:
+    """The quantities of Section 4 *defined* as gradients, computed by autograd.
+
+    The forward pass and Algorithm 1 are run with autograd recording (the
+    operators are differentiable torch code), ``R = mean_n p(ξ_0)`` is formed
+    and differentiated once. Then, by their definitions,
+
+    * ``q_j = ∇_{ξ_j} R`` (eq. (18)), ``h_j = ∇_{ζ_j} R``,
+    * ``η_j = ∇_{z_j} R`` (Section 4.4), ``γ_j = ∇_{x_j} R`` (eq. (29)),
+    * ``∇_{θ_j} R``, ``∇_{b_j} R``,
+
+    are the ``.grad`` of the recorded tensors. Single-seed penalties only.
+    Returns lists indexed by the layer number ``j`` (``None`` where undefined),
+    together with the forward values ``xs``, ``zs`` and ``xis``, ``zetas``.
+    """
+    if penalty.num_seeds(net) != 1:
+        raise ValueError("traced_quantities supports penalties with a single v")
+    L = net.depth
+    params = net.parameters()
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            xs = [x.detach().clone().requires_grad_(True)]
+            zs: list = [None]
+            dgs: list = [None]
+            for j, layer in enumerate(net.layers, start=1):
+                z = layer.add_bias(layer.K(layer.theta(x), xs[-1]))
+                z.retain_grad()
+                zs.append(z)
+                xj = layer.activation.f(z)
+                xj.retain_grad()
+                xs.append(xj)
+                dgs.append(layer.activation.df(z) if j < L else None)
+            from .network import ForwardRecord
+
+            rec = ForwardRecord(xs=xs, dg=[None] * (L + 1), d2g=[None] * (L + 1))
+            (seed,) = list(penalty.seeds(net, rec, y))
+            zetas: list = [None] * (L + 1)
+            xis: list = [None] * (L + 1)
+            zetas[L] = seed.zeta_L()
+            if not zetas[L].requires_grad:  # a network-independent ζ_L: a leaf, so that h_L = ∇_{ζ_L} R is recorded
+                zetas[L] = zetas[L].detach().requires_grad_(True)
+            for j in range(L, 0, -1):
+                zetas[j].retain_grad()
+                layer = net.layers[j - 1]
+                xis[j - 1] = layer.KT(layer.theta(x), zetas[j])
+                xis[j - 1].retain_grad()
+                if j > 1:
+                    zetas[j - 1] = dgs[j - 1] * xis[j - 1]
+            # the definitions (14): ξ_j = (dz_L/dx_j)* ζ_L and ζ_j = (dz_L/dz_j)* ζ_L, by autograd's VJPs
+            zl = zetas[L].detach()
+            xi_vjp = list(torch.autograd.grad(zs[L], xs[:L], zl, retain_graph=True)) + [None]
+            zeta_vjp = [None] + list(torch.autograd.grad(zs[L], zs[1:], zl, retain_graph=True))
+            for tensor in [*xs, *zs[1:], *xis[:L], *zetas[1:]]:
+                tensor.grad = None  # retain_grad hooks also fire in the autograd.grad calls above
+            value = penalty.p.value(xis[0]).sum() / x.shape[0]
+            value.backward()
+        out = {
+            "value": value.detach(),
+            "xs": [t.detach() for t in xs],
+            "zs": [None] + [t.detach() for t in zs[1:]],
+            "xis": [t.detach() if t is not None else None for t in xis],
+            "zetas": [t.detach() if t is not None else None for t in zetas],
+            "xi_vjp": xi_vjp,
+            "zeta_vjp": zeta_vjp,
+            "q": [t.grad if t is not None else None for t in xis],
+            "h": [t.grad if t is not None else None for t in zetas],
+            "eta": [None] + [t.grad for t in zs[1:]],
+            "gamma": [t.grad for t in xs],
+            "weight_grads": [None] + [lay.weight.grad.clone() if lay.weight is not None and lay.weight.grad is not None else None for lay in net.layers],
+            "bias_grads": [None] + [lay.bias.grad.clone() if lay.bias is not None and lay.bias.grad is not None else None for lay in net.layers],
+        }
+    finally:
+        for p, s in zip(params, saved):
+            p.grad = None
+            p.requires_grad_(s)
+    return out
