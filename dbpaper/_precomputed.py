@@ -57,30 +57,37 @@ _SECOND_ORDER = (
 
 
 class Precomputed(torch.autograd.Function):
-    """A scalar whose gradients were computed at call time: ``grad_out *`` the stored gradients."""
+    """A scalar whose gradients were computed at call time: ``grad_out *`` the stored gradients.
+
+    ``Precomputed.apply(value, x, grad_x, n, *grads, *params)``: ``grads`` are
+    the gradients of the ``n`` tensors ``params``, ``grad_x`` that of ``x``
+    (``None`` where ``x`` does not require grad). Tensors only, so that
+    ``torch.compile`` traces it.
+    """
 
     @staticmethod
-    def forward(ctx, payload, x, *params):
-        value, grads, input_grad = payload  # input_grad: a callable giving ∇_x at backward time, or None
-        ctx.input_grad = input_grad
-        ctx.n_grads = len(grads)
+    def forward(ctx, value, x, grad_x, n, *tensors):
+        grads, params = tensors[:n], tensors[n:]
+        ctx.n = n
+        ctx.has_grad_x = grad_x is not None
         # the parameters and x are saved so that an in-place change before backward() raises
-        ctx.save_for_backward(*grads, x, *params)
+        ctx.save_for_backward(*grads, x, *params, *((grad_x,) if grad_x is not None else ()))
         return value.detach().clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         saved = ctx.saved_tensors  # checks the version counters of x and the parameters
-        grads = saved[: ctx.n_grads]
-        x = saved[ctx.n_grads]
+        n = ctx.n
+        grads, x = saved[:n], saved[n]
         # `R.backward()` seeds 1: hand the stored gradients back as they are (no multiply, no copy)
         one = not torch.compiler.is_compiling() and grad_out.device.type == "cpu" and bool(grad_out == 1)
         grad_x = None
         if ctx.needs_input_grad[1]:
-            gx = ctx.input_grad() if ctx.input_grad is not None else None
+            gx = saved[-1] if ctx.has_grad_x else None
             grad_x = torch.zeros_like(x) if gx is None else (gx if one else grad_out * gx)
-        return (None, grad_x, *(grads if one else (grad_out * g for g in grads)))
+        scaled = grads if one else tuple(grad_out * g for g in grads)
+        return (None, grad_x, None, None, *((None,) * n), *scaled)
 
 
 def guard_second_order(t: torch.Tensor) -> torch.Tensor:

@@ -116,16 +116,12 @@ def _explicit_run(model, net: Network, x, xc, pen, y, name: str, lam: float | No
     if is_ddp(model):
         grads = average_over_ranks(grads, model.process_group)
     eta_1 = res.gradients.eta_1
-    first = net.layers[0]
-
-    def input_grad():
-        if eta_1 is None:
-            return None
-        with torch.autocast(x.device.type, enabled=False):  # backward may run under the caller's autocast
-            return first.KT(first.theta(eta_1), eta_1).reshape(x.shape).to(x.dtype)
-
+    grad_x = None
+    if x.requires_grad and eta_1 is not None:  # ∇_{x_0} = K_1ᵀ(θ_1, η_1)
+        first = net.layers[0]
+        grad_x = first.KT(first.theta(eta_1), eta_1).reshape(x.shape).to(x.dtype)
     params = net.parameters()
-    return guard_second_order(Precomputed.apply((res.value, grads, input_grad), x, *params))
+    return guard_second_order(Precomputed.apply(res.value, x, grad_x, len(grads), *grads, *params))
 
 
 def _autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Tensor:
@@ -144,7 +140,7 @@ def _autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Te
         grads = torch.autograd.grad(value, params + ([x] if wants_x else []), allow_unused=True, materialize_grads=True)
         gx = grads[-1] if wants_x else None
         grads = average_over_ranks(list(grads[: len(params)]), model.process_group)
-        value = Precomputed.apply((value.detach(), grads, (lambda: gx) if wants_x else None), x, *params)
+        value = Precomputed.apply(value.detach(), x, gx, len(grads), *grads, *params)
         return guard_second_order(value)
     return value
 

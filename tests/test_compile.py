@@ -77,3 +77,36 @@ def test_a_compiled_training_step(penalty):
     for a, b in zip(got, eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert not collect.records, [r.getMessage()[:200] for r in collect.records]
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3), nn.Softmax(dim=-1)
+    )
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("case", ["jacobian", "classical", "objective"])
+@pytest.mark.parametrize("cache", ["cold", "warm"])
+def test_the_default_call_traces_without_a_graph_break(kind, case, cache):
+    """torch._dynamo.explain of a step that returns ℓ + λR: one graph, no break (the reading and the
+    plan are traced on a cold cache, looked up on a warm one)."""
+    model, x = (_model(), torch.randn(16, 8)) if kind == "mlp" else (_cnn(), torch.randn(4, 1, 8, 8))
+    y = torch.randint(0, 3, (x.shape[0],))
+
+    def step(x, y):
+        if case == "objective":
+            return dbpaper.objective(model, x, JacobianFrobenius(), y, 0.1)
+        ce = nn.functional.nll_loss(torch.log(model(x)), y)
+        pen = dbpaper.penalty(model, x, JacobianFrobenius()) if case == "jacobian" else dbpaper.penalty(model, x, ClassicalDoubleBackprop(), y)
+        return ce + 0.1 * pen
+
+    torch._dynamo.reset()
+    dbpaper.pipeline.clear_cache()
+    dbpaper.planning._CHOICES.clear()
+    if cache == "warm":
+        step(x, y)
+    explanation = torch._dynamo.explain(step)(x, y)
+    assert explanation.graph_break_count == 0, [str(b.reason)[:300] for b in explanation.break_reasons]
+    assert explanation.graph_count == 1

@@ -253,3 +253,22 @@ def test_macs_match_the_flop_counter(name):
     with FlopCounterMode(display=False) as counter:
         op.apply(theta, x)
     assert op.macs == counter.get_total_flops() // 2
+
+
+def test_avgpool_output_size_matches_torch_without_a_probe():
+    """AvgPool2d computes its output shape arithmetically (as ATen does); torch's pooling is the oracle."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    for h, k, s, p, ceil in itertools.product(range(1, 10), range(1, 5), range(1, 4), range(0, 3), (False, True)):
+        try:
+            ref = tuple(F.avg_pool2d(torch.zeros(1, 1, h, h + 2), k, s, p, ceil).shape[2:])
+            ref = None if 0 in ref else ref
+        except RuntimeError:
+            ref = None
+        try:
+            got = dbp.AvgPool2d((1, h, h + 2), k, s, p, ceil).out_shape[1:]
+        except ValueError:
+            got = None
+        assert got == ref, (h, k, s, p, ceil)

@@ -45,6 +45,21 @@ class _ParameterFree(BilinearOperator):
         return torch.sum(self._linear(x) * y)
 
 
+def _pooled_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
+    """The output length of average pooling along one axis, as ATen computes it (no probe run)."""
+    if kernel < 1 or stride < 1 or pad < 0:
+        raise ValueError(f"AvgPool2d: kernel_size and stride must be positive and padding non-negative, got {kernel}, {stride}, {pad}")
+    if pad > kernel // 2:
+        raise ValueError(f"AvgPool2d: padding {pad} should be at most half of the kernel size {kernel}")
+    span = size + 2 * pad - kernel + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    if out < 1:
+        raise ValueError(f"AvgPool2d: input size {size} is too small for kernel {kernel} with padding {pad}")
+    return out
+
+
 class AvgPool2d(_ParameterFree):
     """Average pooling as in ``nn.AvgPool2d`` (any kernel, stride, padding, ``ceil_mode``, ``count_include_pad``).
 
@@ -74,8 +89,11 @@ class AvgPool2d(_ParameterFree):
         self.padding = _tuple(padding, 2, "padding")
         self.ceil_mode = bool(ceil_mode)
         self.count_include_pad = bool(count_include_pad)
-        probe = F.avg_pool2d(torch.zeros(1, *in_shape), **self._kw())
-        super().__init__(in_shape, tuple(probe.shape[1:]), ())
+        out_hw = tuple(
+            _pooled_size(size, k, s, pad, self.ceil_mode)
+            for size, k, s, pad in zip(in_shape[1:], self.kernel_size, self.stride, self.padding)
+        )
+        super().__init__(in_shape, (in_shape[0], *out_hw), ())
         _, oh, ow = self.out_shape
         kh, kw = self.kernel_size
         # windows that tile (part of) the input: no overlap, no padding, none past the border, small
