@@ -100,8 +100,8 @@ def _compute_input(net: Network, x: torch.Tensor) -> tuple[torch.Tensor, context
     return x.to(dtype), torch.autocast(x.device.type, enabled=False)
 
 
-def _explicit(model, net: Network, x, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
-    xc, precision = _compute_input(net, x)
+def _explicit(model, net: Network, x, xc, precision, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
+    """Run ``name`` on ``xc`` (``x`` as the algorithms compute with it) in ``precision`` (see :func:`_compute_input`)."""
     with precision:
         return _explicit_run(model, net, x, xc, pen, y, name, lam, loss)
 
@@ -188,13 +188,14 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
         if algorithm != "auto":
             raise
         return _fallback(model, x, pen, y, lam, loss, err)
-    net.check_input(_compute_input(net, x)[0])
+    xc, precision = _compute_input(net, x)  # once: checked, then computed with
+    net.check_input(xc)
     pen.check(net, y)  # before planning: a penalty that does not fit the network raises its own error
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
         # NaN or Inf in the batch: autograd's result, so that they propagate exactly as autograd propagates them
         return _autograd(model, x, pen, y, lam, loss)
     name = resolve_in(plans, net, pen, algorithm, x.shape[0])
-    return _explicit(model, net, x, pen, y, name, lam, loss)
+    return _explicit(model, net, x, xc, precision, pen, y, name, lam, loss)
 
 
 def _value_only_mode() -> bool:

@@ -443,11 +443,6 @@ def _sym_fraction(d: int, levels: int = _SYM_LEVELS) -> float:
     return (h * (d - h) + h * h * _sym_fraction(h, levels - 1) + (d - h) ** 2 * _sym_fraction(d - h, levels - 1)) / (d * d)
 
 
-def _kbox_into(layer, acc: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """``acc + alpha K_j□(x, y)`` in place: :meth:`dbpaper.network.Layer.Kbox_into`."""
-    return layer.Kbox_into(acc, x, y, alpha)
-
-
 @torch.no_grad()
 def jacobian_penalty_gradients(
     net: Network,
@@ -605,7 +600,7 @@ def jacobian_penalty_gradients(
             layer = layers[j - 1]
             if j == L and not softmax and not p.onehot:  # identity output: η_L ≡ 0, so h_L is never used
                 if layer.weight is not None:
-                    acc[j] = _kbox_into(layer, acc[j], q, zetas[j])
+                    acc[j] = layer.Kbox_into(acc[j], q, zetas[j])
                 q = h = None
                 break
             if j == L and p.onehot:
@@ -621,7 +616,7 @@ def jacobian_penalty_gradients(
                 q = h = None
                 break
             if layer.weight is not None:
-                acc[j] = _kbox_into(layer, acc[j], q, zetas[j])  # θ̂¹_j += K_j□(q_{j-1}, ζ_j)
+                acc[j] = layer.Kbox_into(acc[j], q, zetas[j])  # θ̂¹_j += K_j□(q_{j-1}, ζ_j)
             zetas[j] = None
             h = layer.K(thetas[j - 1], q)  # h_j = K_j(θ_j, q_{j-1})
             if xis[j] is not None:  # j < L: the source term Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}
@@ -636,7 +631,7 @@ def jacobian_penalty_gradients(
     if p.onehot:
         acc[L] = Q
         if softmax:
-            acc[L] = _kbox_into(layers[-1], Q, P, out, alpha=-1.0)  # θ̂¹_L = Q − Σ_n x_n P_nᵀ
+            acc[L] = layers[-1].Kbox_into(Q, P, out, alpha=-1.0)  # θ̂¹_L = Q − Σ_n x_n P_nᵀ
             inner = a - layers[-1].K(W_L, P).reshape(n, c)  # a − W_L P
             eta_hat.add_((x_flat * (inner - torch.sum(x_flat * inner, dim=1, keepdim=True))).reshape(out.shape))
 
@@ -654,7 +649,7 @@ def jacobian_penalty_gradients(
             else:
                 g = acc[j]
             if eta is not None:
-                g = _kbox_into(layer, g, rec.xs[j - 1], eta)  # + K_j□(x_{j-1}, η̂_j)
+                g = layer.Kbox_into(g, rec.xs[j - 1], eta)  # + K_j□(x_{j-1}, η̂_j)
             grads.weights[j - 1] = torch.zeros_like(layer.weight) if g is None else g
         acc[j] = None
         if layer.bias is not None:
