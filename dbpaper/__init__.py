@@ -6,7 +6,7 @@ landscapes of Section 6) lives in :mod:`dbpaper.paper`, which imports this
 library and is never imported by it.
 """
 
-from . import activations, algorithms, numdiff, operators, penalties, planning, reference
+from . import activations, algorithms, counting, fallback, numdiff, operators, oracles, penalties, planning
 from .activations import (
     ELU,
     Activation,
@@ -21,8 +21,7 @@ from .activations import (
     Softplus,
     Tanh,
 )
-from .autograd import objective, penalty
-from .counting import count_operations
+from .api import count_operations, double_backprop, objective, penalty
 from .diagnostics import AdjointErrors, adjoint_errors, dtype_tolerance, theorem_2_3_errors
 from .network import Network, UnsupportedModelError
 from .operators import (
@@ -35,7 +34,6 @@ from .operators import (
     InvertibleDownsampling,
     LocallyConnected2d,
 )
-from .pipeline import double_backprop
 from .planning import ALGORITHM_NAMES, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
 
 __version__ = "0.2.0"
@@ -56,7 +54,9 @@ __all__ = [
     "objective",
     "penalties",
     "penalty",
-    "reference",
+    "oracles",
+    "fallback",
+    "counting",
     "ELU",
     "Activation",
     "CoordinatewiseOutput",

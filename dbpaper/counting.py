@@ -1,20 +1,18 @@
-"""Operation counts of Section 5, measured by instrumenting the operators.
+"""Operation counts of Section 5: the counter the operators report to, and the closed forms.
 
 Section 5 measures the cost of double backpropagation by the number of
 evaluations of the bilinear operators ``K_j`` and their transposes ``K_jᵀ``
-(the weight-adjoints ``K_j□`` are not counted in the paper).
-:func:`count_operations` *measures* these numbers: it runs the real
-algorithm (:func:`dbpaper.double_backprop`) inside the counter of
-:mod:`dbpaper._counting`, which every public operator evaluation reports to.
-Nothing is computed by arithmetic.
+(the weight-adjoints ``K_j□`` are not counted in the paper). Every public
+operator evaluation calls :func:`record`; inside a :func:`count` block the
+evaluations are tallied (outside, :func:`record` is a single attribute
+lookup). :func:`dbpaper.count_operations` runs the real algorithm inside such
+a block: the counts are *measured*, nothing is computed by arithmetic.
 
 :func:`paper_count` and :func:`weight_adjoint_count` are the closed forms —
 the paper's for ``K`` and ``Kᵀ`` (Sections 5.1–5.4, Appendix C), ours for
-``K□`` — for dense networks in which every layer has a weight;
-:data:`CASES` describes each case and :func:`measure_case` measures it on a
-small random multilayer perceptron, so that measured and closed forms can be
-compared (the tests and the *Runtimes* chapter do so for a grid of depths
-``L`` and classes ``C``).
+``K□`` — for dense networks in which every layer has a weight; :data:`CASES`
+describes each case (the book's wing measures them on small random networks,
+:func:`dbpaper.paper.counts.measure_case`).
 
 One convention matters when comparing variants of Algorithm 4 (see
 :mod:`dbpaper.algorithms.jacobian`): an evaluation on ``k`` classes stacked
@@ -22,126 +20,57 @@ along the batch dimension counts as *one* evaluation, although it does ``k``
 times the work, and the Gram and one-hot shortcuts replace some operator
 evaluations by other contractions. Counts of ``"optimized-chunked"`` and
 ``"optimized-shortcuts"`` are therefore not comparable with the paper's; use
-FLOPs for those (``dbpaper.bench``). :func:`count_operations` counts what
-``algorithm="auto"`` runs unless told otherwise, which may be such a variant:
-pass ``algorithm="general"`` (Algorithms 1–3) or ``"optimized"`` (Algorithm 4
-as printed) to compare with the paper's closed forms, as the cases of
-:data:`CASES` do.
-
-Algorithm 4 applies to every coordinate-wise activation, not only to the
-locally linear ones of the paper: with ``G''_j ≠ 0`` the per-class terms
-``M(G''_j(z_j) h_j, ξ_j)`` of eq. (28) are accumulated during the class loop
-as source terms of the single forward-backward pass, which needs no further
-operator evaluation. Its count on a softmax network is ``2CL + 2L - 1`` for
-tanh as for ReLU (case ``"jacobian-optimized-smooth"``).
+FLOPs for those. Algorithm 4 applies to every coordinate-wise activation: its
+count on a softmax network is ``2CL + 2L - 1`` for tanh as for ReLU (case
+``"jacobian-optimized-smooth"``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable
-
-import torch
-from torch import nn
-
-from . import _counting
-from .algorithms.driver import loss_kind
-from .algorithms.passes import standard_backprop
-from .autograd import as_network
-from .network import Network
-from .penalties import ClassicalDoubleBackprop, JacobianFrobenius, OutputNodeGradient, Penalty
-from .pipeline import double_backprop, objective_gradients
-from .seeds import LossGradientSeed
+from collections.abc import Callable, Iterator
 
 __all__ = [
     "CASES",
+    "KINDS",
     "Case",
     "MINIMAL",
-    "count_operations",
-    "count_table",
-    "measure_case",
+    "count",
     "optimized_ratio",
     "paper_count",
+    "record",
     "weight_adjoint_count",
 ]
 
-_KEYS = ("apply", "transpose", "weight_adjoint")
+#: the kinds of evaluation counted: ``K``, ``Kᵀ`` and ``K□``
+KINDS = ("apply", "transpose", "weight_adjoint")
+
+_active: list[dict[str, int]] = []
 
 
-def count_operations(
-    model: nn.Module | Network,
-    x: torch.Tensor,
-    penalty: Penalty | None,
-    y: torch.Tensor | None = None,
-    algorithm: str = "auto",
-    with_loss: bool = False,
-) -> dict[str, int]:
-    """Count the operator evaluations of one double-backpropagation step (Section 5).
+def record(kind: str) -> None:
+    """Add one evaluation of ``kind`` to every active counter."""
+    for counter in _active:
+        counter[kind] += 1
 
-    Parameters
-    ----------
-    model : nn.Sequential or Network
-        The network (eq. (8)).
-    x : torch.Tensor
-        An input batch; the counts do not depend on its values or batch size.
-    penalty : dbpaper.penalties.Penalty or None
-        The penalty term (Section 4.1). ``None`` counts plain backpropagation of
-        the loss (Section 4.5; needs ``with_loss=True`` and ``y``): the
-        ``2L - 1`` of Section 5.1.
-    y : torch.Tensor, optional
-        Labels or targets, for classical double backpropagation and ``with_loss``.
-    algorithm : str
-        ``"auto"`` (default: the algorithm :func:`dbpaper.double_backprop`
-        runs by default, so the counts are those of the default path; for the
-        Jacobian penalty that is a variant of Algorithm 4, whatever the
-        activations), ``"general"`` (Algorithms 1–3, class by class for
-        several ``v``: the paper's naive count — pass it explicitly to compare
-        with the paper's closed forms), ``"optimized"`` (Algorithm 4 as
-        printed, corrected, Appendix C) or any registered algorithm.
-    with_loss : bool
-        Also compute the gradient of the loss. With ``algorithm="general"`` as
-        the paper does (Section 5.1: a separate backpropagation of the loss,
-        reusing the backward pass of classical double backpropagation); with
-        any other algorithm as :func:`dbpaper.objective` does (the loss folded
-        into the forward-backward pass).
 
-    Returns
-    -------
-    dict
-        ``{"apply": #K, "transpose": #Kᵀ, "weight_adjoint": #K□}``, including the
-        forward pass. The paper's counts are ``apply + transpose``.
+@contextlib.contextmanager
+def count() -> Iterator[dict[str, int]]:
+    """Count operator evaluations inside the block.
 
-    Raises
-    ------
-    ValueError
-        For ``penalty=None`` without ``with_loss``, a missing ``y``, or an
-        algorithm that does not apply.
+    Yields a dict with the keys ``apply`` (K), ``transpose`` (K^T) and
+    ``weight_adjoint`` (K^box); nested contexts all count.
     """
-    if not isinstance(algorithm, str):
-        raise TypeError(f"count_operations: algorithm must be a str, got {type(algorithm).__name__}")
-    net = as_network(model, x)
-    if penalty is None:
-        if not with_loss:
-            raise ValueError("count_operations: penalty=None counts plain backpropagation of the loss; pass with_loss=True")
-        if y is None:
-            raise ValueError("count_operations: with_loss=True needs y (labels or targets)")
-        if algorithm not in ("general", "auto"):
-            raise ValueError(f"count_operations: penalty=None has no algorithm choice, got algorithm={algorithm!r}")
-        with torch.no_grad(), _counting.count() as counter:
-            rec = net.forward(x)
-            zeta_L = LossGradientSeed(net.output_map, rec.output, y, loss_kind(net, None)).zeta_L() / x.shape[0]
-            standard_backprop(net, rec, zeta_L)  # Section 4.5: L - 1 evaluations of Kᵀ
-        return {k: counter[k] for k in _KEYS}
-    if not isinstance(penalty, Penalty):
-        raise TypeError(f"count_operations: penalty must be a dbpaper Penalty or None, got {type(penalty).__name__}")
-    with _counting.count() as counter:
-        if with_loss and algorithm != "general":  # the objective ℓ + λR as dbpaper.objective runs it (loss folded in)
-            if y is None:
-                raise ValueError("count_operations: with_loss=True needs y (labels or targets)")
-            objective_gradients(net, x, penalty, y, 1.0, loss=loss_kind(net, penalty), algorithm=algorithm)
-        else:
-            double_backprop(net, x, penalty, y, algorithm=algorithm, with_loss=with_loss)
-    return {k: counter[k] for k in _KEYS}
+    counter = dict.fromkeys(KINDS, 0)
+    _active.append(counter)
+    try:
+        yield counter
+    finally:
+        for i, c in enumerate(_active):  # by identity: equal dicts are distinct counters
+            if c is counter:
+                del _active[i]
+                break
 
 
 # -- closed forms ----------------------------------------------------------------------------------
@@ -304,80 +233,3 @@ def optimized_ratio(L: int, C: int, *, with_kbox: bool = False) -> float:
         num += weight_adjoint_count("jacobian-optimized", L, C)
         den += weight_adjoint_count("jacobian-naive", L, C)
     return num / den
-
-
-# -- measuring the cases on small multilayer perceptrons ---------------------------------------------
-
-_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
-
-
-def _mlp(L: int, C: int, activation: str, softmax: bool, width: int, in_features: int, seed: int) -> nn.Sequential:
-    g = torch.Generator().manual_seed(seed)
-    mods: list[nn.Module] = []
-    prev = in_features
-    for _ in range(L - 1):
-        mods += [nn.Linear(prev, width), _ACTIVATIONS[activation]()]
-        prev = width
-    mods.append(nn.Linear(prev, C))
-    if softmax:
-        mods.append(nn.Softmax(dim=-1))
-    model = nn.Sequential(*mods).to(torch.float64)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / max(1, p.shape[-1]) ** 0.5)
-    return model
-
-
-def measure_case(case: str, L: int, C: int = 3, *, batch: int = 2, width: int = 4, in_features: int = 3, seed: int = 0) -> dict[str, int]:
-    """Measure a case of :data:`CASES` with :func:`count_operations` on a random dense network.
-
-    The network has ``L`` layers, hidden width ``width`` and ``C`` outputs
-    (``C ≥ 2``; the penalty on a single output node uses node 0).
-    """
-    c = _get_case(case)
-    _check_lc(L, C, True)
-    if C < 2:
-        raise ValueError(f"measure_case needs C >= 2 outputs, got {C}")
-    model = _mlp(L, C, c.activation, c.softmax, width, in_features, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn((batch, in_features), generator=g, dtype=torch.float64)
-    if c.softmax:
-        y = torch.randint(0, C, (batch,), generator=g)
-    else:
-        y = torch.randn((batch, C), generator=g, dtype=torch.float64)
-    penalty = {
-        None: None,
-        "node": OutputNodeGradient(0),
-        "jacobian": JacobianFrobenius(),
-        "classical": ClassicalDoubleBackprop("nll"),
-    }[c.penalty]
-    return count_operations(model, x, penalty, y if (c.with_loss or c.penalty == "classical") else None, c.algorithm, c.with_loss)
-
-
-def count_table(cases: Iterable[str] | None = None, depths: Iterable[int] = (1, 2, 3, 4, 6), classes: Iterable[int] = (2, 10)) -> list[dict]:
-    """Measured and closed-form counts for every case, depth and (where it matters) number of classes.
-
-    Each row: ``case``, ``L``, ``C`` (``None`` where the count does not depend
-    on it), ``measured`` (``#K + #Kᵀ``), ``closed`` (:func:`paper_count`),
-    ``kbox_measured``, ``kbox_closed`` (:func:`weight_adjoint_count`), ``source``.
-    """
-    rows = []
-    for name in CASES if cases is None else cases:
-        c = _get_case(name)
-        depends = "C" in c.formula or "C" in c.kbox_formula
-        for L in depths:
-            for C in classes if depends else (3,):
-                m = measure_case(name, L, C)
-                rows.append(
-                    {
-                        "case": name,
-                        "L": L,
-                        "C": C if depends else None,
-                        "measured": m["apply"] + m["transpose"],
-                        "closed": paper_count(name, L, C if depends else None),
-                        "kbox_measured": m["weight_adjoint"],
-                        "kbox_closed": weight_adjoint_count(name, L, C if depends else None),
-                        "source": c.source,
-                    }
-                )
-    return rows

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import _counting
 from . import activations as act
+from . import counting
 from . import nn as dbnn
 from .operators import (
     AvgPool2d,
@@ -165,19 +165,19 @@ class Layer:
     # without the multiplication by 1.
     def K(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``K_j(θ_j, x)`` for ``x`` shaped like ``x_{j-1}``."""
-        _counting.record("apply")
+        counting.record("apply")
         x = x.reshape(x.shape[0], *self.op.in_shape)
         return self.op._linear(x) if self.weight is None else self.op._apply(theta, x)
 
     def KT(self, theta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``K_jᵀ(θ_j, y)``, shaped like ``x_{j-1}``."""
-        _counting.record("transpose")
+        counting.record("transpose")
         out = self.op._linear_transpose(y) if self.weight is None else self.op._transpose(theta, y)
         return out.reshape(y.shape[0], *self.in_shape)
 
     def Kbox(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``K_j□(x, y)`` for ``x`` shaped like ``x_{j-1}``."""
-        _counting.record("weight_adjoint")
+        counting.record("weight_adjoint")
         return self.op._weight_adjoint(x.reshape(x.shape[0], *self.op.in_shape), y)
 
     def Kbox_into(self, acc: torch.Tensor | None, x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -187,7 +187,7 @@ class Layer:
         accumulator (``addmm``): no temporary of the weight's size. Counted as one ``K□``.
         """
         if acc is not None and type(self.op) is Dense:
-            _counting.record("weight_adjoint")
+            counting.record("weight_adjoint")
             return torch.addmm(acc, y.reshape(y.shape[0], -1).T, x.reshape(x.shape[0], -1), alpha=alpha, out=acc)
         value = self.Kbox(x, y)
         if acc is None:
@@ -197,7 +197,7 @@ class Layer:
     def affine(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``z_j = K_j(θ_j, x) + b_j`` (one fused ``addmm`` for a dense layer with a bias). Counted as one ``K``."""
         if self.bias is not None and type(self.op) is Dense:
-            _counting.record("apply")
+            counting.record("apply")
             return torch.addmm(self.bias, x.reshape(x.shape[0], -1), theta.T)
         return self.add_bias(self.K(theta, x))
 

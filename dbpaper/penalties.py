@@ -27,7 +27,7 @@ gradient; without, ``∇p`` is taken by first-order autograd of ``p`` on
 ``v(x_L, y)`` of the network output (with its vector-Jacobian product
 ``(dv/dx_L)* u``, or by first-order autograd of ``v`` alone). All are
 single-``v`` penalties, computed exactly by Algorithms 1–3 (``"general"``)
-and by the autograd fallback :func:`dbpaper.reference.penalty_by_autograd`.
+and by the autograd fallback :func:`dbpaper.fallback.penalty_by_autograd`.
 
 Kinks. ``‖·‖`` is not differentiable at ``0``; :class:`Norm` and
 :class:`GradientNorm` use the subgradient ``0`` there (``∇‖u‖ = 0`` at

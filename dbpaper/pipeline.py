@@ -28,20 +28,22 @@ cannot be reused by a new object while an entry refers to it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import weakref
 
 import torch
 from torch import nn
 
+from ._precomputed import Precomputed, average_over_ranks, flat_gradients, guard_second_order, is_ddp
 from .algorithms import jacobian as J
-from .algorithms.driver import Result, compute, compute_objective
+from .algorithms.driver import compute, compute_objective
 from .algorithms.registry import REGISTRY
 from .network import ForwardRecord, Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
 from .planning import resolve
 
-__all__ = ["clear_cache", "double_backprop", "model_signature", "objective_gradients", "read_cached", "read_with_plans", "resolve_cached", "resolve_in"]
+__all__ = ["clear_cache", "model_signature", "read_cached", "read_with_plans", "record", "resolve_cached", "resolve_in", "compute_input", "run_explicit"]
 
 _PLAIN = (int, float, bool, str, type(None))
 _MAX_SHAPES = 8  # input shapes cached per model
@@ -174,63 +176,48 @@ def record(net: Network, x: torch.Tensor) -> ForwardRecord:
         return net.forward(x.detach(), check=False)
 
 
-def double_backprop(
-    net: Network,
-    x: torch.Tensor,
-    penalty: Penalty,
-    y: torch.Tensor | None = None,
-    *,
-    algorithm: str = "auto",
-    with_loss: bool = False,
-) -> Result:
-    """Evaluate ``R`` and its parameter gradients with the explicit algorithms (no autograd).
+def autocast_active(x: torch.Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled() if x.device.type == "cpu" else torch.is_autocast_enabled()
 
-    Parameters
-    ----------
-    net : dbpaper.Network
-        The network of eq. (8).
-    x : torch.Tensor
-        A batch of inputs ``x_0``, shape ``(N, *net.in_shape)``.
-    penalty : dbpaper.penalties.Penalty
-        The penalty term of Section 4.1.
-    y : torch.Tensor, optional
-        Labels (class indices) or targets, for classical double backpropagation
-        and for ``with_loss``.
-    algorithm : str
-        ``"auto"`` (default: the cheapest applicable algorithm by the cost model
-        of :mod:`dbpaper.planning`), ``"general"`` (Algorithms 1–3, class by
-        class for several ``v``) or any registered algorithm.
-    with_loss : bool
-        Also return the loss and its gradients (Section 4.5), reusing the
-        backward pass of classical double backpropagation when the losses coincide.
 
-    Returns
-    -------
-    dbpaper.algorithms.Result
-        ``value`` (``R``), ``gradients`` and the ``algorithm`` that ran.
+def compute_input(net: Network, x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager]:
+    """The input the explicit algorithms compute with, and the context they run in.
+
+    Under ``torch.autocast`` they compute in the parameters' dtype with autocast
+    switched off: every operator evaluation and every accumulation in full
+    precision, so their error is that of the parameters' dtype (never worse
+    than autograd's under the same autocast, which runs the matrix products in
+    the low precision). Elsewhere: ``x`` as it is.
     """
-    if not isinstance(net, Network):
-        raise TypeError(f"double_backprop takes a dbpaper.Network (dbpaper.Network.from_sequential(model, in_shape)), got {type(net).__name__}")
-    net.check_input(x)
-    penalty.check(net, y)
-    name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
-    return compute(net, record(net, x), penalty, y, name=name, with_loss=with_loss)
+    if not autocast_active(x):
+        return x, contextlib.nullcontext()
+    params = net.parameters()
+    dtype = params[0].dtype if params else x.dtype
+    return x.to(dtype), torch.autocast(x.device.type, enabled=False)
 
 
-def objective_gradients(
-    net: Network,
-    x: torch.Tensor,
-    penalty: Penalty,
-    y: torch.Tensor,
-    lam: float,
-    *,
-    loss: str,
-    algorithm: str = "auto",
-) -> Result:
-    """``ℓ + λR`` and its gradients (Section 4.5); see :func:`dbpaper.algorithms.compute_objective`."""
-    if not isinstance(net, Network):
-        raise TypeError(f"objective_gradients takes a dbpaper.Network, got {type(net).__name__}")
-    net.check_input(x)
-    penalty.check(net, y)
-    name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
-    return compute_objective(net, record(net, x), penalty, y, lam, loss=loss, name=name)
+def run_explicit(model, net: Network, x, xc, precision, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
+    """Run ``name`` on ``xc`` (``x`` as the algorithms compute with it) in ``precision`` (see :func:`_compute_input`)."""
+    with precision:
+        return run_recorded(model, net, x, xc, pen, y, name, lam, loss)
+
+
+def run_recorded(model, net: Network, x, xc, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
+    rec = record(net, xc)
+    if lam is None:
+        res = compute(net, rec, pen, y, name=name)
+    else:
+        res = compute_objective(net, rec, pen, y, lam, loss=loss, name=name)
+    grads = flat_gradients(net, res.gradients)
+    if is_ddp(model):
+        grads = average_over_ranks(grads, model.process_group)
+    eta_1 = res.gradients.eta_1
+    grad_x = None
+    if x.requires_grad and eta_1 is not None:  # ∇_{x_0} = K_1ᵀ(θ_1, η_1)
+        first = net.layers[0]
+        grad_x = first.KT(first.theta(eta_1), eta_1).reshape(x.shape).to(x.dtype)
+    params = net.parameters()
+    return guard_second_order(Precomputed.apply(res.value, x, grad_x, len(grads), *grads, *params))

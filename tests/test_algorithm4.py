@@ -19,8 +19,8 @@ import dbpaper
 from dbpaper import penalties as P
 from dbpaper.algorithms import ALGORITHMS
 from dbpaper.algorithms import jacobian as J
+from dbpaper.oracles import reference_gradients
 from dbpaper.paper.bench import measure_peak_memory
-from dbpaper.reference import reference_gradients
 
 from .helpers import ARCHITECTURES, random_input, random_model
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import dbpaper
 from dbpaper import penalties as P
-from dbpaper.reference import reference_gradients
+from dbpaper.oracles import reference_gradients
 
 from .helpers import ARCHITECTURES, TORCH_ACT_FACTORIES, random_input, random_model
 

@@ -281,8 +281,8 @@ def test_objective_loss_is_named_or_derived_by_one_rule():
     r = dbpaper.penalty(model, x, P.JacobianFrobenius())
     torch.testing.assert_close(dbpaper.objective(model, x, P.JacobianFrobenius(), labels, 0.5), ce + 0.5 * r)
     torch.testing.assert_close(dbpaper.objective(model, x, P.JacobianFrobenius(), labels, 0.5, loss="nll"), ce + 0.5 * r)
-    assert dbpaper.autograd.loss_for(labels) == "nll"
-    assert dbpaper.autograd.loss_for(labels.float()) == "mse"
+    assert dbpaper.api.loss_for(labels) == "nll"
+    assert dbpaper.api.loss_for(labels.float()) == "mse"
     with pytest.raises(ValueError, match="loss must be one of"):
         dbpaper.objective(model, x, P.JacobianFrobenius(), labels, 0.5, loss="hinge")
     with pytest.raises(ValueError, match="mse loss needs float targets"):

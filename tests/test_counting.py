@@ -8,18 +8,12 @@ import pytest
 import torch
 
 import dbpaper
-from dbpaper import _counting
+from dbpaper import counting
 from dbpaper import penalties as P
 from dbpaper.algorithms import jacobian as J
-from dbpaper.counting import (
-    CASES,
-    count_operations,
-    count_table,
-    measure_case,
-    optimized_ratio,
-    paper_count,
-    weight_adjoint_count,
-)
+from dbpaper.api import count_operations
+from dbpaper.counting import CASES, optimized_ratio, paper_count, weight_adjoint_count
+from dbpaper.paper.counts import count_table, measure_case
 
 from .helpers import random_input, random_model
 
@@ -161,7 +155,7 @@ def test_chunked_evaluations_count_once():
     x = random_input(shape, seed=5)
     L = net.depth
     for k in (1, 2, 3, 7, None):
-        with torch.no_grad(), _counting.count() as c:
+        with torch.no_grad(), counting.count() as c:
             J.jacobian_penalty_gradients(net, net.forward(x), P.JacobianFrobenius(), chunk_size=k)
         passes = math.ceil(7 / (7 if k is None else k))
         assert c["apply"] + c["transpose"] == 2 * passes * L + 2 * L - 1
@@ -209,7 +203,8 @@ def test_invalid_arguments():
 def test_minimal_counts_never_exceed_the_papers_and_auto_reaches_them():
     """Every scenario of Section 5: the minimal case's closed form is at most the paper's, and the default path
     (``algorithm="auto"``) measures exactly the minimal count on a grid of L and C."""
-    from dbpaper.counting import CASES, MINIMAL, measure_case
+    from dbpaper.counting import CASES, MINIMAL
+    from dbpaper.paper.counts import measure_case
 
     for paper, minimal in MINIMAL.items():
         for L in (1, 2, 3, 5):

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import dbpaper
+from dbpaper.fallback import penalty_by_autograd
 from dbpaper.penalties import ClassicalDoubleBackprop, GradientNormPenalty, JacobianFrobenius
-from dbpaper.reference import penalty_by_autograd
 
 
 def _grads(model, params, x, pen, y=None, **kw):

@@ -15,7 +15,7 @@ from dbpaper import activations as act
 from dbpaper import penalties as P
 from dbpaper.algorithms import ConstantSeed, LossGradientSeed
 from dbpaper.algorithms.initial_values import FunctionSeed
-from dbpaper.reference import penalty_by_autograd
+from dbpaper.fallback import penalty_by_autograd
 
 from .helpers import ARCHITECTURES, assert_close, random_input, random_model
 

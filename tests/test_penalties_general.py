@@ -2,7 +2,7 @@
 
 Every expected value is computed here by plain autograd (``create_graph=True``) on the torch model.
 Float64, relative tolerance 1e-10, through ``dbpaper.penalty`` with the default ``"auto"``, with
-``"general"`` and through the autograd fallback ``dbpaper.reference.penalty_by_autograd``.
+``"general"`` and through the autograd fallback ``dbpaper.fallback.penalty_by_autograd``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from torch import nn
 
 import dbpaper
 from dbpaper import penalties as P
+from dbpaper.fallback import penalty_by_autograd
 from dbpaper.planning import FallbackWarning
-from dbpaper.reference import penalty_by_autograd
 
 from .helpers import ARCHITECTURES, assert_close, random_input, random_model
 

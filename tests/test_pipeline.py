@@ -15,8 +15,8 @@ from torch import nn
 
 import dbpaper
 from dbpaper import pipeline
+from dbpaper.fallback import penalty_by_autograd
 from dbpaper.penalties import ClassicalDoubleBackprop, JacobianFrobenius
-from dbpaper.reference import penalty_by_autograd
 
 
 def _mlp(seed=0):

@@ -36,7 +36,7 @@ def test_penalty_trains_with_an_optimizer_and_matches_create_graph_training():
             if how == "dbpaper":
                 r = dbpaper.penalty(model, xd, P.JacobianFrobenius())
             else:
-                r = sum(dbpaper.reference.autograd_penalty(model, xd, P.JacobianFrobenius()))
+                r = sum(dbpaper.oracles.autograd_penalty(model, xd, P.JacobianFrobenius()))
             (ce + lam * r).backward()
             opt.step()
         runs[how] = torch.cat([p.detach().flatten() for p in model.parameters()])

@@ -48,11 +48,3 @@ __all__ = [
     "standard_backprop",
 ]
 
-
-def __getattr__(name: str):
-    # dbpaper.algorithms.double_backprop, as before the entry points moved above the planner
-    if name in ("double_backprop", "objective_gradients"):
-        from .. import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -126,7 +126,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import _counting
+from .. import counting
 from ..activations import Activation, IdentityOutput, Softmax
 from ..network import ForwardRecord, Network
 from ..operators import Dense
@@ -522,7 +522,7 @@ def jacobian_penalty_gradients(
             p = dataclasses.replace(p, gram=False)  # ill-conditioned W_1 (or compiled: no data-dependent branch)
             G2 = None
         else:
-            _counting.record("apply")
+            counting.record("apply")
             G2.mul_(2.0 / n)
             A = x0.new_zeros((d1, d1))  # Σ_{i,n} ζ_1 ζ_1ᵀ, upper blocks until the class loop ends
     if p.onehot:

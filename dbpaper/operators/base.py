@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _counting
+from .. import counting
 
 __all__ = ["BilinearOperator"]
 
@@ -67,7 +67,7 @@ class BilinearOperator(abc.ABC):
         self._check_param(theta, "theta")
         self._check_batch(x, self.in_shape, "x")
         self._check_same(theta, x)
-        _counting.record("apply")
+        counting.record("apply")
         return self._apply(theta, x)
 
     def transpose(self, theta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ class BilinearOperator(abc.ABC):
         self._check_param(theta, "theta")
         self._check_batch(y, self.out_shape, "y")
         self._check_same(theta, y)
-        _counting.record("transpose")
+        counting.record("transpose")
         return self._transpose(theta, y)
 
     def weight_adjoint(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,7 @@ class BilinearOperator(abc.ABC):
         self._check_same(x, y)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{self!r}: x and y have different batch sizes, {tuple(x.shape)} and {tuple(y.shape)}")
-        _counting.record("weight_adjoint")
+        counting.record("weight_adjoint")
         return self._weight_adjoint(x, y)
 
     def unit_parameter(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:

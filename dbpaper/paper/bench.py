@@ -195,8 +195,10 @@ def _ours(algorithm: str) -> Callable:
                 return res.value, _flat_grads(net, res.gradients)
 
             return call
-        from ..autograd import loss_for
-        from ..pipeline import objective_gradients  # ℓ + λR straight from the algorithms
+        from ..api import (
+            loss_for,
+            objective_gradients,  # ℓ + λR straight from the algorithms
+        )
 
         def call_objective():
             _reseed(pen)
@@ -239,8 +241,8 @@ def _default(model, net, params, x, y, task):
 def _autograd_summed(model, net, params, x, y, task):
     """``create_graph=True``: every ``v``'s input gradient recorded, the penalties summed, one backward."""
     from ..algorithms.initial_values import loss_value
-    from ..autograd import loss_for
-    from ..reference import _autograd_value, output_map_of
+    from ..api import loss_for
+    from ..fallback import _autograd_value, output_map_of
 
     pen = task.make()
     yp = y if pen.needs_y else None
@@ -354,7 +356,7 @@ def _tracing_autograd_ops():
 def _autograd_compiled(model, net, params, x, y, task):
     """``torch.compile`` of the autograd peer: the ``create_graph=True`` input gradients, the penalty and its backward,
     with ``torch._dynamo.config.trace_autograd_ops = True`` set only around the first call (the compilation)."""
-    from ..reference import _autograd_value
+    from ..fallback import _autograd_value
 
     pen = task.make()
     yp = y if pen.needs_y else None

@@ -1,7 +1,7 @@
 """Every rule of Section 4 and Appendix B, checked against its definition.
 
 :func:`section_4_checks` runs the explicit algorithms and the autograd
-definitions of :func:`dbpaper.reference.traced_quantities` on one network
+definitions of :func:`dbpaper.oracles.traced_quantities` on one network
 and returns one row per printed equation with the largest relative error
 over the layers. The book's chapters display these rows; the tests assert them.
 """
@@ -15,7 +15,7 @@ import torch
 from ..activations import IdentityOutput, Softmax
 from ..algorithms.passes import backward_backward_pass, backward_pass, forward_backward_pass
 from ..network import Network
-from ..reference import traced_quantities
+from ..oracles import traced_quantities
 from ..seeds import ConstantSeed
 from . import printed
 

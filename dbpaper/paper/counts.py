@@ -19,13 +19,16 @@ Every number is measured; the closed forms are printed beside them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
-from ..counting import CASES, MINIMAL, paper_count, weight_adjoint_count
+from ..api import count_operations
+from ..counting import CASES, MINIMAL, _check_lc, _get_case, paper_count, weight_adjoint_count
 from ..penalties import ClassicalDoubleBackprop, JacobianFrobenius, OutputNodeGradient
 
-__all__ = ["autograd_evaluations", "scenario_table"]
+__all__ = ["autograd_evaluations", "count_table", "measure_case", "scenario_table"]
 
 _ACT = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -50,7 +53,7 @@ def autograd_evaluations(case: str, L: int, d: int = 8, batch: int = 4) -> float
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..reference import _autograd_value, output_map_of
+    from ..fallback import _autograd_value, output_map_of
     from ..seeds import loss_value
 
     c = CASES[case]
@@ -79,7 +82,6 @@ def scenario_table(L: int = 4, C: int = 8) -> list[dict]:
     ``C`` is the number of outputs (the width of the square network used for
     autograd's FLOPs; the measured counts do not depend on the width).
     """
-    from ..counting import measure_case
 
     rows = []
     for paper, minimal in MINIMAL.items():
@@ -102,4 +104,79 @@ def scenario_table(L: int = 4, C: int = 8) -> list[dict]:
                 "autograd total": autograd_evaluations(minimal, L, d=C),
             }
         )
+    return rows
+
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def _mlp(L: int, C: int, activation: str, softmax: bool, width: int, in_features: int, seed: int) -> nn.Sequential:
+    g = torch.Generator().manual_seed(seed)
+    mods: list[nn.Module] = []
+    prev = in_features
+    for _ in range(L - 1):
+        mods += [nn.Linear(prev, width), _ACTIVATIONS[activation]()]
+        prev = width
+    mods.append(nn.Linear(prev, C))
+    if softmax:
+        mods.append(nn.Softmax(dim=-1))
+    model = nn.Sequential(*mods).to(torch.float64)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / max(1, p.shape[-1]) ** 0.5)
+    return model
+
+
+def measure_case(case: str, L: int, C: int = 3, *, batch: int = 2, width: int = 4, in_features: int = 3, seed: int = 0) -> dict[str, int]:
+    """Measure a case of :data:`CASES` with :func:`count_operations` on a random dense network.
+
+    The network has ``L`` layers, hidden width ``width`` and ``C`` outputs
+    (``C ≥ 2``; the penalty on a single output node uses node 0).
+    """
+    c = _get_case(case)
+    _check_lc(L, C, True)
+    if C < 2:
+        raise ValueError(f"measure_case needs C >= 2 outputs, got {C}")
+    model = _mlp(L, C, c.activation, c.softmax, width, in_features, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn((batch, in_features), generator=g, dtype=torch.float64)
+    if c.softmax:
+        y = torch.randint(0, C, (batch,), generator=g)
+    else:
+        y = torch.randn((batch, C), generator=g, dtype=torch.float64)
+    penalty = {
+        None: None,
+        "node": OutputNodeGradient(0),
+        "jacobian": JacobianFrobenius(),
+        "classical": ClassicalDoubleBackprop("nll"),
+    }[c.penalty]
+    return count_operations(model, x, penalty, y if (c.with_loss or c.penalty == "classical") else None, c.algorithm, c.with_loss)
+
+
+def count_table(cases: Iterable[str] | None = None, depths: Iterable[int] = (1, 2, 3, 4, 6), classes: Iterable[int] = (2, 10)) -> list[dict]:
+    """Measured and closed-form counts for every case, depth and (where it matters) number of classes.
+
+    Each row: ``case``, ``L``, ``C`` (``None`` where the count does not depend
+    on it), ``measured`` (``#K + #Kᵀ``), ``closed`` (:func:`paper_count`),
+    ``kbox_measured``, ``kbox_closed`` (:func:`weight_adjoint_count`), ``source``.
+    """
+    rows = []
+    for name in CASES if cases is None else cases:
+        c = _get_case(name)
+        depends = "C" in c.formula or "C" in c.kbox_formula
+        for L in depths:
+            for C in classes if depends else (3,):
+                m = measure_case(name, L, C)
+                rows.append(
+                    {
+                        "case": name,
+                        "L": L,
+                        "C": C if depends else None,
+                        "measured": m["apply"] + m["transpose"],
+                        "closed": paper_count(name, L, C if depends else None),
+                        "kbox_measured": m["weight_adjoint"],
+                        "kbox_closed": weight_adjoint_count(name, L, C if depends else None),
+                        "source": c.source,
+                    }
+                )
     return rows

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import dbpaper
+from dbpaper.oracles import reference_gradients
 from dbpaper.paper import landscape
 from dbpaper.penalties import ClassicalDoubleBackprop, JacobianFrobenius, OutputNodeGradient
-from dbpaper.reference import reference_gradients
 
 PENALTIES = {"node": OutputNodeGradient(0), "cdb": ClassicalDoubleBackprop("mse")}
 X0 = torch.tensor([[1.022]], dtype=torch.float64)

@@ -9,8 +9,8 @@ from torch import nn
 
 import dbpaper
 from dbpaper import penalties as P
+from dbpaper.oracles import reference_gradients
 from dbpaper.paper.printed import FIXES, algorithm_4
-from dbpaper.reference import reference_gradients
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,17 @@
-"""Autograd implementations of the penalties: the oracle of the tests and the peers of the benchmarks.
+"""Autograd implementations of the penalties: the oracles of the tests and the peers of the benchmarks.
 
-Nothing here is used by the algorithms. Three flavours:
+Nothing here is used by the algorithms or by the entry points (the fallback
+they take for models outside eq. (8) is :mod:`dbpaper.fallback`). Three flavours:
 
 * :func:`autograd_penalty` builds ``R`` with ``create_graph=True`` (double
-  backward); with ``summed=True`` all ``v``'s are summed before the parameter
-  backward, with ``summed=False`` each ``v`` gets its own backward ("class by
-  class");
+  backward), one differentiable term per ``v``;
 * :func:`func_jacobian_frobenius` uses ``torch.func`` (``vmap(jacrev)``) for
   the Jacobian penalty;
 * :func:`reference_gradients` returns ``R`` and its parameter gradients from
-  either flavour, in the order of :meth:`dbpaper.Network.parameters`.
+  either flavour, in the order of :meth:`dbpaper.Network.parameters`;
+
+and :func:`traced_quantities`, the quantities of Section 4 *defined* as
+gradients, recorded by autograd.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .network import Network
+from .fallback import _general_value
+from .network import ForwardRecord, Network
 from .penalties import (
     ClassicalDoubleBackprop,
     GeneralPenalty,
@@ -28,7 +31,7 @@ from .penalties import (
 )
 from .seeds import loss_value
 
-__all__ = ["autograd_penalty", "func_jacobian_frobenius", "output_map_of", "penalty_by_autograd", "reference_gradients", "traced_quantities"]
+__all__ = ["autograd_penalty", "func_jacobian_frobenius", "reference_gradients", "traced_quantities"]
 
 
 def _vs(penalty: Penalty, net: Network, out: torch.Tensor, x: torch.Tensor, model: nn.Module):
@@ -73,92 +76,6 @@ def autograd_penalty(model: nn.Module, x: torch.Tensor, penalty: Penalty, y: tor
         (xi,) = torch.autograd.grad(out, x, grad_outputs=v, create_graph=True, retain_graph=True)
         terms.append(penalty.p.value(xi).sum() / n)
     return terms
-
-
-def output_map_of(model: nn.Module):
-    """The output map ``g_L`` a model ends with: :class:`~dbpaper.Softmax` if its last module is ``nn.Softmax`` over the
-    last dimension (looking into nested ``nn.Sequential``), a :class:`~dbpaper.activations.CoordinatewiseOutput` for a
-    final sigmoid, tanh, softplus, ... (for the losses it acts like the identity: ``x_L`` is read as logits), else the
-    identity."""
-    from . import activations as act
-    from .network import unwrap
-
-    m = unwrap(model)
-    while isinstance(m, nn.Sequential) and len(m) > 0:
-        m = m[-1]
-    if isinstance(m, nn.Softmax) and m.dim in (-1, 1):
-        return act.Softmax()
-    final = {nn.Sigmoid: act.Sigmoid, nn.Tanh: act.Tanh, nn.ReLU: act.ReLU}
-    if type(m) in final:
-        return act.CoordinatewiseOutput(final[type(m)]())
-    if type(m) is nn.Softplus:
-        return act.CoordinatewiseOutput(act.Softplus(m.beta, m.threshold))
-    return act.IdentityOutput()
-
-
-def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False):
-    """``R`` of eq. (10) for *any* model, by autograd with ``create_graph=True`` (the fallback of ``"auto"``).
-
-    The batch mean of the per-example penalty as everywhere; the ``C``
-    terms of the Jacobian penalty are summed before any backward. The model
-    is called once on ``x``; the output is read as in :func:`output_map_of`.
-    ``R`` is differentiable to any order in the parameters and, if ``x``
-    requires grad, in ``x``. Modules that mix examples (BatchNorm in training
-    mode) make the input gradient of one example depend on the others; the
-    penalty is then what autograd computes for the batch. With
-    ``return_output=True`` the model's output is returned too: ``(R, x_L)``.
-    """
-    with torch.enable_grad():
-        xin = x if x.requires_grad else x.detach().requires_grad_(True)
-        out = model(xin)
-        value = _autograd_value(model, xin, out, penalty, y)
-    return (value, out) if return_output else value
-
-
-def _general_value(penalty: GeneralPenalty, xin: torch.Tensor, out: torch.Tensor, y) -> torch.Tensor:
-    """``mean_n p((dx_L/dx_0)* v)`` for a :class:`~dbpaper.penalties.GeneralPenalty` with ``create_graph=True``.
-
-    A ``v`` that is a function of ``x_L`` enters as ``grad_outputs`` computed
-    from the recorded output, so its dependence on the network is
-    differentiated too; ``p``'s per-batch targets (Sobolev) are constants.
-    """
-    if hasattr(penalty, "check_outputs"):
-        penalty.check_outputs(out[0].numel())
-    p = penalty.p_for(xin.detach(), y)
-    v = penalty.v_for(out, y)
-    (xi,) = torch.autograd.grad(out, xin, grad_outputs=v, create_graph=True, retain_graph=True)
-    return p.value(xi).sum() / xin.shape[0]
-
-
-def _autograd_value(model, xin: torch.Tensor, out: torch.Tensor, penalty: Penalty, y) -> torch.Tensor:
-    n = xin.shape[0]
-    if isinstance(penalty, GeneralPenalty):
-        return _general_value(penalty, xin, out, y)
-    if isinstance(penalty, ClassicalDoubleBackprop):
-        loss = loss_value(output_map_of(model), out, y, penalty.loss) * n  # Σ_n ℓ_n: per-example input gradients
-        (xi,) = torch.autograd.grad(loss, xin, create_graph=True)
-        return penalty.p.value(xi).sum() / n
-    if isinstance(penalty, OutputNodeGradient | JacobianFrobenius):
-        flat = out.reshape(n, -1)
-        idx = [penalty.index] if isinstance(penalty, OutputNodeGradient) else range(flat.shape[1])
-        if isinstance(penalty, OutputNodeGradient) and penalty.index >= flat.shape[1]:
-            raise ValueError(f"OutputNodeGradient: index {penalty.index} is out of range for {flat.shape[1]} outputs")
-        total = out.new_zeros(())
-        for i in idx:
-            (xi,) = torch.autograd.grad(flat[:, i].sum(), xin, create_graph=True, retain_graph=True)
-            total = total + penalty.p.value(xi).sum() / n
-        return total
-    if isinstance(penalty, OperatorNorm):
-        v = penalty.sample_v(out.detach())
-        for _ in range(penalty.iterations - 1):  # v <- J Jᵀ v / ‖J Jᵀ v‖, with J u by the double-vjp trick
-            w = torch.zeros_like(out).requires_grad_(True)
-            (g,) = torch.autograd.grad(out, xin, w, create_graph=True, retain_graph=True)
-            (jw,) = torch.autograd.grad(g, w, torch.autograd.grad(out, xin, v, retain_graph=True)[0], retain_graph=True)
-            nrm = torch.linalg.vector_norm(jw.reshape(n, -1), dim=1).reshape((-1,) + (1,) * (jw.ndim - 1))
-            v = (jw / torch.where(nrm > 0, nrm, torch.ones_like(nrm))).detach()
-        (xi,) = torch.autograd.grad(out, xin, v, create_graph=True)
-        return penalty.p.value(xi).sum() / n
-    raise TypeError(f"no autograd implementation for {penalty!r}")
 
 
 def func_jacobian_frobenius(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -242,8 +159,6 @@ def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.
                 xj.retain_grad()
                 xs.append(xj)
                 dgs.append(layer.activation.df(z) if j < L else None)
-            from .network import ForwardRecord
-
             rec = ForwardRecord(xs=xs, dg=[None] * (L + 1), d2g=[None] * (L + 1))
             (seed,) = list(penalty.seeds(net, rec, y))
             zetas: list = [None] * (L + 1)

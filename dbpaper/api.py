@@ -1,4 +1,5 @@
-"""The drop-in entry points for training loops: :func:`penalty` and :func:`objective`.
+"""The entry points: :func:`penalty` and :func:`objective` for training loops, :func:`double_backprop` and
+:func:`count_operations` for the algorithms' results and their operation counts.
 
 ``dbpaper.penalty(model, x, penalty)`` returns ``R`` of eq. (10) as a
 tensor whose backward delivers ``∇_θ R`` and ``∇_b R`` computed by the
@@ -33,21 +34,20 @@ Guarantees (each one tested):
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-
 import torch
 from torch import nn
 
-from ._precomputed import Precomputed, average_over_ranks, flat_gradients, guard_second_order, is_ddp
-from .algorithms.driver import compute, compute_objective, penalty_value
+from . import counting
+from .algorithms.driver import Result, compute, compute_objective, loss_kind, penalty_value
+from .algorithms.passes import standard_backprop
+from .fallback import autograd_value, output_map_of, penalty_by_autograd, run_fallback
 from .network import Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
-from .pipeline import read_cached, read_with_plans, record, resolve_in
-from .planning import BatchMixingWarning, validate_call, warn_fallback
-from .reference import output_map_of, penalty_by_autograd
+from .pipeline import compute_input, read_cached, read_with_plans, record, resolve_cached, resolve_in, run_explicit
+from .planning import validate_call, warn_fallback
+from .seeds import LossGradientSeed
 
-__all__ = ["LOSSES", "as_network", "loss_for", "objective", "penalty"]
+__all__ = ["LOSSES", "as_network", "count_operations", "double_backprop", "loss_for", "objective", "objective_gradients", "penalty"]
 
 #: The losses :func:`objective` knows: ``"nll"`` (cross-entropy: ``−log softmax(x_L)[y]`` for logits,
 #: ``−log x_L[y]`` after a final softmax; as ``F.cross_entropy``) and ``"mse"`` (``‖x_L − y‖²`` summed
@@ -77,125 +77,31 @@ def loss_for(y: torch.Tensor, loss: str | None = None) -> str:
     raise TypeError(f"cannot derive a loss from labels of dtype {y.dtype}; pass loss='nll' or loss='mse'")
 
 
-def _autocast_active(x: torch.Tensor) -> bool:
-    try:
-        return torch.is_autocast_enabled(x.device.type)
-    except TypeError:  # torch < 2.4: no device argument
-        return torch.is_autocast_cpu_enabled() if x.device.type == "cpu" else torch.is_autocast_enabled()
-
-
-def _compute_input(net: Network, x: torch.Tensor) -> tuple[torch.Tensor, contextlib.AbstractContextManager]:
-    """The input the explicit algorithms compute with, and the context they run in.
-
-    Under ``torch.autocast`` they compute in the parameters' dtype with autocast
-    switched off: every operator evaluation and every accumulation in full
-    precision, so their error is that of the parameters' dtype (never worse
-    than autograd's under the same autocast, which runs the matrix products in
-    the low precision). Elsewhere: ``x`` as it is.
-    """
-    if not _autocast_active(x):
-        return x, contextlib.nullcontext()
-    params = net.parameters()
-    dtype = params[0].dtype if params else x.dtype
-    return x.to(dtype), torch.autocast(x.device.type, enabled=False)
-
-
-def _explicit(model, net: Network, x, xc, precision, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
-    """Run ``name`` on ``xc`` (``x`` as the algorithms compute with it) in ``precision`` (see :func:`_compute_input`)."""
-    with precision:
-        return _explicit_run(model, net, x, xc, pen, y, name, lam, loss)
-
-
-def _explicit_run(model, net: Network, x, xc, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
-    rec = record(net, xc)
-    if lam is None:
-        res = compute(net, rec, pen, y, name=name)
-    else:
-        res = compute_objective(net, rec, pen, y, lam, loss=loss, name=name)
-    grads = flat_gradients(net, res.gradients)
-    if is_ddp(model):
-        grads = average_over_ranks(grads, model.process_group)
-    eta_1 = res.gradients.eta_1
-    grad_x = None
-    if x.requires_grad and eta_1 is not None:  # ∇_{x_0} = K_1ᵀ(θ_1, η_1)
-        first = net.layers[0]
-        grad_x = first.KT(first.theta(eta_1), eta_1).reshape(x.shape).to(x.dtype)
-    params = net.parameters()
-    return guard_second_order(Precomputed.apply(res.value, x, grad_x, len(grads), *grads, *params))
-
-
-def _autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Tensor:
-    """The autograd implementation of the same quantity (graph kept: differentiable to any order)."""
-    inner = unwrap(model)
-    if lam is None:
-        value = penalty_by_autograd(inner, x, pen, y)
-    else:
-        value, out = penalty_by_autograd(inner, x, pen, y, return_output=True)
-        from .seeds import loss_value
-
-        value = loss_value(output_map_of(inner), out, y, loss) + lam * value
-    if is_ddp(model):  # no graph through DDP's reducer: average the gradients now, as the explicit path does
-        params = [p for p in inner.parameters() if p.requires_grad]
-        wants_x = x.requires_grad
-        grads = torch.autograd.grad(value, params + ([x] if wants_x else []), allow_unused=True, materialize_grads=True)
-        gx = grads[-1] if wants_x else None
-        grads = average_over_ranks(list(grads[: len(params)]), model.process_group)
-        value = Precomputed.apply(value.detach(), x, gx, len(grads), *grads, *params)
-        return guard_second_order(value)
-    return value
-
-
-def _mixes_examples(model) -> str | None:
-    """The first module that mixes the examples of a batch (BatchNorm in training mode), or ``None``."""
-    if not isinstance(model, nn.Module):
-        return None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-            return name or type(m).__name__
-    return None
-
-
-def _fallback(model, x, pen, y, lam, loss, err: UnsupportedModelError | None) -> torch.Tensor:
-    inner = unwrap(model)
-    if err is not None:
-        warn_fallback(inner, err)
-    mixer = _mixes_examples(inner)
-    if mixer is not None:
-        warnings.warn(
-            f"dbpaper: {mixer} is BatchNorm in training mode, which mixes the examples of the batch: the penalty "
-            "is that of the batch function (an example's input gradient depends on the others). For the "
-            "per-example penalty, put the model in eval mode (model.eval()) for the penalty's call.",
-            BatchMixingWarning,
-            stacklevel=4,
-        )
-    return _autograd(model, x, pen, y, lam, loss)
-
-
 def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) -> torch.Tensor:
     """Read (cached), plan (cached) and run; the call has been validated once by the entry point."""
     if algorithm == "autograd":
-        return _fallback(model, x, pen, y, lam, loss, None)
+        return run_fallback(model, x, pen, y, lam, loss, None)
     if not isinstance(unwrap(model), nn.Module | Network):
         if not callable(model):
             raise TypeError(f"model must be a torch.nn.Module, a dbpaper.Network or a callable, got {type(model).__name__}")
         err = UnsupportedModelError("a plain callable, not an nn.Module", getattr(model, "__name__", type(model).__name__), "not an nn.Module")
         if algorithm != "auto":
             raise err
-        return _fallback(model, x, pen, y, lam, loss, err)
+        return run_fallback(model, x, pen, y, lam, loss, err)
     try:
         net, plans = read_with_plans(model, x)
     except UnsupportedModelError as err:
         if algorithm != "auto":
             raise
-        return _fallback(model, x, pen, y, lam, loss, err)
-    xc, precision = _compute_input(net, x)  # once: checked, then computed with
+        return run_fallback(model, x, pen, y, lam, loss, err)
+    xc, precision = compute_input(net, x)  # once: checked, then computed with
     net.check_input(xc)
     pen.check(net, y)  # before planning: a penalty that does not fit the network raises its own error
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
         # NaN or Inf in the batch: autograd's result, so that they propagate exactly as autograd propagates them
-        return _autograd(model, x, pen, y, lam, loss)
+        return autograd_value(model, x, pen, y, lam, loss)
     name = resolve_in(plans, net, pen, algorithm, x.shape[0])
-    return _explicit(model, net, x, xc, precision, pen, y, name, lam, loss)
+    return run_explicit(model, net, x, xc, precision, pen, y, name, lam, loss)
 
 
 def _value_only_mode() -> bool:
@@ -217,7 +123,7 @@ def _value_only(model, x, pen, y, algorithm: str, lam: float | None, loss: str |
             warn_fallback(unwrap(model), err)
             explicit = False
     if explicit:
-        xc, precision = _compute_input(net, x)
+        xc, precision = compute_input(net, x)
         net.check_input(xc)
         pen.check(net, y)
         explicit = bool(torch.isfinite(x).all())
@@ -320,7 +226,7 @@ def objective(
           outputs: with ``C`` outputs per example this loss is ``C`` times
           ``F.mse_loss`` (scale ``lam`` accordingly to compare).
 
-        Default: derived from ``y`` by one rule (``dbpaper.autograd.loss_for``) — integer
+        Default: derived from ``y`` by one rule (``dbpaper.api.loss_for``) — integer
         labels give ``"nll"``, float targets ``"mse"``.
 
     Returns
@@ -336,3 +242,141 @@ def objective(
     if _value_only_mode():
         return _value_only(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
     return _run(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
+
+
+def double_backprop(
+    net: Network,
+    x: torch.Tensor,
+    penalty: Penalty,
+    y: torch.Tensor | None = None,
+    *,
+    algorithm: str = "auto",
+    with_loss: bool = False,
+) -> Result:
+    """Evaluate ``R`` and its parameter gradients with the explicit algorithms (no autograd).
+
+    Parameters
+    ----------
+    net : dbpaper.Network
+        The network of eq. (8).
+    x : torch.Tensor
+        A batch of inputs ``x_0``, shape ``(N, *net.in_shape)``.
+    penalty : dbpaper.penalties.Penalty
+        The penalty term of Section 4.1.
+    y : torch.Tensor, optional
+        Labels (class indices) or targets, for classical double backpropagation
+        and for ``with_loss``.
+    algorithm : str
+        ``"auto"`` (default: the cheapest applicable algorithm by the cost model
+        of :mod:`dbpaper.planning`), ``"general"`` (Algorithms 1–3, class by
+        class for several ``v``) or any registered algorithm.
+    with_loss : bool
+        Also return the loss and its gradients (Section 4.5), reusing the
+        backward pass of classical double backpropagation when the losses coincide.
+
+    Returns
+    -------
+    dbpaper.algorithms.Result
+        ``value`` (``R``), ``gradients`` and the ``algorithm`` that ran.
+    """
+    if not isinstance(net, Network):
+        raise TypeError(f"double_backprop takes a dbpaper.Network (dbpaper.Network.from_sequential(model, in_shape)), got {type(net).__name__}")
+    net.check_input(x)
+    penalty.check(net, y)
+    name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
+    return compute(net, record(net, x), penalty, y, name=name, with_loss=with_loss)
+
+
+def objective_gradients(
+    net: Network,
+    x: torch.Tensor,
+    penalty: Penalty,
+    y: torch.Tensor,
+    lam: float,
+    *,
+    loss: str,
+    algorithm: str = "auto",
+) -> Result:
+    """``ℓ + λR`` and its gradients (Section 4.5); see :func:`dbpaper.algorithms.compute_objective`."""
+    if not isinstance(net, Network):
+        raise TypeError(f"objective_gradients takes a dbpaper.Network, got {type(net).__name__}")
+    net.check_input(x)
+    penalty.check(net, y)
+    name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
+    return compute_objective(net, record(net, x), penalty, y, lam, loss=loss, name=name)
+
+
+def count_operations(
+    model: nn.Module | Network,
+    x: torch.Tensor,
+    penalty: Penalty | None,
+    y: torch.Tensor | None = None,
+    algorithm: str = "auto",
+    with_loss: bool = False,
+) -> dict[str, int]:
+    """Count the operator evaluations of one double-backpropagation step (Section 5).
+
+    Parameters
+    ----------
+    model : nn.Sequential or Network
+        The network (eq. (8)).
+    x : torch.Tensor
+        An input batch; the counts do not depend on its values or batch size.
+    penalty : dbpaper.penalties.Penalty or None
+        The penalty term (Section 4.1). ``None`` counts plain backpropagation of
+        the loss (Section 4.5; needs ``with_loss=True`` and ``y``): the
+        ``2L - 1`` of Section 5.1.
+    y : torch.Tensor, optional
+        Labels or targets, for classical double backpropagation and ``with_loss``.
+    algorithm : str
+        ``"auto"`` (default: the algorithm :func:`dbpaper.double_backprop`
+        runs by default, so the counts are those of the default path; for the
+        Jacobian penalty that is a variant of Algorithm 4, whatever the
+        activations), ``"general"`` (Algorithms 1–3, class by class for
+        several ``v``: the paper's naive count — pass it explicitly to compare
+        with the paper's closed forms), ``"optimized"`` (Algorithm 4 as
+        printed, corrected, Appendix C) or any registered algorithm.
+    with_loss : bool
+        Also compute the gradient of the loss. With ``algorithm="general"`` as
+        the paper does (Section 5.1: a separate backpropagation of the loss,
+        reusing the backward pass of classical double backpropagation); with
+        any other algorithm as :func:`dbpaper.objective` does (the loss folded
+        into the forward-backward pass).
+
+    Returns
+    -------
+    dict
+        ``{"apply": #K, "transpose": #Kᵀ, "weight_adjoint": #K□}``, including the
+        forward pass. The paper's counts are ``apply + transpose``.
+
+    Raises
+    ------
+    ValueError
+        For ``penalty=None`` without ``with_loss``, a missing ``y``, or an
+        algorithm that does not apply.
+    """
+    if not isinstance(algorithm, str):
+        raise TypeError(f"count_operations: algorithm must be a str, got {type(algorithm).__name__}")
+    net = as_network(model, x)
+    if penalty is None:
+        if not with_loss:
+            raise ValueError("count_operations: penalty=None counts plain backpropagation of the loss; pass with_loss=True")
+        if y is None:
+            raise ValueError("count_operations: with_loss=True needs y (labels or targets)")
+        if algorithm not in ("general", "auto"):
+            raise ValueError(f"count_operations: penalty=None has no algorithm choice, got algorithm={algorithm!r}")
+        with torch.no_grad(), counting.count() as counter:
+            rec = net.forward(x)
+            zeta_L = LossGradientSeed(net.output_map, rec.output, y, loss_kind(net, None)).zeta_L() / x.shape[0]
+            standard_backprop(net, rec, zeta_L)  # Section 4.5: L - 1 evaluations of Kᵀ
+        return {k: counter[k] for k in counting.KINDS}
+    if not isinstance(penalty, Penalty):
+        raise TypeError(f"count_operations: penalty must be a dbpaper Penalty or None, got {type(penalty).__name__}")
+    with counting.count() as counter:
+        if with_loss and algorithm != "general":  # the objective ℓ + λR as dbpaper.objective runs it (loss folded in)
+            if y is None:
+                raise ValueError("count_operations: with_loss=True needs y (labels or targets)")
+            objective_gradients(net, x, penalty, y, 1.0, loss=loss_kind(net, penalty), algorithm=algorithm)
+        else:
+            double_backprop(net, x, penalty, y, algorithm=algorithm, with_loss=with_loss)
+    return {k: counter[k] for k in counting.KINDS}
