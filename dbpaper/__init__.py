@@ -6,7 +6,7 @@ landscapes of Section 6) lives in :mod:`dbpaper.paper`, which imports this
 library and is never imported by it.
 """
 
-from . import activations, algorithms, counting, fallback, numdiff, operators, oracles, penalties, planning
+from . import activations, algorithms, counting, fallback, numdiff, operators, oracles, penalties, planning, readers
 from .activations import (
     ELU,
     Activation,
@@ -57,6 +57,7 @@ __all__ = [
     "oracles",
     "fallback",
     "counting",
+    "readers",
     "ELU",
     "Activation",
     "CoordinatewiseOutput",

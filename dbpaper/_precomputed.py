@@ -20,13 +20,8 @@ __all__ = ["Precomputed", "average_over_ranks", "flat_gradients", "guard_second_
 
 
 def flat_gradients(net: Network, grads: LayerGradients) -> list[torch.Tensor]:
-    out = []
-    for layer, gw, gb in zip(net.layers, grads.weights, grads.biases):
-        if layer.weight is not None:
-            out.append(gw)
-        if layer.bias is not None:
-            out.append(gb)
-    return out
+    """The gradients of :meth:`Network.parameters`, in its order, from the per-layer ``∇_θ`` and ``∇_b``."""
+    return [g for layer, gw, gb in zip(net.layers, grads.weights, grads.biases) for g in layer.parameter_gradients(gw, gb)]
 
 
 def is_ddp(model) -> bool:

@@ -38,22 +38,15 @@ import torch
 from torch import nn
 
 from . import counting
-from .algorithms.driver import Result, compute, compute_objective, loss_kind, penalty_value
-from .algorithms.passes import standard_backprop
-from .fallback import autograd_value, output_map_of, penalty_by_autograd, run_fallback
-from .network import Network, UnsupportedModelError, unwrap
+from .algorithms.driver import Result, compute, compute_objective, loss_gradients, penalty_value
+from .fallback import autograd_value, penalty_by_autograd, run_fallback
+from .losses import LOSSES, loss_for, loss_value
+from .network import Network, UnsupportedModelError, output_map_of, unwrap
 from .penalties import Penalty
 from .pipeline import compute_input, read_cached, read_with_plans, record, resolve_cached, resolve_in, run_explicit
 from .planning import validate_call, warn_fallback
-from .seeds import LossGradientSeed
 
 __all__ = ["LOSSES", "as_network", "count_operations", "double_backprop", "loss_for", "objective", "objective_gradients", "penalty"]
-
-#: The losses :func:`objective` knows: ``"nll"`` (cross-entropy: ``−log softmax(x_L)[y]`` for logits,
-#: ``−log x_L[y]`` after a final softmax; as ``F.cross_entropy``) and ``"mse"`` (``‖x_L − y‖²`` summed
-#: over the outputs of an example, batch mean; ``C`` times ``F.mse_loss``, which averages over outputs too).
-LOSSES = ("nll", "mse")
-
 
 def as_network(model: nn.Module | Network, x: torch.Tensor) -> Network:
     """``model`` read as the network of eq. (8) for inputs shaped like ``x`` (a DDP wrapper is looked through)."""
@@ -62,19 +55,6 @@ def as_network(model: nn.Module | Network, x: torch.Tensor) -> Network:
     if x.ndim < 2:
         raise ValueError(f"x must have a leading batch dimension, got shape {tuple(x.shape)}")
     return read_cached(model, x)
-
-
-def loss_for(y: torch.Tensor, loss: str | None = None) -> str:
-    """The loss of :func:`objective`: ``loss`` if given, else by one rule — integer labels ``y``: ``"nll"``; float ``y``: ``"mse"``."""
-    if loss is not None:
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES} or None, got {loss!r}")
-        return loss
-    if y.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
-        return "nll"
-    if y.is_floating_point():
-        return "mse"
-    raise TypeError(f"cannot derive a loss from labels of dtype {y.dtype}; pass loss='nll' or loss='mse'")
 
 
 def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) -> torch.Tensor:
@@ -132,8 +112,6 @@ def _value_only(model, x, pen, y, algorithm: str, lam: float | None, loss: str |
             rec = record(net, xc)
             value = penalty_value(net, rec, pen, y)
             if lam is not None:
-                from .seeds import loss_value
-
                 value = loss_value(net.output_map, rec.output, y, loss, rec.logits) + lam * value
         return value
     with torch.inference_mode(False), torch.enable_grad():
@@ -141,8 +119,6 @@ def _value_only(model, x, pen, y, algorithm: str, lam: float | None, loss: str |
         inner = unwrap(model)
         value = penalty_by_autograd(inner, xin, pen, y, return_output=lam is not None)
         if lam is not None:
-            from .seeds import loss_value
-
             value, out = value
             value = loss_value(output_map_of(inner), out, y, loss) + lam * value
     return value.detach()
@@ -367,8 +343,7 @@ def count_operations(
             raise ValueError(f"count_operations: penalty=None has no algorithm choice, got algorithm={algorithm!r}")
         with torch.no_grad(), counting.count() as counter:
             rec = net.forward(x)
-            zeta_L = LossGradientSeed(net.output_map, rec.output, y, loss_kind(net, None)).zeta_L() / x.shape[0]
-            standard_backprop(net, rec, zeta_L)  # Section 4.5: L - 1 evaluations of Kᵀ
+            loss_gradients(net, rec, y, loss_for(y))  # Section 4.5: L - 1 evaluations of Kᵀ
         return {k: counter[k] for k in counting.KINDS}
     if not isinstance(penalty, Penalty):
         raise TypeError(f"count_operations: penalty must be a dbpaper Penalty or None, got {type(penalty).__name__}")
@@ -376,7 +351,7 @@ def count_operations(
         if with_loss and algorithm != "general":  # the objective ℓ + λR as dbpaper.objective runs it (loss folded in)
             if y is None:
                 raise ValueError("count_operations: with_loss=True needs y (labels or targets)")
-            objective_gradients(net, x, penalty, y, 1.0, loss=loss_kind(net, penalty), algorithm=algorithm)
+            objective_gradients(net, x, penalty, y, 1.0, loss=loss_for(y), algorithm=algorithm)
         else:
             double_backprop(net, x, penalty, y, algorithm=algorithm, with_loss=with_loss)
     return {k: counter[k] for k in counting.KINDS}

@@ -14,40 +14,14 @@ import torch
 from torch import nn
 
 from ._precomputed import Precomputed, average_over_ranks, guard_second_order, is_ddp
-from .network import UnsupportedModelError, unwrap
+from .losses import loss_value
+from .network import UnsupportedModelError, output_map_of, unwrap
 from .penalties import (
-    ClassicalDoubleBackprop,
-    GeneralPenalty,
-    JacobianFrobenius,
-    OperatorNorm,
-    OutputNodeGradient,
     Penalty,
 )
 from .planning import BatchMixingWarning, warn_fallback
-from .seeds import loss_value
 
-__all__ = ["autograd_value", "output_map_of", "penalty_by_autograd", "run_fallback"]
-
-
-def output_map_of(model: nn.Module):
-    """The output map ``g_L`` a model ends with: :class:`~dbpaper.Softmax` if its last module is ``nn.Softmax`` over the
-    last dimension (looking into nested ``nn.Sequential``), a :class:`~dbpaper.activations.CoordinatewiseOutput` for a
-    final sigmoid, tanh, softplus, ... (for the losses it acts like the identity: ``x_L`` is read as logits), else the
-    identity."""
-    from . import activations as act
-    from .network import unwrap
-
-    m = unwrap(model)
-    while isinstance(m, nn.Sequential) and len(m) > 0:
-        m = m[-1]
-    if isinstance(m, nn.Softmax) and m.dim in (-1, 1):
-        return act.Softmax()
-    final = {nn.Sigmoid: act.Sigmoid, nn.Tanh: act.Tanh, nn.ReLU: act.ReLU}
-    if type(m) in final:
-        return act.CoordinatewiseOutput(final[type(m)]())
-    if type(m) is nn.Softplus:
-        return act.CoordinatewiseOutput(act.Softplus(m.beta, m.threshold))
-    return act.IdentityOutput()
+__all__ = ["autograd_value", "penalty_by_autograd", "run_fallback"]
 
 
 def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False):
@@ -69,50 +43,11 @@ def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tenso
     return (value, out) if return_output else value
 
 
-def _general_value(penalty: GeneralPenalty, xin: torch.Tensor, out: torch.Tensor, y) -> torch.Tensor:
-    """``mean_n p((dx_L/dx_0)* v)`` for a :class:`~dbpaper.penalties.GeneralPenalty` with ``create_graph=True``.
-
-    A ``v`` that is a function of ``x_L`` enters as ``grad_outputs`` computed
-    from the recorded output, so its dependence on the network is
-    differentiated too; ``p``'s per-batch targets (Sobolev) are constants.
-    """
-    if hasattr(penalty, "check_outputs"):
-        penalty.check_outputs(out[0].numel())
-    p = penalty.p_for(xin.detach(), y)
-    v = penalty.v_for(out, y)
-    (xi,) = torch.autograd.grad(out, xin, grad_outputs=v, create_graph=True, retain_graph=True)
-    return p.value(xi).sum() / xin.shape[0]
-
-
 def _autograd_value(model, xin: torch.Tensor, out: torch.Tensor, penalty: Penalty, y) -> torch.Tensor:
-    n = xin.shape[0]
-    if isinstance(penalty, GeneralPenalty):
-        return _general_value(penalty, xin, out, y)
-    if isinstance(penalty, ClassicalDoubleBackprop):
-        loss = loss_value(output_map_of(model), out, y, penalty.loss) * n  # Σ_n ℓ_n: per-example input gradients
-        (xi,) = torch.autograd.grad(loss, xin, create_graph=True)
-        return penalty.p.value(xi).sum() / n
-    if isinstance(penalty, OutputNodeGradient | JacobianFrobenius):
-        flat = out.reshape(n, -1)
-        idx = [penalty.index] if isinstance(penalty, OutputNodeGradient) else range(flat.shape[1])
-        if isinstance(penalty, OutputNodeGradient) and penalty.index >= flat.shape[1]:
-            raise ValueError(f"OutputNodeGradient: index {penalty.index} is out of range for {flat.shape[1]} outputs")
-        total = out.new_zeros(())
-        for i in idx:
-            (xi,) = torch.autograd.grad(flat[:, i].sum(), xin, create_graph=True, retain_graph=True)
-            total = total + penalty.p.value(xi).sum() / n
-        return total
-    if isinstance(penalty, OperatorNorm):
-        v = penalty.sample_v(out.detach())
-        for _ in range(penalty.iterations - 1):  # v <- J Jᵀ v / ‖J Jᵀ v‖, with J u by the double-vjp trick
-            w = torch.zeros_like(out).requires_grad_(True)
-            (g,) = torch.autograd.grad(out, xin, w, create_graph=True, retain_graph=True)
-            (jw,) = torch.autograd.grad(g, w, torch.autograd.grad(out, xin, v, retain_graph=True)[0], retain_graph=True)
-            nrm = torch.linalg.vector_norm(jw.reshape(n, -1), dim=1).reshape((-1,) + (1,) * (jw.ndim - 1))
-            v = (jw / torch.where(nrm > 0, nrm, torch.ones_like(nrm))).detach()
-        (xi,) = torch.autograd.grad(out, xin, v, create_graph=True)
-        return penalty.p.value(xi).sum() / n
-    raise TypeError(f"no autograd implementation for {penalty!r}")
+    """``R`` from the penalty's own autograd terms (``create_graph=True``), summed before any backward."""
+    penalty.check_outputs(out[0].numel())
+    terms = penalty.autograd_terms(model, xin, out, y)
+    return sum(terms[1:], terms[0])
 
 
 def autograd_value(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Tensor:

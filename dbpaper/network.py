@@ -9,12 +9,8 @@ exactly what the algorithms need: the activations ``x_0, ..., x_L`` and the
 derivatives ``g'_j(z_j)`` (and ``g''_j(z_j)`` where it is not zero) for the
 hidden layers.
 
-Supported modules: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` (zero
-padding), :class:`dbpaper.nn.LocallyConnected2d`, ``nn.AvgPool2d``,
-``nn.PixelUnshuffle``, ``nn.Flatten`` (a reshape), the activations
-``nn.ReLU``, ``nn.LeakyReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.Softplus``,
-``nn.ELU``, ``nn.Identity``, and a final ``nn.Softmax(dim=-1)`` or nothing
-(identity output). A bias applied to a convolution is shared by all
+The supported modules are those with a reader (:mod:`dbpaper.readers`,
+:data:`~dbpaper.readers.SUPPORTED_MODULES`). A bias applied to a convolution is shared by all
 positions: ``b_j`` in eq. (8) is then the broadcast of the module's bias,
 and its gradient is summed over the positions.
 """
@@ -22,7 +18,6 @@ and its gradient is summed over the positions.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import torch
@@ -30,23 +25,18 @@ from torch import nn
 
 from . import activations as act
 from . import counting
-from . import nn as dbnn
-from .operators import (
-    AvgPool2d,
-    BilinearOperator,
-    Conv1d,
-    Conv2d,
-    Dense,
-    InvertibleDownsampling,
+from .operators import BilinearOperator, Dense
+from .readers import (
+    SUPPORTED_MODULES,
+    LinearPart,
+    UnsupportedOption,
+    output_map_of,
+    reader_for,
+    supported_modules,
+    unwrap,
 )
 
-__all__ = ["ForwardRecord", "Layer", "Network", "SUPPORTED_MODULES", "UnsupportedModelError", "unwrap"]
-
-SUPPORTED_MODULES = (
-    "Linear, Conv1d, Conv2d, dbpaper.nn.LocallyConnected2d, AvgPool2d, PixelUnshuffle, Flatten, "
-    "ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, ELU, Identity, and a final Softmax(dim=-1)"
-)
-
+__all__ = ["ForwardRecord", "Layer", "Network", "SUPPORTED_MODULES", "UnsupportedModelError", "output_map_of", "unwrap"]
 
 class UnsupportedModelError(ValueError):
     """The model is outside the framework of eq. (8): it cannot be read as a :class:`Network`.
@@ -62,32 +52,6 @@ class UnsupportedModelError(ValueError):
         super().__init__(message)
         self.module = module
         self.reason = reason
-
-
-def unwrap(model):
-    """The module inside a ``DistributedDataParallel``, ``DataParallel`` or ``torch.compile`` wrapper, else ``model``.
-
-    A compiled module (``torch.compile(model)``) shares its parameters with the
-    original one, which the explicit algorithms read; their own first-order
-    graphs compile (and a compiled training step traces them).
-    """
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
-    while True:
-        if isinstance(model, DistributedDataParallel | DataParallel):
-            model = model.module
-        elif isinstance(model, nn.Module) and type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
-            model = model._orig_mod  # torch._dynamo.eval_frame.OptimizedModule
-        else:
-            return model
-
-
-#: (torch base class, the method its ``forward`` must be) for every module the reader accepts
-def _accepted_bases() -> tuple[type, ...]:
-    return (
-        nn.Linear, nn.Conv1d, nn.Conv2d, dbnn.LocallyConnected2d, nn.AvgPool2d, nn.PixelUnshuffle, nn.Flatten,
-        nn.Identity, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.ELU, nn.Softmax, nn.Sequential,
-    )  # fmt: skip
 
 
 def _hooks(m: nn.Module) -> list[str]:
@@ -106,11 +70,9 @@ def _hooks(m: nn.Module) -> list[str]:
 
 def _outside(m: nn.Module) -> str | None:
     """Why ``m`` cannot be read by its type (an overridden ``forward`` or hooks), else ``None``."""
-    for base in _accepted_bases():
-        if isinstance(m, base):
-            if type(m).forward is not base.forward:
-                return f"{type(m).__name__} subclasses {base.__name__} but overrides forward"
-            break
+    base = nn.Sequential if isinstance(m, nn.Sequential) else getattr(reader_for(m), "module", None)
+    if base is not None and type(m).forward is not base.forward:
+        return f"{type(m).__name__} subclasses {base.__name__} but overrides forward"
     hooks = _hooks(m)
     if hooks:
         return f"it has a {' and a '.join(hooks)}, which the explicit algorithms would not call"
@@ -134,6 +96,20 @@ class Layer:
     activation: act.Activation | act.OutputMap
     in_shape: tuple[int, ...]
     module_names: tuple[str, ...]
+    #: the reader's account of the linear module (its own parameters, and the adjoint of derived ``θ``, ``b``)
+    part: LinearPart | None = dataclasses.field(default=None, repr=False)
+
+    def parameters(self) -> tuple[torch.Tensor, ...]:
+        """The module's own trainable tensors (``θ_j`` then ``b_j`` unless the reader derives them)."""
+        if self.part is not None:
+            return self.part.trainable()
+        return tuple(t for t in (self.weight, self.bias) if t is not None)
+
+    def parameter_gradients(self, grad_weight: torch.Tensor | None, grad_bias: torch.Tensor | None) -> list[torch.Tensor]:
+        """The gradients of :meth:`parameters` from ``∇_θ`` and ``∇_b`` (the adjoint of a derived ``θ``, ``b``)."""
+        if self.part is not None and self.part.param_grads is not None:
+            return list(self.part.param_grads(grad_weight, grad_bias))
+        return [g for t, g in ((self.weight, grad_weight), (self.bias, grad_bias)) if t is not None]
 
     def theta(self, like: torch.Tensor) -> torch.Tensor:
         """``θ_j``: the module weight, or the fixed scalar 1 of a parameter-free operator."""
@@ -312,37 +288,36 @@ class Network:
 
         for idx, (name, m) in enumerate(modules):
             where = f"module {idx} ({name}: {type(m).__name__})"
-            if isinstance(m, nn.Flatten):
-                if m.start_dim != 1 or m.end_dim != -1:
-                    raise UnsupportedModelError(
-                        f"Network: {where}: only Flatten(start_dim=1, end_dim=-1) is supported", where, "Flatten dims"
-                    )
+            reader = reader_for(m)
+            if reader is None:
+                raise UnsupportedModelError(f"Network: {where} is not supported; supported modules: {supported_modules()}", where, "unsupported module")
+            part = _read(reader, m, flat_shape, where)
+            if reader.kind == "skip":
+                continue
+            if reader.kind == "reshape":
                 if pending is not None:
                     close(act.Identity())
-                flat_shape = (math.prod(flat_shape),)
+                flat_shape = part
                 continue
-            if isinstance(m, nn.Identity):
-                continue
-            op_weight_bias = _operator(m, flat_shape, where)
-            if op_weight_bias is not None:
+            if reader.kind == "linear":
                 if pending is not None:
                     close(act.Identity())
-                op, weight, bias = op_weight_bias
-                pending = dict(op=op, weight=weight, bias=bias, in_shape=x_shape, module_names=(name,))
-                flat_shape = x_shape = op.out_shape
+                pending = dict(op=part.op, weight=part.weight, bias=part.bias, in_shape=x_shape, module_names=(name,), part=part)
+                flat_shape = x_shape = part.op.out_shape
                 continue
-            a = _activation(m, where, is_last=idx == len(modules) - 1)
+            if reader.kind == "output" and idx != len(modules) - 1:
+                raise UnsupportedModelError(f"Network: {where}: {type(m).__name__} is only supported as the final module (Appendix B)", where, "softmax not last")
             if pending is None:
                 raise UnsupportedModelError(
                     f"Network: {where}: an activation must follow a linear module (eq. (8))", where, "activation without a linear module"
                 )
             pending["module_names"] = pending["module_names"] + (name,)
-            close(a)
+            close(part)
         if pending is not None:
             close(act.IdentityOutput())
         if not layers:
             raise UnsupportedModelError(
-                f"Network: the model has no linear module; supported modules: {SUPPORTED_MODULES}", "model", "no linear module"
+                f"Network: the model has no linear module; supported modules: {supported_modules()}", "model", "no linear module"
             )
         last = layers[-1]
         if isinstance(last.activation, act.Identity):  # a Flatten after the last layer: still an identity output
@@ -377,11 +352,8 @@ class Network:
         return all(layer.activation.locally_linear for layer in self.layers[:-1])
 
     def parameters(self) -> list[torch.Tensor]:
-        """The trainable tensors, weight then bias per layer (the model's own tensors)."""
-        out = []
-        for layer in self.layers:
-            out += [t for t in (layer.weight, layer.bias) if t is not None]
-        return out
+        """The trainable tensors of the model, layer by layer (the modules' own tensors: weight then bias)."""
+        return [t for layer in self.layers for t in layer.parameters()]
 
     # -- forward -----------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:
@@ -431,10 +403,6 @@ class Network:
         return "\n".join(lines)
 
 
-class _Unsupported(ValueError):
-    """Internal: a module option outside the framework (re-raised as UnsupportedModelError)."""
-
-
 def _flatten(model: nn.Module, prefix: str = ""):
     """Every module in execution order: every position of a reused instance, nested Sequentials expanded.
 
@@ -455,70 +423,11 @@ def _flatten(model: nn.Module, prefix: str = ""):
         yield name, model
 
 
-def _padding(m, where):
-    if getattr(m, "padding_mode", "zeros") != "zeros":
-        raise _Unsupported(f"only padding_mode='zeros' is bilinear-supported, got {m.padding_mode!r}")
-    if isinstance(m.padding, str):
-        if m.padding == "valid":
-            return 0
-        raise _Unsupported(f"string padding {m.padding!r} is not supported; give the padding as ints")
-    return m.padding
-
-
-def _operator(m: nn.Module, shape: tuple[int, ...], where: str):
-    """The bilinear operator (and weight, bias) of a linear module, or None for other modules."""
+def _read(reader, m: nn.Module, shape: tuple[int, ...], where: str):
+    """``reader.read(m, shape)`` with its errors naming the module: an option outside the framework, or a shape."""
     try:
-        if isinstance(m, nn.Linear):
-            if len(shape) > 1 and shape[-1] == m.in_features:
-                raise _Unsupported(
-                    f"a Linear applied to the last dimension of per-example inputs of shape {shape} (a sequence "
-                    "model); eq. (8) reads a Linear on flat examples"
-                )
-            if shape != (m.in_features,):
-                raise ValueError(f"input of per-example shape {shape} does not match in_features={m.in_features}")
-            return Dense(m.in_features, m.out_features), m.weight, m.bias
-        if isinstance(m, nn.Conv1d | nn.Conv2d):
-            cls = Conv1d if isinstance(m, nn.Conv1d) else Conv2d
-            if len(shape) != len(m.kernel_size) + 1 or shape[0] != m.in_channels:
-                raise ValueError(f"input of per-example shape {shape} does not fit in_channels={m.in_channels}")
-            op = cls(shape, m.out_channels, m.kernel_size, m.stride, _padding(m, where), m.dilation, m.groups)
-            return op, m.weight, m.bias
-        if isinstance(m, dbnn.LocallyConnected2d):
-            if shape != m.operator.in_shape:
-                raise ValueError(f"input of per-example shape {shape} does not match the layer's {m.operator.in_shape}")
-            return m.operator, m.weight, m.bias
-        if isinstance(m, nn.AvgPool2d):
-            if m.divisor_override is not None:
-                raise _Unsupported("divisor_override is not supported")
-            return AvgPool2d(shape, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad), None, None
-        if isinstance(m, nn.PixelUnshuffle):
-            return InvertibleDownsampling(shape, m.downscale_factor), None, None
-    except _Unsupported as e:
+        return reader.read(m, shape)
+    except UnsupportedOption as e:
         raise UnsupportedModelError(f"Network: {where}: {e}", where, str(e)) from None
     except ValueError as e:
         raise ValueError(f"Network: {where}: {e}") from None
-    return None
-
-
-def _activation(m: nn.Module, where: str, is_last: bool):
-    if isinstance(m, nn.Softmax):
-        if not is_last:
-            raise UnsupportedModelError(f"Network: {where}: softmax is only supported as the final module (Appendix B)", where, "softmax not last")
-        if m.dim not in (-1, 1):
-            raise UnsupportedModelError(
-                f"Network: {where}: softmax must act on the last dimension (dim=-1), got dim={m.dim}", where, "softmax dim"
-            )
-        return act.Softmax()
-    if isinstance(m, nn.ReLU):
-        return act.ReLU()
-    if isinstance(m, nn.LeakyReLU):
-        return act.LeakyReLU(m.negative_slope)
-    if isinstance(m, nn.Tanh):
-        return act.Tanh()
-    if isinstance(m, nn.Sigmoid):
-        return act.Sigmoid()
-    if isinstance(m, nn.Softplus):
-        return act.Softplus(m.beta, m.threshold)
-    if isinstance(m, nn.ELU):
-        return act.ELU(m.alpha)
-    raise UnsupportedModelError(f"Network: {where} is not supported; supported modules: {SUPPORTED_MODULES}", where, "unsupported module")

@@ -19,63 +19,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fallback import _general_value
 from .network import ForwardRecord, Network
 from .penalties import (
-    ClassicalDoubleBackprop,
-    GeneralPenalty,
     JacobianFrobenius,
-    OperatorNorm,
-    OutputNodeGradient,
     Penalty,
 )
-from .seeds import loss_value
 
 __all__ = ["autograd_penalty", "func_jacobian_frobenius", "reference_gradients", "traced_quantities"]
 
 
-def _vs(penalty: Penalty, net: Network, out: torch.Tensor, x: torch.Tensor, model: nn.Module):
-    if isinstance(penalty, OutputNodeGradient):
-        v = torch.zeros_like(out).reshape(out.shape[0], -1)
-        v[:, penalty.index] = 1
-        return [v.reshape(out.shape)]
-    if isinstance(penalty, JacobianFrobenius):
-        vs = []
-        for i in range(out[0].numel()):
-            v = torch.zeros_like(out).reshape(out.shape[0], -1)
-            v[:, i] = 1
-            vs.append(v.reshape(out.shape))
-        return vs
-    if isinstance(penalty, OperatorNorm):
-        v = penalty.sample_v(out.detach())
-        xd = x.detach()
-        for _ in range(penalty.iterations - 1):
-            _, vjp = torch.func.vjp(model, xd)
-            (w,) = vjp(v)
-            _, jw = torch.func.jvp(model, (xd,), (w,))
-            n = torch.linalg.vector_norm(jw.reshape(jw.shape[0], -1), dim=1).reshape((-1,) + (1,) * (jw.ndim - 1))
-            v = jw / torch.where(n > 0, n, torch.ones_like(n))
-        return [v.detach()]
-    raise TypeError(f"no reference implementation for {penalty!r}")
-
-
 def autograd_penalty(model: nn.Module, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None) -> list[torch.Tensor]:
     """The summands ``mean_n p(ξ_0^{(k)})`` of ``R``, one per ``v``, each differentiable (``create_graph=True``)."""
-    net = Network.from_sequential(model, x.shape[1:])
+    Network.from_sequential(model, x.shape[1:])  # the oracle of the explicit algorithms: models of eq. (8) only
     x = x.detach().requires_grad_(True)
-    out = model(x)
-    n = x.shape[0]
-    if isinstance(penalty, ClassicalDoubleBackprop):
-        loss = loss_value(net.output_map, out, y, penalty.loss) * n  # Σ_n ℓ_n: per-example input gradients
-        (xi,) = torch.autograd.grad(loss, x, create_graph=True)
-        return [penalty.p.value(xi).sum() / n]
-    if isinstance(penalty, GeneralPenalty):
-        return [_general_value(penalty, x, out, y)]
-    terms = []
-    for v in _vs(penalty, net, out, x, model):
-        (xi,) = torch.autograd.grad(out, x, grad_outputs=v, create_graph=True, retain_graph=True)
-        terms.append(penalty.p.value(xi).sum() / n)
-    return terms
+    return penalty.autograd_terms(model, x, model(x), y)
 
 
 def func_jacobian_frobenius(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -141,6 +98,7 @@ def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.
     """
     if penalty.num_seeds(net) != 1:
         raise ValueError("traced_quantities supports penalties with a single v")
+    penalty = penalty.bind(x, y)
     L = net.depth
     params = net.parameters()
     saved = [p.requires_grad for p in params]
@@ -160,7 +118,7 @@ def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.
                 xs.append(xj)
                 dgs.append(layer.activation.df(z) if j < L else None)
             rec = ForwardRecord(xs=xs, dg=[None] * (L + 1), d2g=[None] * (L + 1))
-            (seed,) = list(penalty.seeds(net, rec, y))
+            (seed,) = list(penalty.seeds(net, rec, y))  # penalty bound to the batch above
             zetas: list = [None] * (L + 1)
             xis: list = [None] * (L + 1)
             zetas[L] = seed.zeta_L()

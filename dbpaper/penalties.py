@@ -44,12 +44,14 @@ forward pass.
 from __future__ import annotations
 
 import abc
+import copy
 import operator
 from collections.abc import Iterator
 
 import torch
 
-from .network import ForwardRecord, Network
+from .losses import LOSSES, loss_value
+from .network import ForwardRecord, Network, output_map_of
 from .seeds import ConstantSeed, FunctionSeed, LossGradientSeed, Seed
 
 __all__ = [
@@ -189,24 +191,76 @@ class PFunction:
 
 
 class Penalty(abc.ABC):
-    """A penalty ``R = Σ_k mean_n p(ξ_0^{(k)})`` of the form (10)."""
+    """A penalty ``R = Σ_k mean_n p(ξ_0^{(k)})`` of the form (10).
+
+    A penalty carries everything the planner, the explicit algorithms and the
+    autograd fallback need, so that none of them branches on its class:
+
+    * :meth:`seeds` — the ``v``'s with the output map (Appendix B), for the algorithms;
+    * :meth:`num_seeds`, :attr:`constant_v` (``v`` does not depend on the
+      network, so ``η`` may vanish identically, Section 5.3),
+      :attr:`extra_passes` (linearised passes spent on choosing ``v``) and
+      :attr:`sums_unit_outputs` (``v`` runs over every output ``e^{(i)}``, the
+      Jacobian penalty of Algorithm 4) — for the cost model;
+    * :meth:`autograd_terms` — ``mean_n p(ξ_0^{(k)})`` per ``v`` by autograd
+      (``create_graph=True``), for the fallback and the test oracles;
+    * :meth:`bind` — the penalty for one batch (a copy; the penalty itself is never changed by a call).
+    """
 
     p: SquaredNorm | Norm = SquaredNorm()
     #: whether the penalty needs labels / targets ``y``
     needs_y: bool = False
+    #: whether every ``v`` is independent of the network (then ``η`` vanishes with an identity output, Section 5.3)
+    constant_v: bool = True
+    #: whether the ``v``'s are all the unit vectors ``e^{(1)}, ..., e^{(C)}`` with ``p = ‖·‖²`` (the Jacobian penalty)
+    sums_unit_outputs: bool = False
 
     @abc.abstractmethod
-    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None) -> Iterator[Seed]:
-        """The ``v``'s of eq. (10) with the output map, one seed each."""
+    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear=None) -> Iterator[Seed]:
+        """The ``v``'s of eq. (10) with the output map, one seed each.
+
+        ``linear``, where given, applies the linearised network (an object with
+        ``vjp(v) = (dx_L/dx_0)* v`` and ``jvp(u) = (dx_L/dx_0) u`` on the recorded
+        forward pass); only a penalty that chooses ``v`` by power iteration uses it.
+        """
+
+    @abc.abstractmethod
+    def autograd_terms(self, model, xin: torch.Tensor, out: torch.Tensor, y: torch.Tensor | None) -> list[torch.Tensor]:
+        """``mean_n p(ξ_0^{(k)})`` for each ``v``, by autograd with ``create_graph=True`` (``out = model(xin)``)."""
 
     def num_seeds(self, net: Network) -> int:
         """How many ``v``'s (backward passes) the penalty needs."""
         return 1
 
+    @property
+    def extra_passes(self) -> int:
+        """Linearised forward-and-backward passes spent on choosing ``v`` (power iterations)."""
+        return 0
+
+    def bind(self, x0: torch.Tensor, y: torch.Tensor | None) -> Penalty:
+        """The penalty for the batch ``x0`` (and ``y``): ``self``, or a copy whose ``p`` holds per-batch targets."""
+        return self
+
+    def check_outputs(self, outputs: int) -> None:
+        """Raise a clear error if the penalty does not fit a model with ``outputs`` outputs per example."""
+        return None
+
     def check(self, net: Network, y: torch.Tensor | None) -> None:
         """Raise a clear error if the penalty does not fit the network or ``y``."""
         if self.needs_y and y is None:
             raise ValueError(f"{self!r} needs y (labels or targets)")
+        self.check_outputs(net.layers[-1].op.out_numel)
+
+    def _mean_p(self, xi: torch.Tensor) -> torch.Tensor:
+        return self.p.value(xi).sum() / xi.shape[0]
+
+    def _vjp_terms(self, xin: torch.Tensor, out: torch.Tensor, vs) -> list[torch.Tensor]:
+        """``mean_n p((dx_L/dx_0)* v)`` for each ``v`` of ``vs``, differentiable (double backward)."""
+        terms = []
+        for v in vs:
+            (xi,) = torch.autograd.grad(out, xin, grad_outputs=v, create_graph=True, retain_graph=True)
+            terms.append(self._mean_p(xi))
+        return terms
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -222,14 +276,21 @@ class ClassicalDoubleBackprop(Penalty):
     """
 
     needs_y = True
+    constant_v = False  # v = ∇_{x_L} ℓ depends on the network through x_L
 
     def __init__(self, loss: str = "nll"):
-        if loss not in ("nll", "mse"):
-            raise ValueError(f"ClassicalDoubleBackprop: loss must be 'nll' or 'mse', got {loss!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"ClassicalDoubleBackprop: loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
 
-    def seeds(self, net, rec, y):
+    def seeds(self, net, rec, y, linear=None):
         yield LossGradientSeed(net.output_map, rec.output, y, self.loss)
+
+    def autograd_terms(self, model, xin, out, y):
+        n = xin.shape[0]
+        total = loss_value(output_map_of(model), out, y, self.loss) * n  # Σ_n ℓ_n: per-example input gradients
+        (xi,) = torch.autograd.grad(total, xin, create_graph=True)
+        return [self._mean_p(xi)]
 
 
 class OutputNodeGradient(Penalty):
@@ -242,24 +303,30 @@ class OutputNodeGradient(Penalty):
     def __init__(self, index: int):
         self.index = _index(index, "OutputNodeGradient")
 
-    def check(self, net, y):
-        c = net.layers[-1].op.out_numel
-        if self.index >= c:
-            raise ValueError(f"OutputNodeGradient: index {self.index} is out of range for {c} outputs")
+    def check_outputs(self, outputs):
+        _check_index(self.index, outputs, "OutputNodeGradient")
 
-    def seeds(self, net, rec, y):
+    def seeds(self, net, rec, y, linear=None):
         yield ConstantSeed(net.output_map, rec.output, _unit(rec.output, self.index))
+
+    def autograd_terms(self, model, xin, out, y):
+        return self._vjp_terms(xin, out, [_unit(out, self.index)])
 
 
 class JacobianFrobenius(Penalty):
     """``‖J‖_F² = Σ_i ‖∇_{x_0} x_L^i‖²``: ``C`` penalties of the form (10) (Section 4.1.2)."""
 
+    sums_unit_outputs = True
+
     def num_seeds(self, net):
         return net.layers[-1].op.out_numel
 
-    def seeds(self, net, rec, y):
+    def seeds(self, net, rec, y, linear=None):
         for i in range(self.num_seeds(net)):
             yield ConstantSeed(net.output_map, rec.output, _unit(rec.output, i))
+
+    def autograd_terms(self, model, xin, out, y):
+        return self._vjp_terms(xin, out, (_unit(out, i) for i in range(out[0].numel())))
 
 
 class OperatorNorm(Penalty):
@@ -285,19 +352,40 @@ class OperatorNorm(Penalty):
     def __repr__(self) -> str:
         return f"OperatorNorm(iterations={self.iterations}{', generator=...' if self.generator is not None else ''})"
 
+    @property
+    def extra_passes(self) -> int:
+        return self.iterations - 1
+
     def sample_v(self, like: torch.Tensor) -> torch.Tensor:
         """A per-example random unit vector shaped like ``like`` (drawn on the CPU for reproducibility)."""
         v = torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device="cpu").to(like.device)
         return _normalize(v)
 
-    def seeds(self, net, rec, y):
-        from .algorithms.passes import backward_pass, linearized_forward
-
-        v = self.sample_v(rec.output)
+    def power_iteration(self, v: torch.Tensor, vjp, jvp) -> torch.Tensor:
+        """``iterations - 1`` steps ``v ← J Jᵀ v / ‖J Jᵀ v‖`` with ``Jᵀ`` and ``J`` given as functions."""
         for _ in range(self.iterations - 1):
-            xi_0 = backward_pass(net, rec, net.output_map.jvp(rec.output, v)).xis[0]
-            v = _normalize(linearized_forward(net, rec, xi_0))
+            v = _normalize(jvp(vjp(v)))
+        return v
+
+    def seeds(self, net, rec, y, linear=None):
+        v = self.sample_v(rec.output)
+        if self.iterations > 1:
+            if linear is None:
+                raise ValueError("OperatorNorm with iterations > 1 needs the linearised network (linear=...) to choose v")
+            v = self.power_iteration(v, linear.vjp, linear.jvp)
         yield ConstantSeed(net.output_map, rec.output, v)
+
+    def autograd_terms(self, model, xin, out, y):
+        def vjp(v):
+            return torch.autograd.grad(out, xin, v, retain_graph=True)[0]
+
+        def jvp(u):  # J u by the double-vjp trick: the vjp is linear in its cotangent w, differentiate it in w
+            w = torch.zeros_like(out).requires_grad_(True)
+            (g,) = torch.autograd.grad(out, xin, w, create_graph=True, retain_graph=True)
+            return torch.autograd.grad(g, w, u, retain_graph=True)[0]
+
+        v = self.power_iteration(self.sample_v(out.detach()), vjp, jvp).detach()  # v is a constant (no gradient through it)
+        return self._vjp_terms(xin, out, [v])
 
 
 class GeneralPenalty(Penalty):
@@ -341,12 +429,20 @@ class GeneralPenalty(Penalty):
         self.v = v
         self.v_vjp = v_vjp
         self.needs_y = bool(uses_y) or (isinstance(v, str) and v == "labels")
-        self._bound = None
+        self.constant_v = not (callable(v) and not isinstance(v, torch.Tensor))
 
-    # -- p: the user's, bound per batch where it needs the batch (Sobolev targets) --------------
     @property
     def p(self):
-        return self._bound if self._bound is not None else self._p
+        """The per-example ``p`` (a bound copy holds the batch's targets, see :meth:`bind`)."""
+        return self._p
+
+    def bind(self, x0, y):
+        p = self.p_for(x0, y)
+        if p is self._p:
+            return self
+        bound = copy.copy(self)
+        bound._p = p
+        return bound
 
     def p_for(self, x0: torch.Tensor, y: torch.Tensor | None):
         """The ``p`` for a batch ``x_0`` (and ``y``); the same ``p`` for every batch unless a subclass binds targets."""
@@ -374,20 +470,19 @@ class GeneralPenalty(Penalty):
             if v.shape == x_L.shape:
                 return v
             raise ValueError(f"{type(self).__name__}: constant v has shape {tuple(v.shape)}; expected {tuple(x_L.shape[1:])} or {tuple(x_L.shape)}")
-        c = x_L[0].numel()
-        if v >= c:
-            raise ValueError(f"{type(self).__name__}: index {v} is out of range for {c} outputs")
+        _check_index(v, x_L[0].numel(), type(self).__name__)
         return _unit(x_L, v)
 
-    def check(self, net, y):
-        super().check(net, y)
+    def check_outputs(self, outputs):
         if isinstance(self.v, int) and not isinstance(self.v, bool):
-            c = net.layers[-1].op.out_numel
-            if self.v >= c:
-                raise ValueError(f"{type(self).__name__}: index {self.v} is out of range for {c} outputs")
+            _check_index(self.v, outputs, type(self).__name__)
 
-    def seeds(self, net, rec, y):
-        self._bound = self.p_for(rec.xs[0], y)
+    def autograd_terms(self, model, xin, out, y):
+        # a v that is a function of x_L enters as grad_outputs computed from the recorded output, so its
+        # dependence on the network is differentiated too; p's per-batch targets (Sobolev) are constants
+        return self.bind(xin.detach(), y)._vjp_terms(xin, out, [self.v_for(out, y)])
+
+    def seeds(self, net, rec, y, linear=None):
         v = self.v
         if callable(v) and not isinstance(v, torch.Tensor):
             vjp = None if self.v_vjp is None else (lambda u: self.v_vjp(rec.output, y, u))
@@ -419,16 +514,13 @@ class GradientNormPenalty(GeneralPenalty):
         self._index_given = index is not None
 
     def check_outputs(self, outputs: int) -> None:
-        """Raise unless the model has one output or ``index`` was given."""
+        """Raise unless the model has one output or ``index`` was given (and it is in range)."""
+        super().check_outputs(outputs)
         if not self._index_given and outputs != 1:
             raise ValueError(
                 f"GradientNormPenalty: the model has {outputs} outputs per example; a gradient penalty takes the "
                 "gradient of one output: pass index=i (e.g. GradientNormPenalty(target, index=0))"
             )
-
-    def check(self, net, y):
-        super().check(net, y)
-        self.check_outputs(net.layers[-1].op.out_numel)
 
     def __repr__(self) -> str:
         return f"GradientNormPenalty(target={self.target}, one_sided={self.one_sided}, index={self.index})"
@@ -482,6 +574,11 @@ def _index(index, who: str) -> int:
     if i < 0:
         raise ValueError(f"{who}: index must be a non-negative integer, got {i}")
     return i
+
+
+def _check_index(index: int, outputs: int, who: str) -> None:
+    if index >= outputs:
+        raise ValueError(f"{who}: index {index} is out of range for {outputs} outputs")
 
 
 def _unit(like: torch.Tensor, index: int) -> torch.Tensor:

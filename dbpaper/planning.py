@@ -73,7 +73,7 @@ from .algorithms import jacobian as J
 from .algorithms.costs import autograd_cost
 from .algorithms.registry import CALL_OVERHEAD_S, FLOP_RATE, REGISTRY, Estimate
 from .network import Network, UnsupportedModelError, unwrap
-from .penalties import JacobianFrobenius, Penalty
+from .penalties import Penalty
 
 __all__ = [
     "ALGORITHM_NAMES",
@@ -215,7 +215,7 @@ def plan(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: torch
             outside_module=err.module,
         )
     n = x.shape[0]
-    classes = net.layers[-1].op.out_numel if isinstance(penalty, JacobianFrobenius) else None
+    classes = penalty.num_seeds(net) if penalty.sums_unit_outputs else None
     auto_flops = estimate(net, penalty, n, "autograd").flops
     if algorithm == "autograd":
         return ExecutionPlan("autograd", "requested", n, classes, predicted_flops=auto_flops, autograd_flops=auto_flops)

@@ -45,8 +45,9 @@ import abc
 import torch
 
 from .activations import CoordinatewiseOutput, IdentityOutput, OutputMap, Softmax
+from .losses import loss_target
 
-__all__ = ["ConstantSeed", "FunctionSeed", "LossGradientSeed", "Seed", "loss_value", "softmax_jacobian_apply"]
+__all__ = ["ConstantSeed", "FunctionSeed", "LossGradientSeed", "Seed", "softmax_jacobian_apply"]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -149,7 +150,7 @@ class LossGradientSeed(Seed):
 
     def __init__(self, output_map: OutputMap, x_L: torch.Tensor, y: torch.Tensor, loss: str):
         self.output_map, self.x, self.loss = output_map, x_L, loss
-        self.target = _target(x_L, y, loss)
+        self.target = loss_target(x_L, y, loss)
         if loss == "nll":
             self.p = x_L if isinstance(output_map, Softmax) else torch.softmax(x_L, dim=-1)
         self.coordinatewise = isinstance(output_map, CoordinatewiseOutput)
@@ -183,46 +184,3 @@ class LossGradientSeed(Seed):
         v = 2 * (x - self.target)
         inner = v * h - _dot(x, v) * h - _dot(x, h) * v + 2 * softmax_jacobian_apply(x, h)
         return softmax_jacobian_apply(x, inner)
-
-
-def _target(x_L: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    if loss == "nll":
-        if y is None or y.dtype not in (torch.int64, torch.int32) or y.shape != x_L.shape[:1]:
-            raise ValueError(
-                f"nll loss needs class indices y of shape ({x_L.shape[0]},) and an integer dtype, "
-                f"got {None if y is None else (tuple(y.shape), y.dtype)}"
-            )
-        if x_L.ndim != 2:
-            raise ValueError(f"nll loss needs outputs of shape (N, C), got {tuple(x_L.shape)}")
-        if not torch.compiler.is_compiling() and (y.min() < 0 or y.max() >= x_L.shape[1]):
-            raise ValueError(f"class indices must lie in [0, {x_L.shape[1]}), got range [{int(y.min())}, {int(y.max())}]")
-        return torch.nn.functional.one_hot(y.long(), x_L.shape[1]).to(x_L.dtype)
-    if loss == "mse":
-        if y is None or y.shape != x_L.shape or not y.is_floating_point():
-            raise ValueError(
-                f"mse loss needs float targets y shaped like the output {tuple(x_L.shape)}, "
-                f"got {None if y is None else (tuple(y.shape), y.dtype)}"
-            )
-        return y.to(x_L.dtype)
-    raise ValueError(f"unknown loss {loss!r}; use 'nll' or 'mse'")
-
-
-def loss_value(
-    output_map: OutputMap, x_L: torch.Tensor, y: torch.Tensor, loss: str, z_L: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The batch mean of ``ℓ(x_L, y)`` (per-example losses summed over coordinates).
-
-    NLL after a softmax is computed stably: from ``log_softmax(z_L)`` where the
-    logits ``z_L`` are given (a recorded forward pass keeps them), else as
-    ``−log x_L[y]`` of the target class alone, so that another class whose
-    probability underflows to 0 does not turn a finite loss into NaN (``0 · log 0``).
-    """
-    target = _target(x_L, y, loss)
-    if loss == "mse":
-        return torch.sum((x_L - target) ** 2) / x_L.shape[0]
-    if not isinstance(output_map, Softmax):
-        return -torch.sum(target * torch.log_softmax(x_L, dim=-1)) / x_L.shape[0]
-    if z_L is not None:
-        return -torch.sum(target * torch.log_softmax(z_L, dim=-1)) / x_L.shape[0]
-    # −log x_L[y]: the target class only (``target`` is one-hot: nll takes class indices)
-    return -torch.sum(torch.log(x_L.gather(-1, y.reshape(-1, 1).long()))) / x_L.shape[0]

@@ -7,9 +7,10 @@ sits above this package and chooses among them, and the entry points
 (:func:`dbpaper.double_backprop`, :func:`dbpaper.penalty`) sit above the planner.
 """
 
-from ..seeds import ConstantSeed, LossGradientSeed, Seed, loss_value, softmax_jacobian_apply
+from ..losses import loss_value
+from ..seeds import ConstantSeed, LossGradientSeed, Seed, softmax_jacobian_apply
 from . import jacobian, registry
-from .driver import Result, compute, compute_objective, loss_kind
+from .driver import Result, compute, compute_objective, loss_gradients
 from .passes import (
     BackwardBackwardPass,
     BackwardPass,
@@ -41,7 +42,7 @@ __all__ = [
     "forward_backward_pass",
     "jacobian",
     "linearized_forward",
-    "loss_kind",
+    "loss_gradients",
     "loss_value",
     "register_algorithm",
     "softmax_jacobian_apply",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..activations import IdentityOutput
 from ..network import Network
-from ..penalties import JacobianFrobenius, OperatorNorm, OutputNodeGradient, Penalty
+from ..penalties import Penalty
 from .registry import Estimate
 
 __all__ = ["autograd_cost", "eta_vanishes", "layer_sums", "power_iteration_flops"]
@@ -24,15 +24,12 @@ def layer_sums(net: Network) -> tuple[int, int, int]:
 
 def eta_vanishes(net: Network, penalty: Penalty) -> bool:
     """Section 5.3: an identity output, locally linear activations and a network-independent ``v``."""
-    constant_v = isinstance(penalty, JacobianFrobenius | OperatorNorm | OutputNodeGradient)  # v independent of x_L
-    return isinstance(net.output_map, IdentityOutput) and net.locally_linear and constant_v
+    return isinstance(net.output_map, IdentityOutput) and net.locally_linear and penalty.constant_v
 
 
 def power_iteration_flops(net: Network, penalty: Penalty, batch: int) -> int:
-    """The extra power iterations of :class:`~dbpaper.penalties.OperatorNorm`: ``2N · 2F`` each."""
-    if isinstance(penalty, OperatorNorm):
-        return 2 * batch * 2 * layer_sums(net)[0] * (penalty.iterations - 1)
-    return 0
+    """The linearised passes a penalty spends on choosing ``v`` (power iterations): ``2N · 2F`` each."""
+    return 2 * batch * 2 * layer_sums(net)[0] * penalty.extra_passes
 
 
 def autograd_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:

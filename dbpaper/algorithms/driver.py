@@ -6,21 +6,39 @@ import dataclasses
 
 import torch
 
-from ..activations import Softmax
+from ..losses import loss_for, loss_value
 from ..network import ForwardRecord, Network
 from ..penalties import Penalty
-from ..seeds import LossGradientSeed, loss_value
+from ..seeds import LossGradientSeed
 from .costs import eta_vanishes, layer_sums, power_iteration_flops
 from .passes import (
+    BackwardPass,
     LayerGradients,
     backward_backward_pass,
     backward_pass,
     forward_backward_pass,
+    linearized_forward,
     standard_backprop,
 )
 from .registry import ALGORITHMS, Estimate, register_algorithm
 
-__all__ = ["ALGORITHMS", "Result", "compute", "compute_objective", "general", "loss_kind", "minimal", "penalty_value", "register_algorithm"]
+__all__ = ["ALGORITHMS", "Linearization", "Result", "compute", "compute_objective", "general", "loss_gradients", "loss_seed", "minimal", "penalty_value", "register_algorithm"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Linearization:
+    """The linearised network on a recorded forward pass: ``(dx_L/dx_0)*`` by Algorithm 1, ``dx_L/dx_0`` forward."""
+
+    net: Network
+    rec: ForwardRecord
+
+    def vjp(self, v: torch.Tensor) -> torch.Tensor:
+        """``(dx_L/dx_0)* v`` (Algorithm 1 from ``ζ_L = (dx_L/dz_L)* v``)."""
+        return backward_pass(self.net, self.rec, self.net.output_map.jvp(self.rec.output, v)).xis[0]
+
+    def jvp(self, u: torch.Tensor) -> torch.Tensor:
+        """``(dx_L/dx_0) u``."""
+        return linearized_forward(self.net, self.rec, u)
 
 
 @dataclasses.dataclass(eq=False)
@@ -40,12 +58,26 @@ class Result:
     algorithm: str = "general"
 
 
-def loss_kind(net: Network, penalty) -> str:
-    """The loss used with ``with_loss=True``: a classical penalty's own loss, else NLL for softmax, else squared error."""
-    own = getattr(penalty, "loss", None)
-    if own is not None:
-        return own
-    return "nll" if isinstance(net.output_map, Softmax) else "mse"
+def loss_gradients(net: Network, rec: ForwardRecord, y: torch.Tensor, loss: str, reuse: BackwardPass | None = None) -> LayerGradients:
+    """The gradients of the mean loss ``ℓ`` (Section 4.5): one standard backpropagation (``L - 1`` evaluations of ``Kᵀ``).
+
+    ``reuse``: the backward pass of classical double backpropagation with the same
+    loss, whose ``ζ_j`` are the loss's own (Section 4.5), so no ``Kᵀ`` is evaluated again.
+    """
+    n = rec.xs[0].shape[0]
+    if reuse is not None:
+        return standard_backprop(net, rec, None, xis_reuse=reuse).scaled(1.0 / n)
+    return standard_backprop(net, rec, loss_seed(net, rec, y, loss))
+
+
+def loss_seed(net: Network, rec: ForwardRecord, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """``∇_{z_L} ℓ`` of the batch-mean loss (Appendix B.2)."""
+    return LossGradientSeed(net.output_map, rec.output, y, loss).zeta_L() / rec.xs[0].shape[0]
+
+
+def _reusable(penalty, loss: str, passes: list) -> BackwardPass | None:
+    """The classical penalty's backward pass where its loss is ``loss`` (Section 4.5), else ``None``."""
+    return passes[0] if passes and getattr(penalty, "loss", None) == loss else None
 
 
 def general(
@@ -77,7 +109,8 @@ def general(
     passes = []
     single = penalty.num_seeds(net) == 1
     extra = extra_eta_L
-    for seed in penalty.seeds(net, rec, y):
+    penalty = penalty.bind(rec.xs[0], y)
+    for seed in penalty.seeds(net, rec, y, Linearization(net, rec)):
         bp = backward_pass(net, rec, seed.zeta_L())  # Algorithm 1
         xi_0 = bp.xis[0]
         value = value + penalty.p.value(xi_0).sum() / n
@@ -123,8 +156,9 @@ def penalty_value(net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.T
     """``R`` alone: Algorithm 1 once per ``v`` and ``p(ξ_0)``, no gradients (what a call under ``torch.no_grad()`` returns)."""
     n = rec.xs[0].shape[0]
     value = rec.xs[0].new_zeros(())
+    penalty = penalty.bind(rec.xs[0], y)
     with torch.no_grad():
-        for seed in penalty.seeds(net, rec, y):
+        for seed in penalty.seeds(net, rec, y, Linearization(net, rec)):
             value = value + penalty.p.value(backward_pass(net, rec, seed.zeta_L()).xis[0]).sum() / n
     return value
 
@@ -149,17 +183,11 @@ def compute(
         value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
         result = Result(value=value, gradients=grads, algorithm=name)
         if with_loss:
-            kind = loss_kind(net, penalty)
             if y is None:
                 raise ValueError("with_loss=True needs y (labels or targets)")
-            n = rec.xs[0].shape[0]
+            kind = loss_for(y)
             result.loss = loss_value(net.output_map, rec.output, y, kind, rec.logits)
-            if getattr(penalty, "loss", None) == kind and passes:
-                # Section 4.5: the ζ_j of classical double backpropagation are the loss's own
-                result.loss_gradients = standard_backprop(net, rec, None, xis_reuse=passes[0]).scaled(1.0 / n)
-            else:
-                zeta_L = LossGradientSeed(net.output_map, rec.output, y, kind).zeta_L() / n
-                result.loss_gradients = standard_backprop(net, rec, zeta_L)
+            result.loss_gradients = loss_gradients(net, rec, y, kind, _reusable(penalty, kind, passes))
     return result
 
 
@@ -187,9 +215,8 @@ def compute_objective(
     """
     lam = float(lam)
     with torch.no_grad():
-        n = rec.xs[0].shape[0]
         ell = loss_value(net.output_map, rec.output, y, loss, rec.logits)
-        zeta_loss = LossGradientSeed(net.output_map, rec.output, y, loss).zeta_L() / n  # ∇_{z_L} ℓ (batch mean)
+        zeta_loss = loss_seed(net, rec, y, loss)  # ∇_{z_L} ℓ (batch mean)
         options = getattr(ALGORITHMS[name], "options", None)  # the Algorithm 4 variants carry their options
         if name == "minimal":
             value, grads, _ = minimal(net, rec, penalty, y, scale=lam, extra_eta_L=zeta_loss)
@@ -204,8 +231,6 @@ def compute_objective(
         else:
             value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
             grads = grads.scaled(lam)
-            if getattr(penalty, "loss", None) == loss and passes:  # Section 4.5: reuse the ζ_j of the classical penalty
-                grads.add(standard_backprop(net, rec, None, xis_reuse=passes[0]).scaled(1.0 / n))
-            else:
-                grads.add(standard_backprop(net, rec, zeta_loss))
+            reuse = _reusable(penalty, loss, passes)
+            grads.add(loss_gradients(net, rec, y, loss, reuse) if reuse is not None else standard_backprop(net, rec, zeta_loss))
     return Result(value=ell + lam * value, gradients=grads, loss=ell, algorithm=name)

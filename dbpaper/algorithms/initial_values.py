@@ -4,6 +4,7 @@ They live in :mod:`dbpaper.seeds` (the penalties build on them, and the algorith
 penalties); this module re-exports them so that ``dbpaper.algorithms.initial_values`` keeps working.
 """
 
-from ..seeds import ConstantSeed, FunctionSeed, LossGradientSeed, Seed, loss_value, softmax_jacobian_apply
+from ..losses import loss_value
+from ..seeds import ConstantSeed, FunctionSeed, LossGradientSeed, Seed, softmax_jacobian_apply
 
 __all__ = ["ConstantSeed", "FunctionSeed", "LossGradientSeed", "Seed", "loss_value", "softmax_jacobian_apply"]

@@ -240,9 +240,10 @@ def _default(model, net, params, x, y, task):
 
 def _autograd_summed(model, net, params, x, y, task):
     """``create_graph=True``: every ``v``'s input gradient recorded, the penalties summed, one backward."""
-    from ..algorithms.initial_values import loss_value
     from ..api import loss_for
-    from ..fallback import _autograd_value, output_map_of
+    from ..fallback import _autograd_value
+    from ..losses import loss_value
+    from ..network import output_map_of
 
     pen = task.make()
     yp = y if pen.needs_y else None

@@ -53,8 +53,9 @@ def autograd_evaluations(case: str, L: int, d: int = 8, batch: int = 4) -> float
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..fallback import _autograd_value, output_map_of
-    from ..seeds import loss_value
+    from ..fallback import _autograd_value
+    from ..losses import loss_value
+    from ..network import output_map_of
 
     c = CASES[case]
     model = _square_mlp(L, d, c.activation, c.softmax)

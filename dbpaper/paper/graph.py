@@ -15,8 +15,8 @@ import dataclasses
 
 import torch
 
+from ..losses import loss_value
 from ..network import Network
-from ..seeds import loss_value
 
 __all__ = ["DependencyGraph", "dependency_graph", "draw_dependency_graph"]
 
