@@ -101,25 +101,18 @@ class BatchMixingWarning(UserWarning):
     """The model mixes the examples of a batch (BatchNorm in training mode): the penalty is that of the batch function."""
 
 
-def _jacobian_options(net: Network, penalty: Penalty, batch: int, algorithm: str):
-    """The resolved options (chunk size, shortcuts) of a registered Algorithm 4 variant."""
-    options = dict(REGISTRY[algorithm].run.options)
-    options["chunk_size"] = J.resolve_chunk_size(options["chunk_size"])
-    return J.plan(net, penalty, batch, **options)
-
-
 def estimate(net: Network, penalty: Penalty, batch: int, algorithm: str) -> Estimate:
     """The cost model's prediction for ``algorithm`` (a registered name with a cost, or ``"autograd"``)."""
     if algorithm == "autograd":
         return autograd_cost(net, penalty, batch)
     spec = REGISTRY.get(algorithm)
-    if spec is None or spec.cost is None:
-        raise ValueError(f"no cost model for algorithm {algorithm!r}: register it with cost=... to plan it")
+    if spec is None:
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose from {sorted(set(REGISTRY) | set(ALGORITHM_NAMES))}")
     return spec.cost(net, penalty, batch)
 
 
 def _applicable(net: Network, penalty: Penalty) -> list[str]:
-    return [name for name, spec in REGISTRY.items() if spec.cost is not None and spec.applies_to(net, penalty)]
+    return [name for name, spec in REGISTRY.items() if spec.applies_to(net, penalty)]
 
 
 _CHOICES: dict[tuple, tuple[str, dict[str, Estimate]]] = {}
@@ -161,19 +154,37 @@ class ExecutionPlan:
     reason: str
     batch: int
     classes: int | None
-    chunk_size: int | None = None
-    gram: bool = False
-    onehot: bool = False
+    #: the settings the algorithm runs with (Algorithm 4: ``chunk_size``, ``gram``, ``onehot``), from its registration
+    settings: dict = dataclasses.field(default_factory=dict)
     predicted_flops: int | None = None
     autograd_flops: int | None = None
     candidates: dict = dataclasses.field(default_factory=dict)
     outside_module: str | None = None
 
+    @property
+    def chunk_size(self) -> int | None:
+        """Classes per stacked pass of Algorithm 4 (``None`` for other algorithms)."""
+        return self.settings.get("chunk_size")
+
+    @property
+    def gram(self) -> bool:
+        """Whether Algorithm 4's Gram shortcut is used."""
+        return bool(self.settings.get("gram", False))
+
+    @property
+    def onehot(self) -> bool:
+        """Whether Algorithm 4's one-hot output shortcut is used."""
+        return bool(self.settings.get("onehot", False))
+
     def __str__(self) -> str:
         lines = [f"algorithm     {self.algorithm}", f"why           {self.reason}"]
-        if self.algorithm.startswith("optimized"):
+        if "chunk_size" in self.settings:
             lines.append(f"chunk size    {self.chunk_size} classes per stacked pass")
+        if "gram" in self.settings or "onehot" in self.settings:
             lines.append(f"shortcuts     gram={self.gram}, onehot={self.onehot}")
+        rest = {k: v for k, v in self.settings.items() if k not in ("chunk_size", "gram", "onehot")}
+        if rest:
+            lines.append("settings      " + ", ".join(f"{k}={v}" for k, v in rest.items()))
         if self.predicted_flops is not None and self.autograd_flops:
             ratio = self.predicted_flops / self.autograd_flops
             lines.append(
@@ -226,18 +237,12 @@ def plan(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: torch
         name = resolve(net, penalty, algorithm)
         cands = {name: estimate(net, penalty, n, name)}
         reason = "requested"
-    chunk = gram = onehot = None
-    if getattr(REGISTRY[name].run, "options", None) is not None:
-        p = _jacobian_options(net, penalty, n, name)
-        chunk, gram, onehot = p.chunk_size, p.gram, p.onehot
     return ExecutionPlan(
         algorithm=name,
         reason=reason,
         batch=n,
         classes=classes,
-        chunk_size=chunk,
-        gram=bool(gram),
-        onehot=bool(onehot),
+        settings=REGISTRY[name].settings(net, penalty, n),
         predicted_flops=cands[name].flops,
         autograd_flops=auto_flops,
         candidates={k: v.seconds for k, v in cands.items()},

@@ -20,7 +20,7 @@ from .passes import (
     linearized_forward,
     standard_backprop,
 )
-from .registry import ALGORITHMS, Estimate, register_algorithm
+from .registry import ALGORITHMS, REGISTRY, Estimate, register_algorithm
 
 __all__ = ["ALGORITHMS", "Linearization", "Result", "compute", "compute_objective", "general", "loss_gradients", "loss_seed", "minimal", "penalty_value", "register_algorithm"]
 
@@ -148,8 +148,8 @@ def minimal_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
     return Estimate(base.flops - 2 * batch * S * unused, base.calls - S)
 
 
-register_algorithm("general", general, cost=general_cost)
-register_algorithm("minimal", minimal, cost=minimal_cost)
+register_algorithm("general", general, cost=general_cost)  # the paper's path: the loss backpropagated apart
+register_algorithm("minimal", minimal, cost=minimal_cost, folds_loss=True)
 
 
 def penalty_value(net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None) -> torch.Tensor:
@@ -217,17 +217,10 @@ def compute_objective(
     with torch.no_grad():
         ell = loss_value(net.output_map, rec.output, y, loss, rec.logits)
         zeta_loss = loss_seed(net, rec, y, loss)  # ∇_{z_L} ℓ (batch mean)
-        options = getattr(ALGORITHMS[name], "options", None)  # the Algorithm 4 variants carry their options
-        if name == "minimal":
-            value, grads, _ = minimal(net, rec, penalty, y, scale=lam, extra_eta_L=zeta_loss)
-        elif options is not None and lam != 0.0:
-            from .jacobian import jacobian_penalty_gradients, resolve_chunk_size
-
-            # Algorithm 4's final pass is linear in (q, η̂_L): scale the penalty's q_0 by λ and fold ∇_{z_L} ℓ into η̂_L
-            value, grads = jacobian_penalty_gradients(
-                net, rec, penalty, **{**options, "chunk_size": resolve_chunk_size(options["chunk_size"])},
-                extra_eta_L=zeta_loss, scale=lam,
-            )  # fmt: skip
+        spec = REGISTRY[name]
+        if spec.folds_loss and lam != 0.0:
+            # the forward-backward pass is linear in (q, η_L): scale q_0 by λ and fold ∇_{z_L} ℓ into η_L
+            value, grads, _ = spec.run(net, rec, penalty, y, scale=lam, extra_eta_L=zeta_loss)
         else:
             value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
             grads = grads.scaled(lam)

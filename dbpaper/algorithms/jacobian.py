@@ -681,9 +681,11 @@ def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = 
     _check_choice(gram, "gram")
     _check_choice(onehot, "onehot")
 
-    def algorithm(net: Network, rec: ForwardRecord, penalty, y=None):
+    def algorithm(net: Network, rec: ForwardRecord, penalty, y=None, *, scale: float = 1.0, extra_eta_L=None):
         size = DEFAULT_CHUNK_SIZE if chunk_size == "default" else chunk_size
-        value, grads = jacobian_penalty_gradients(net, rec, penalty, chunk_size=size, gram=gram, onehot=onehot)
+        value, grads = jacobian_penalty_gradients(
+            net, rec, penalty, chunk_size=size, gram=gram, onehot=onehot, extra_eta_L=extra_eta_L, scale=scale
+        )
         return value, grads, []
 
     algorithm.options = {"chunk_size": chunk_size, "gram": gram, "onehot": onehot}
@@ -714,8 +716,21 @@ def optimized_cost(*, chunk_size: int | str | None = 1, gram: bool | str = False
     return cost
 
 
+def optimized_settings(*, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Callable:
+    """The settings Algorithm 4 with these options resolves to, ``(net, penalty, batch) -> dict`` (shown by :func:`dbpaper.plan`)."""
+
+    def describe(net: Network, penalty, batch: int) -> dict:
+        p = plan(net, penalty, batch, chunk_size=resolve_chunk_size(chunk_size), gram=gram, onehot=onehot)
+        return {"chunk_size": p.chunk_size, "gram": p.gram, "onehot": p.onehot}
+
+    return describe
+
+
 def _register(name: str, **options) -> None:
-    register_algorithm(name, optimized_algorithm(**options), applies=applies, why_not=why_not, cost=optimized_cost(**options))
+    register_algorithm(
+        name, optimized_algorithm(**options), why_not=why_not, cost=optimized_cost(**options),
+        describe=optimized_settings(**options), folds_loss=True,
+    )  # fmt: skip
 
 
 # "optimized" first: "auto" breaks ties by registration order.
