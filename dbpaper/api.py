@@ -260,6 +260,7 @@ def double_backprop(
     net.check_input(x)
     penalty.check(net, y)
     name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
+    net = net.refreshed()
     return compute(net, record(net, x), penalty, y, name=name, with_loss=with_loss)
 
 
@@ -279,6 +280,7 @@ def objective_gradients(
     net.check_input(x)
     penalty.check(net, y)
     name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
+    net = net.refreshed()
     return compute_objective(net, record(net, x), penalty, y, lam, loss=loss, name=name)
 
 

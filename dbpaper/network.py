@@ -17,6 +17,7 @@ and its gradient is summed over the positions.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 
@@ -354,6 +355,23 @@ class Network:
     def parameters(self) -> list[torch.Tensor]:
         """The trainable tensors of the model, layer by layer (the modules' own tensors: weight then bias)."""
         return [t for layer in self.layers for t in layer.parameters()]
+
+    def refreshed(self) -> Network:
+        """This network with derived ``θ_j``, ``b_j`` (:class:`~dbpaper.readers.LinearPart` ``derive``) evaluated now.
+
+        ``self`` where no reader derives its parameters; the entry points call it once per call.
+        """
+        derived = [j for j, layer in enumerate(self.layers) if layer.part is not None and layer.part.derive is not None]
+        if not derived:
+            return self
+        layers = list(self.layers)
+        with torch.no_grad():
+            for j in derived:
+                weight, bias = layers[j].part.derive()
+                layers[j] = dataclasses.replace(layers[j], weight=weight, bias=bias)
+        fresh = copy.copy(self)
+        fresh.layers = tuple(layers)
+        return fresh
 
     # -- forward -----------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:

@@ -125,7 +125,7 @@ def read_cached(model, x: torch.Tensor) -> Network:
 def read_with_plans(model, x: torch.Tensor) -> tuple[Network, dict]:
     """:func:`read_cached` and the plan cache of that reading (for :func:`resolve_in`): one signature per call."""
     if isinstance(model, Network):
-        return model, _NETWORK_PLANS.setdefault(model, {})
+        return model.refreshed(), _NETWORK_PLANS.setdefault(model, {})
     inner = unwrap(model)
     if not isinstance(inner, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or a dbpaper.Network, got {type(inner).__name__}")
@@ -143,7 +143,7 @@ def read_with_plans(model, x: torch.Tensor) -> tuple[Network, dict]:
         entry.networks[shape] = hit
     if isinstance(hit, UnsupportedModelError):
         raise UnsupportedModelError(str(hit), hit.module, hit.reason)
-    return hit, entry.plans
+    return hit.refreshed(), entry.plans
 
 
 def resolve_cached(model, net: Network, penalty: Penalty, algorithm: str, batch: int) -> str:

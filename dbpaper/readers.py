@@ -62,8 +62,15 @@ class LinearPart:
     fixed ``1``). ``params`` are the module's own trainable tensors whose
     gradients the algorithms deliver; by default ``(weight, bias)``, which then
     *are* ``θ`` and ``b``. A reader whose ``θ`` or ``b`` is a function of the
-    module's parameters (a derived parameter) gives ``params`` and
-    ``param_grads(∇_θ, ∇_b) -> gradients of params``, the adjoint of that function.
+    module's parameters (a derived parameter) gives
+
+    * ``derive() -> (θ, b)``, evaluated afresh on every call of the entry points
+      (the parameters change between calls; the reading is cached), and
+    * ``params`` and ``param_grads(∇_θ, ∇_b) -> gradients of params``, the
+      adjoint of that function, which sends the algorithms' gradients back to the
+      module's own tensors.
+
+    ``weight`` and ``bias`` are then the values at reading time (shapes and dtypes).
     """
 
     op: BilinearOperator
@@ -71,6 +78,11 @@ class LinearPart:
     bias: torch.Tensor | None
     params: tuple[torch.Tensor, ...] | None = None
     param_grads: Callable | None = None
+    derive: Callable | None = None
+
+    def __post_init__(self):
+        if (self.derive is None) != (self.param_grads is None) or (self.param_grads is not None and self.params is None):
+            raise ValueError("LinearPart: a derived θ or b needs derive, params and param_grads together")
 
     def trainable(self) -> tuple[torch.Tensor, ...]:
         """The module's own tensors the gradients are for."""
