@@ -30,6 +30,7 @@ __all__ = [
     "Activation",
     "CoordinatewiseOutput",
     "ELU",
+    "Hardtanh",
     "Identity",
     "LeakyReLU",
     "OutputMap",
@@ -139,6 +140,30 @@ class LeakyReLU(Activation):
 
     def output_invertible(self):
         return self.alpha >= 0
+
+
+class Hardtanh(Activation):
+    """``g(z) = min(max(z, lo), hi)`` (``nn.Hardtanh``; ``nn.ReLU6`` is ``Hardtanh(0, 6)``).
+
+    ``g'(z) = 1`` strictly inside ``(lo, hi)`` and ``0`` elsewhere, the kinks
+    included, as torch's backward; locally linear.
+    """
+
+    locally_linear = True
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
+        if not min_val < max_val:
+            raise ValueError(f"Hardtanh: min_val must be below max_val, got {min_val} and {max_val}")
+        self.min_val, self.max_val = float(min_val), float(max_val)
+
+    def f(self, z):
+        return torch.clamp(z, self.min_val, self.max_val)
+
+    def df(self, z):
+        return ((z > self.min_val) & (z < self.max_val)).to(z.dtype)
+
+    def df_from_output(self, x):
+        return self.df(x)  # x lies strictly inside (lo, hi) exactly where z does
 
 
 class Tanh(Activation):

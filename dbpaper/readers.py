@@ -255,6 +255,8 @@ register_reader(nn.Sigmoid, "activation", lambda m, shape: act.Sigmoid(), exampl
 register_reader(nn.Softplus, "activation", lambda m, shape: act.Softplus(m.beta, m.threshold), example=lambda: nn.Softplus(beta=1.5),
                 description="smooth")  # fmt: skip
 register_reader(nn.ELU, "activation", lambda m, shape: act.ELU(m.alpha), example=lambda: nn.ELU(0.8), description="smooth except at 0")
+register_reader(nn.Hardtanh, "activation", lambda m, shape: act.Hardtanh(m.min_val, m.max_val), example=lambda: nn.Hardtanh(-0.5, 0.8),
+                description="locally linear; nn.ReLU6 too")  # fmt: skip
 register_reader(nn.Softmax, "output", _softmax, example=lambda: nn.Softmax(dim=-1), description="final module only, dim=-1")
 
 #: The supported modules, for messages (derived from :data:`READERS` when this module is imported).
