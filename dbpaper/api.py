@@ -255,13 +255,8 @@ def double_backprop(
     dbpaper.algorithms.Result
         ``value`` (``R``), ``gradients`` and the ``algorithm`` that ran.
     """
-    if not isinstance(net, Network):
-        raise TypeError(f"double_backprop takes a dbpaper.Network (dbpaper.Network.from_sequential(model, in_shape)), got {type(net).__name__}")
-    net.check_input(x)
-    penalty.check(net, y)
-    name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
-    net = net.refreshed()
-    return compute(net, record(net, x), penalty, y, name=name, with_loss=with_loss)
+    net, rec, name = _recorded("double_backprop", net, x, penalty, y, algorithm)
+    return compute(net, rec, penalty, y, name=name, with_loss=with_loss)
 
 
 def objective_gradients(
@@ -275,13 +270,19 @@ def objective_gradients(
     algorithm: str = "auto",
 ) -> Result:
     """``ℓ + λR`` and its gradients (Section 4.5); see :func:`dbpaper.algorithms.compute_objective`."""
+    net, rec, name = _recorded("objective_gradients", net, x, penalty, y, algorithm)
+    return compute_objective(net, rec, penalty, y, lam, loss=loss, name=name)
+
+
+def _recorded(who: str, net: Network, x: torch.Tensor, penalty: Penalty, y, algorithm: str):
+    """Check the call, plan it (cached per network) and record the forward pass: ``(net, record, algorithm name)``."""
     if not isinstance(net, Network):
-        raise TypeError(f"objective_gradients takes a dbpaper.Network, got {type(net).__name__}")
+        raise TypeError(f"{who} takes a dbpaper.Network (dbpaper.Network.from_sequential(model, in_shape)), got {type(net).__name__}")
     net.check_input(x)
     penalty.check(net, y)
     name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
     net = net.refreshed()
-    return compute_objective(net, record(net, x), penalty, y, lam, loss=loss, name=name)
+    return net, record(net, x), name
 
 
 def count_operations(
