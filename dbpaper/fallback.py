@@ -29,7 +29,7 @@ def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tenso
 
     The batch mean of the per-example penalty as everywhere; the ``C``
     terms of the Jacobian penalty are summed before any backward. The model
-    is called once on ``x``; the output is read as in :func:`output_map_of`.
+    is called once on ``x``; the output is read as in :func:`dbpaper.readers.output_map_of`.
     ``R`` is differentiable to any order in the parameters and, if ``x``
     requires grad, in ``x``. Modules that mix examples (BatchNorm in training
     mode) make the input gradient of one example depend on the others; the

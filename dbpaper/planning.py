@@ -154,7 +154,7 @@ class ExecutionPlan:
     reason: str
     batch: int
     classes: int | None
-    #: the settings the algorithm runs with (Algorithm 4: ``chunk_size``, ``gram``, ``onehot``), from its registration
+    #: the settings the algorithm runs with, as its registration describes them (for Algorithm 4 ``chunk_size``, ``gram`` and ``onehot``)
     settings: dict = dataclasses.field(default_factory=dict)
     predicted_flops: int | None = None
     autograd_flops: int | None = None

@@ -142,7 +142,7 @@ def supported_modules() -> str:
     return ", ".join(names)
 
 
-def output_map_of(model: nn.Module) -> act.OutputMap:
+def output_map_of(model: nn.Module):
     """The output map ``g_L`` a model ends with, read by its last module (looking into nested ``nn.Sequential``).
 
     A final output module (``Softmax(dim=-1)``) gives its map, a final
