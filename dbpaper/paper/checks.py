@@ -50,6 +50,7 @@ def section_4_checks(net: Network, x: torch.Tensor, penalty, y: torch.Tensor | N
     L, n = net.depth, x.shape[0]
     with torch.no_grad():
         rec = net.forward(x)
+        penalty = penalty.bind(x, y)  # the batch's p (Sobolev targets)
         (seed,) = list(penalty.seeds(net, rec, y))
         bp = backward_pass(net, rec, seed.zeta_L())
         bbp = backward_backward_pass(net, rec, penalty.p.grad(bp.xis[0]) / n)

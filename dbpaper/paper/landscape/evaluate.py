@@ -55,6 +55,7 @@ def _per_example_many(net: Network, x: torch.Tensor, penalties: Mapping[str, Pen
                 raise ValueError(f"per_example: {penalty!r} has several v's; only single-v penalties are supported")
             yy = y if penalty.needs_y else None
             penalty.check(net, yy)
+            penalty = penalty.bind(x, yy)  # the batch's p (Sobolev targets)
             (seed,) = penalty.seeds(net, rec, yy)
             bp = backward_pass(net, rec, seed.zeta_L())  # Algorithm 1
             xi_0 = bp.xis[0]
