@@ -5,6 +5,7 @@
   import one way only: operators ← network ← seeds ← penalties ← algorithms ← planning ← pipeline ← entry points;
 * no module is longer than ``MAX_LINES`` unless it is listed here with a reason;
 * every name of the library's ``__all__`` resolves, and the paper wing's names are not in it.
+* no function of the library is longer than ``MAX_FUNCTION_LINES`` (80).
 """
 
 from __future__ import annotations
@@ -209,3 +210,18 @@ def test_library_is_layered(path):
         if imp.startswith("dbpaper.") and not imp.startswith("dbpaper.paper") and imp in _modules() and _layer_of(imp) > mine
     )  # fmt: skip
     assert not upward, f"{name} (layer {mine}) imports from a layer above: {upward}"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+@pytest.mark.parametrize("path", _library_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_library_functions_are_short(path):
+    """No function of the library (the paper wing aside) is longer than ``MAX_FUNCTION_LINES``, docstring included."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines, line {node.lineno})"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"{path.relative_to(ROOT)}: functions over {MAX_FUNCTION_LINES} lines: {long}"
