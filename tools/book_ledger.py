@@ -125,7 +125,8 @@ def count_asserts(source: str) -> int:
 
 
 def plain(title: str) -> str:
-    """A heading as plain text: markup that would show in a link text removed."""
+    """A heading as plain text: markup that would show in a link text removed (a subscript role keeps its text)."""
+    title = re.sub(r"\{su[bp]\}`([^`]*)`", r"\1", title)
     return re.sub(r"[*`]", "", title).strip()
 
 
