@@ -86,3 +86,9 @@ def test_an_injected_number_in_a_real_chapter_is_caught(tmp_path):
     path = tmp_path / "runtimes.ipynb"
     path.write_text(json.dumps(nb))
     assert [f.number for f in book_numbers.check_notebook(path)] == ["3.7"]
+
+
+def test_a_markdown_page_has_no_code_so_every_number_must_be_glued(tmp_path):
+    page = tmp_path / "intro.md"
+    page.write_text("Speed-ups of {glue:text}`runtimes.ipynb::mlp-speedup-1:.2f`× (Section 5), and 1.6× unglued.\n")
+    assert [f.number for f in book_numbers.check_markdown(page)] == ["1.6"]

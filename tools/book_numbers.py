@@ -11,10 +11,16 @@ Every number in a chapter's Markdown must be one of
 * a reference, not a measurement: an equation, section, figure, table, algorithm, appendix, erratum,
   lemma or theorem number, a year, a page, a version, a citation key or label;
 * inside mathematics or code (``$...$``, ``$$...$$``, backticks, fences), where digits are part of the
-  formula or the identifier, not a measured value;
+  formula or the identifier, not a measured value -- except a decimal in inline math ($x_0 = 1.022$),
+  which must be set up by the chapter's code or asserted like any other value;
+* a multiplier in words ("threefold") is always reported: glue the number instead.
+
+The pages are the chapters (``book/*.ipynb``) and the Markdown pages in MARKDOWN_PAGES (the
+introduction, whose numbers are glued from the chapters with ``{glue:text}`chapter.ipynb::key:fmt```).
 * inside a phrase of the chapter's ``book-numbers-allow`` list (notebook metadata), each entry
   ``{"text": phrase, "reason": why}`` naming a fixed input that is neither computed nor chosen next to
-  it (the image size of the data set that ships with scikit-learn, a benchmark workload's widths).
+  it (the image size of the data set that ships with scikit-learn, a number the paper prints and the
+  book quotes to contradict it);
 
 ``python tools/book_numbers.py`` prints every other number with its chapter, cell and context and exits
 1 if there is one (tests/test_book_numbers.py runs it on every chapter).

@@ -11,7 +11,8 @@ is aborted and reported. A page fails on any of these kinds:
 - ``mathjax``: a TeX error or an undefined macro (shown with its TeX source), ``merror`` output,
   "Math input error", or MathJax not finishing;
 - ``raw-tex``: ``$...$``, ``\\(``, ``\\[`` or a ``\\command`` left untypeset in the text;
-- ``tex-in-title``: a backslash command or ``$`` in ``<title>``, a heading, the sidebar or a link;
+- ``tex-in-title``: a backslash command or ``$`` in ``<title>``, a heading, the sidebar or a link, or
+  a Greek letter with its subscript written as plain text (``η_L``; headings use ``η{sub}`L```);
 - ``unresolved-ref``: ``???``, an unlinked Sphinx xref, a link to a missing file or anchor;
 - ``overflow`` (1280 px): an element sticking out of the article column, or a container that
   hides content behind a horizontal scrollbar or a clip (with the px hidden); ``code-overflow``
@@ -87,7 +88,7 @@ CONTENT_JS = r"""() => {
     const r = document.createRange(); r.setStart(c.parentElement, 0); r.setEndBefore(c);
     add('unresolved-ref', `citation without an entry: "...${r.toString().replace(/\s+/g, " ").slice(-60)} ${c.textContent}"`); } });
   document.querySelectorAll('article .xref').forEach((x) => { if (!x.closest('a')) add('unresolved-ref', 'unlinked xref: ' + snip(x.textContent)); });
-  const texy = /\\[A-Za-z]+|\$/;
+  const texy = /\\[A-Za-z]+|\$|[\u0370-\u03FF]_[\p{L}\p{N}{]/u;  // TeX, or a Greek letter with a plain-text subscript (η_L)
   if (texy.test(document.title)) add('tex-in-title', '<title>: ' + document.title);
   const named = [['heading', 'h1, h2, h3, h4, h5, h6'], ['sidebar', '.bd-sidebar-primary a, .bd-toc a'], ['link', 'a:not(.bd-sidebar-primary a, .bd-toc a)']];
   for (const [what, sel] of named)
@@ -393,6 +394,7 @@ SELF_TEST = {
 <mjx-math style="display:inline-block;width:600px">x</mjx-math></mjx-container></div>"""),
     "caption": ("caption", '<figure><figcaption><p><span class="caption-number">Fig. 13 </span>Figure 2. Two numbers.</p></figcaption></figure>'),
     "bibliography": ("bibliography", '<div class="citation">[Anonymous, 2023] Anonymous. A blog post. 2023, 2023.</div>'),
+    "tex-in-title": ("tex-in-title", '<h2>Where η_L comes from</h2>'),
     "citable": ("citable", '<section id="erratum-b1-eta"><h2>E5 — an erratum without its anchor</h2></section>'),
 }
 
