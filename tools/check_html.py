@@ -28,6 +28,7 @@ is aborted and reported. A page fails on any of these kinds:
 - ``caption``: a figure caption that does not start with its one number ("Figure 2." for the paper's
   figures, "Book figure 3." for the book's own), or that carries Sphinx's automatic "Fig. n";
 - ``bibliography``: an entry that prints its year twice;
+- ``pasted-object``: a glued value pasted as its Python repr ("<IPython.core.display.Markdown object>");
 - ``citable``: a page without the line naming the dbpaper version and the commit of the build, or an
   erratum heading "En — ..." whose section is not reachable as ``#en``.
 
@@ -102,6 +103,13 @@ CONTENT_JS = r"""() => {
     if (p.closest(skip)) continue;
     if (escape.test(n.data)) add('tex-escape', `<${p.tagName.toLowerCase()}> ${snip(n.data)}${shown(p)}`);
   }
+  // a glued value pasted as its repr (in prose, inline code included; not in a cell's printed output)
+  document.querySelectorAll('p, li, td, th, dd, figcaption, h1, h2, h3, h4, h5, h6').forEach((e) => {
+    if (e.closest('script, style, pre, .highlight, .cell_output')) return;
+    if (e.querySelector('p, li, td')) return;  // the innermost block reports it
+    if (/<IPython\.[\w.]+ object>|<[\w.]+ object at 0x/.test(e.textContent.replace(/\s+/g, ' ')))
+      add('pasted-object', `the repr of an object instead of its value: ${snip(e.textContent)}`);
+  });
   // one number per caption: the paper's "Figure n." or the book's "Book figure n.", nothing automatic
   document.querySelectorAll('article figcaption, article .caption').forEach((c) => {
     if (c.querySelector('.caption-number')) add('caption', 'automatic number "' + snip(c.querySelector('.caption-number').textContent) + '" in: ' + snip(c.textContent));
@@ -394,6 +402,7 @@ SELF_TEST = {
 <mjx-math style="display:inline-block;width:600px">x</mjx-math></mjx-container></div>"""),
     "caption": ("caption", '<figure><figcaption><p><span class="caption-number">Fig. 13 </span>Figure 2. Two numbers.</p></figcaption></figure>'),
     "bibliography": ("bibliography", '<div class="citation">[Anonymous, 2023] Anonymous. A blog post. 2023, 2023.</div>'),
+    "pasted-object": ("pasted-object", '<p>Measured on <code class="docutils literal"><span class="pre">&lt;IPython.core.display.Markdown</span> <span class="pre">object&gt;</span></code>.</p>'),
     "tex-in-title": ("tex-in-title", '<h2>Where η_L comes from</h2>'),
     "citable": ("citable", '<section id="erratum-b1-eta"><h2>E5 — an erratum without its anchor</h2></section>'),
 }
