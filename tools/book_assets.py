@@ -67,9 +67,36 @@ def no_automatic_figure_numbers(app, config) -> None:
     config.numfig = False
 
 
+def erratum_anchors(app, doctree, docname) -> None:
+    """An erratum's section is addressed by its number: "E5 — ..." is ``errata.html#e5``.
+
+    The errata page puts a label ``(e5)=`` before every entry; Sphinx renders it as an empty span next
+    to the section, whose own id (the one the heading's permalink uses) is a slug of the whole title.
+    This makes ``e5`` the section's first id, so that the permalink a reader copies is ``#e5``.
+    """
+    for section in doctree.findall(nodes.section):
+        title = section[0].astext() if len(section) and isinstance(section[0], nodes.title) else ""
+        m = re.match(r"E([0-9]+) —", title)
+        if not m:
+            continue
+        anchor = f"e{m.group(1)}"
+        for target in section.findall(nodes.target):
+            if anchor in target["ids"]:
+                target["ids"].remove(anchor)
+        parent = section.parent
+        if parent is not None:
+            for target in parent.findall(nodes.target):
+                if anchor in target["ids"]:
+                    target["ids"].remove(anchor)
+        if anchor in section["ids"]:
+            section["ids"].remove(anchor)
+        section["ids"].insert(0, anchor)
+
+
 def setup(app):
     """Register the page-context hook (after the extensions that add scripts) and the plain external types."""
     app.connect("config-inited", no_automatic_figure_numbers, priority=900)
     app.connect("html-page-context", dedupe_scripts, priority=900)
     app.connect("missing-reference", plain_external_types, priority=400)
+    app.connect("doctree-resolved", erratum_anchors)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -125,7 +125,8 @@ def count_asserts(source: str) -> int:
 
 
 def plain(title: str) -> str:
-    """A heading as plain text: markup that would show in a link text removed."""
+    """A heading as plain text: markup that would show in a link text removed (a subscript role keeps its text)."""
+    title = re.sub(r"\{su[bp]\}`([^`]*)`", r"\1", title)
     return re.sub(r"[*`]", "", title).strip()
 
 
@@ -267,7 +268,9 @@ def render(ledger: dict | None = None, docs: dict[str, Document] | None = None) 
         out += [f"## {group['title']}", ""]
         if group.get("intro"):
             out += [" ".join(group["intro"].split()), ""]
-        out += ["| item | what it states | status | where it is reproduced | errata |", "|---|---|---|---|---|"]
+        # each table in a container whose class lets _static/custom.css stack its rows on a narrow screen
+        out += ["````{container} ledger-table ledger-items", "",
+                "| item | what it states | status | where it is reproduced | errata |", "|---|---|---|---|---|"]
         for row in group["items"]:
             checks = list(row.get("check", []))
             others = [r for r in list(row.get("places", [])) + list(row.get("tests", [])) if r not in checks]
@@ -295,7 +298,7 @@ def render(ledger: dict | None = None, docs: dict[str, Document] | None = None) 
                     f"| {_cell(row['item'])} | {{ref}}`{figs.get(name, '?')} <{name}>` | "
                     f"{place.chapter if place else ''} | {_cell(status)} |"
                 )
-        out.append("")
+        out += ["", "````", ""]
     if figure_rows:
         out += [
             "## The paper's figures in this book",
@@ -303,9 +306,13 @@ def render(ledger: dict | None = None, docs: dict[str, Document] | None = None) 
             "A reproduced figure carries the paper's number in its caption; the book's own figures",
             "are numbered *Book figure 1, 2, …* so that the two cannot be confused.",
             "",
+            "````{container} ledger-table ledger-figures",
+            "",
             "| paper | in this book | chapter | status |",
             "|---|---|---|---|",
             *figure_rows,
+            "",
+            "````",
             "",
         ]
     return "\n".join(out)

@@ -11,13 +11,26 @@ is aborted and reported. A page fails on any of these kinds:
 - ``mathjax``: a TeX error or an undefined macro (shown with its TeX source), ``merror`` output,
   "Math input error", or MathJax not finishing;
 - ``raw-tex``: ``$...$``, ``\\(``, ``\\[`` or a ``\\command`` left untypeset in the text;
-- ``tex-in-title``: a backslash command or ``$`` in ``<title>``, a heading, the sidebar or a link;
+- ``tex-in-title``: a backslash command or ``$`` in ``<title>``, a heading, the sidebar or a link, or
+  a Greek letter with its subscript written as plain text (``η_L``; headings use ``η{sub}`L```);
 - ``unresolved-ref``: ``???``, an unlinked Sphinx xref, a link to a missing file or anchor;
 - ``overflow`` (1280 px): an element sticking out of the article column, or a container that
   hides content behind a horizontal scrollbar or a clip (with the px hidden); ``code-overflow``
   is the same for code cells and their printed outputs (``<pre>``);
 - ``page-scroll`` (400 px): the page itself scrolls horizontally;
-- ``console``, ``request`` (a local resource failed), ``image`` (broken), ``external``.
+- ``console``, ``request`` (a local resource failed), ``image`` (broken), ``external``;
+- ``tex-escape``: a TeX accent or escape (``\\'``, ``\\"``, ``{\\``, ``\\&``) left in the text, links and
+  headings included (a BibTeX field that was not decoded: "Sokoli\\'c");
+- ``broken-word`` (both widths): a word of four or more letters broken across two lines outside
+  code (a table column squeezed until its text wraps letter by letter);
+- ``clipped-math`` (both widths): typeset math that extends past an ancestor that hides overflow or
+  past the viewport, with no scrolling box in between (a scroll box is fine; a cut is not);
+- ``caption``: a figure caption that does not start with its one number ("Figure 2." for the paper's
+  figures, "Book figure 3." for the book's own), or that carries Sphinx's automatic "Fig. n";
+- ``bibliography``: an entry that prints its year twice;
+- ``pasted-object``: a glued value pasted as its Python repr ("<IPython.core.display.Markdown object>");
+- ``citable``: a page without the line naming the dbpaper version and the commit of the build, or an
+  erratum heading "En — ..." whose section is not reachable as ``#en``.
 
 Usage: ``python tools/check_html.py [--html DIR] [--pages P ...] [--no-screenshots] [--report F] [--tolerate P ...]``
 """
@@ -76,12 +89,97 @@ CONTENT_JS = r"""() => {
     const r = document.createRange(); r.setStart(c.parentElement, 0); r.setEndBefore(c);
     add('unresolved-ref', `citation without an entry: "...${r.toString().replace(/\s+/g, " ").slice(-60)} ${c.textContent}"`); } });
   document.querySelectorAll('article .xref').forEach((x) => { if (!x.closest('a')) add('unresolved-ref', 'unlinked xref: ' + snip(x.textContent)); });
-  const texy = /\\[A-Za-z]+|\$/;
+  const texy = /\\[A-Za-z]+|\$|[\u0370-\u03FF]_[\p{L}\p{N}{]/u;  // TeX, or a Greek letter with a plain-text subscript (η_L)
   if (texy.test(document.title)) add('tex-in-title', '<title>: ' + document.title);
   const named = [['heading', 'h1, h2, h3, h4, h5, h6'], ['sidebar', '.bd-sidebar-primary a, .bd-toc a'], ['link', 'a:not(.bd-sidebar-primary a, .bd-toc a)']];
   for (const [what, sel] of named)
     document.querySelectorAll(sel).forEach((e) => { const t = noMath(e); if (texy.test(t)) add('tex-in-title', `${what}: ${snip(t)}${shown(e)}`); });
   document.querySelectorAll('img').forEach((i) => { if (i.complete && i.naturalWidth === 0) add('image', 'broken image: ' + i.getAttribute('src')); });
+  // TeX accents and escapes that a BibTeX or Markdown conversion left undecoded, anywhere in the text
+  const escape = /\\['"`^~=.][A-Za-z{]|\{\\['"`^~=.]|\\[&%#_$]/;
+  const walker2 = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n; (n = walker2.nextNode());) {
+    const p = n.parentElement;
+    if (p.closest(skip)) continue;
+    if (escape.test(n.data)) add('tex-escape', `<${p.tagName.toLowerCase()}> ${snip(n.data)}${shown(p)}`);
+  }
+  // a glued value pasted as its repr (in prose, inline code included; not in a cell's printed output)
+  document.querySelectorAll('p, li, td, th, dd, figcaption, h1, h2, h3, h4, h5, h6').forEach((e) => {
+    if (e.closest('script, style, pre, .highlight, .cell_output')) return;
+    if (e.querySelector('p, li, td')) return;  // the innermost block reports it
+    if (/<IPython\.[\w.]+ object>|<[\w.]+ object at 0x/.test(e.textContent.replace(/\s+/g, ' ')))
+      add('pasted-object', `the repr of an object instead of its value: ${snip(e.textContent)}`);
+  });
+  // one number per caption: the paper's "Figure n." or the book's "Book figure n.", nothing automatic
+  document.querySelectorAll('article figcaption, article .caption').forEach((c) => {
+    if (c.querySelector('.caption-number')) add('caption', 'automatic number "' + snip(c.querySelector('.caption-number').textContent) + '" in: ' + snip(c.textContent));
+    else if (!/^(Figure|Book figure) [0-9]+\./.test(c.textContent.trim())) add('caption', 'caption without its number: ' + snip(c.textContent));
+  });
+  // bibliography entries that print their year twice ("2023, 2023")
+  document.querySelectorAll('.citation, [role="doc-biblioentry"]').forEach((c) => {
+    const m = c.textContent.match(/\b((?:19|20)[0-9][0-9])\b[^0-9]{1,6}\b\1\b/);
+    if (m) add('bibliography', 'year printed twice: ' + snip(c.textContent));
+  });
+  // citable: the version line on every page, and every erratum "En — ..." reachable as #en
+  const version = document.getElementById('dbpaper-version');
+  if (!version || !/dbpaper [0-9]+\.[0-9]+/.test(version.textContent) || !/commit/.test(version.textContent))
+    add('citable', 'no "dbpaper <version> ... commit" line on the page');
+  document.querySelectorAll('article h2').forEach((h) => {
+    const m = noMath(h).trim().match(/^E([0-9]+) —/);
+    if (!m) return;
+    const target = document.getElementById('e' + m[1]);
+    if (!target || !(target.contains(h) || target.nextElementSibling === h || target.parentElement.contains(h)))
+      add('citable', `erratum E${m[1]} is not reachable as #e${m[1]}`);
+  });
+  return out;
+}"""
+
+# At every width: words broken inside (letter-by-letter wrapping of a squeezed column) and math cut off.
+LAYOUT_JS = r"""() => {
+  const out = [], add = (kind, detail) => out.push({kind, detail});
+  const snip = (s) => s.replace(/\s+/g, ' ').trim().slice(0, 90);
+  const root = document.querySelector('article.bd-article, main') || document.body;
+  const skip = 'script, style, pre, code, kbd, samp, textarea, mjx-container, .highlight, .headerlink';
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  const range = document.createRange();
+  let broken = 0;
+  for (let n; (n = walker.nextNode());) {
+    const p = n.parentElement;
+    if (p.closest(skip) || !p.checkVisibility()) continue;
+    for (const m of n.data.matchAll(/[\p{L}]{4,}/gu)) {
+      range.setStart(n, m.index); range.setEnd(n, m.index + m[0].length);
+      const tops = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top / 3)));
+      if (tops.size > 1) {
+        broken += 1;
+        if (broken <= 5) add('broken-word', `"${m[0]}" broken across ${tops.size} lines in <${p.tagName.toLowerCase()}> ${snip(n.data)}`);
+      }
+    }
+  }
+  if (broken > 5) add('broken-word', `... and ${broken - 5} more broken words`);
+  let clipped = 0;
+  document.querySelectorAll('mjx-container').forEach((c) => {
+    const inner = c.querySelector('mjx-math') || c;
+    const r = inner.getBoundingClientRect();
+    if (r.width === 0 || !c.checkVisibility()) return;
+    for (let a = c; a && a !== document.documentElement; a = a.parentElement) {
+      const cs = getComputedStyle(a);
+      if (cs.display === 'inline' || cs.display === 'contents') continue;  // overflow does not apply to inline boxes
+      if (cs.overflowX === 'auto' || cs.overflowX === 'scroll') return;  // the reader can scroll to the rest
+      if (cs.overflowX === 'hidden' || cs.overflowX === 'clip') {
+        const ar = a.getBoundingClientRect();
+        if (r.right > ar.right + 1 || r.left < ar.left - 1) {
+          clipped += 1;
+          if (clipped <= 5) add('clipped-math', `${Math.round(Math.max(r.right - ar.right, ar.left - r.left))} px of math cut off by <${a.tagName.toLowerCase()}${a.className ? '.' + String(a.className).split(' ')[0] : ''}>: ${snip(c.textContent)}`);
+          return;
+        }
+      }
+    }
+    if (r.right > window.innerWidth + 1) {
+      clipped += 1;
+      if (clipped <= 5) add('clipped-math', `math ends ${Math.round(r.right - window.innerWidth)} px past the window: ${snip(c.textContent)}`);
+    }
+  });
+  if (clipped > 5) add('clipped-math', `... and ${clipped - 5} more`);
   return out;
 }"""
 
@@ -246,6 +344,8 @@ class Checker:
             self._check_content(page)
         else:
             self._check_page_scroll(page)
+        for item in page.evaluate(LAYOUT_JS):
+            self.fail(item["kind"], item["detail"])
         if self.shots:
             page.screenshot(path=self.shots / f"{rel[:-5].replace('/', '__')}-{width}.png", full_page=True)
         page.close()
@@ -282,6 +382,56 @@ class Checker:
                     self.fail("unresolved-ref", f"link to missing anchor {target}#{parts.fragment}", (rel, WIDTHS[0]))
 
 
+# ---------------------------------------------------------------- self-test
+# One small page per fault class that these checks exist to catch, and one page with none: every run
+# first shows that each check fails on its fault (and not on the clean page), so that a check that can
+# no longer fail does not pass silently.
+_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body {{ font: 16px sans-serif; margin: 0; }} article {{ width: 360px; margin: 8px; }}</style></head>
+<body><article class="bd-article">{body}</article>{version}</body></html>"""
+_VERSION = '<p class="dbpaper-version" id="dbpaper-version">This page: dbpaper 0.0.0, built from commit <code>0123abcd</code>.</p>'
+SELF_TEST = {
+    "clean": ("", """<p>Prose with <span class="math"><mjx-container><mjx-math style="display:inline-block;width:40px">x</mjx-math></mjx-container></span> math.</p>
+<figure><figcaption><p>Figure 2. The paper's figure.</p></figcaption></figure>
+<section id="e5"><h2>E5 — an erratum</h2></section>
+<div class="citation">[Sokolić et al., 2017] Jure Sokolić. A title. 2017.</div>"""),
+    "tex-escape": ("tex-escape", '<p><a href="#">[Sokoli' + "\\'" + 'c et al., 2017]</a></p>'),
+    "broken-word": ("broken-word", """<table><tr><td style="width:20px;overflow-wrap:anywhere">framework</td>
+<td style="width:330px">a long second column that takes all the room there is in the row</td></tr></table>"""),
+    "clipped-math": ("clipped-math", """<div style="overflow:hidden;width:200px"><mjx-container display="true" style="display:block">
+<mjx-math style="display:inline-block;width:600px">x</mjx-math></mjx-container></div>"""),
+    "caption": ("caption", '<figure><figcaption><p><span class="caption-number">Fig. 13 </span>Figure 2. Two numbers.</p></figcaption></figure>'),
+    "bibliography": ("bibliography", '<div class="citation">[Anonymous, 2023] Anonymous. A blog post. 2023, 2023.</div>'),
+    "pasted-object": ("pasted-object", '<p>Measured on <code class="docutils literal"><span class="pre">&lt;IPython.core.display.Markdown</span> <span class="pre">object&gt;</span></code>.</p>'),
+    "tex-in-title": ("tex-in-title", '<h2>Where η_L comes from</h2>'),
+    "citable": ("citable", '<section id="erratum-b1-eta"><h2>E5 — an erratum without its anchor</h2></section>'),
+}
+
+
+def self_test(browser) -> list[str]:
+    """Run the checks on the pages of SELF_TEST; return what went wrong (an empty list if every check works)."""
+    import tempfile
+
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (_, body) in SELF_TEST.items():
+            version = "" if name == "citable" else _VERSION
+            (Path(tmp) / f"{name}.html").write_text(_PAGE.format(title=name, body=body, version=version), encoding="utf-8")
+        server, base = serve(Path(tmp))
+        checker = Checker(browser, base, None)
+        for name in SELF_TEST:
+            for width in WIDTHS:
+                checker.check(f"{name}.html", width)
+        server.shutdown()
+    for name, (kind, _) in SELF_TEST.items():
+        found = {f["kind"] for f in checker.failures if f["page"] == f"{name}.html"}
+        if kind and kind not in found:
+            problems.append(f"self-test: the {kind!r} check does not fail on its fault page (found {sorted(found)})")
+        if not kind and found:
+            problems.append(f"self-test: the clean page fails: {[f for f in checker.failures if f['page'] == 'clean.html']}")
+    return problems
+
+
 def summary(pages: list[str], failures: list[dict]) -> str:
     """A table: one row per page, one column per kind of failure found anywhere."""
     counts = defaultdict(Counter)
@@ -303,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-screenshots", action="store_true", help="skip the full-page screenshots")
     parser.add_argument("--screenshots", type=Path, default=ROOT / "_build" / "screenshots", help="screenshot folder")
     parser.add_argument("--report", type=Path, help="also write the failures as JSON to this file")
+    parser.add_argument("--no-self-test", action="store_true", help="skip the self-test (each check on its fault page)")
     parser.add_argument("--tolerate", nargs="+", default=[], metavar="PAGE",
                         help="report the failures of pages whose path contains one of these strings, but do not "
                              "fail on them (pages being fixed elsewhere; name them in the CI script)")
@@ -327,6 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     server, base = serve(html)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        if not args.no_self_test:
+            problems = self_test(browser)
+            for p in problems:
+                print(p, file=sys.stderr)
+            if problems:
+                browser.close()
+                server.shutdown()
+                return 1
+            print(f"self-test: each of the checks {', '.join(k for k, _ in SELF_TEST.values() if k)} fails on its fault page")
         checker = Checker(browser, base, shots)
         for rel in pages:
             for width in WIDTHS:

@@ -38,9 +38,17 @@ def _no_jump_lines(ts, f, boundaries):
 
 
 # ---------------------------------------------------------------- Section 6: loss landscapes
-def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsize=(10, 2.9)):
-    """Figure 2: (a) the fit and its affine regions, (b) ``∂_{x_0} z_L`` per region, (c) ``R_cdb`` along ``x_0``."""
-    fig, axes = plt.subplots(1, 3, figsize=figsize)
+def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsize=(10, 2.9), zoom_last=None):
+    """Figure 2: (a) the fit and its affine regions, (b) ``∂_{x_0} z_L`` per region, (c) ``R_cdb`` along ``x_0``.
+
+    With ``zoom_last = (ts, values)`` (at full resolution) a fourth panel (d) magnifies the last region
+    (on which erratum E16 rests) with the region before it, and an arrow in (c) points at it.
+    """
+    zoom = zoom_last is not None and len(edges) > 2
+    if zoom:
+        fig, axes = plt.subplots(1, 4, figsize=(figsize[0] * 1.3, figsize[1]), gridspec_kw={"width_ratios": [1, 1, 1, 0.75]})
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=figsize)
     ax = axes[0]
     ax.plot(xs, target, color="k", lw=2.2, alpha=0.35, label=r"$\sin x_0$")
     ax.plot(xs, fit, color="C0", lw=1.2, label="network $z_L$")
@@ -51,11 +59,26 @@ def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsi
     axes[1].set_title(r"(b) $\partial_{x_0} z_L$")
     axes[2].plot(ts, _no_jump_lines(ts, cdb, boundaries), color="C2", lw=1.2)
     axes[2].set_title(r"(c) $\mathcal{R}_\mathrm{cdb} = (2(x_L-y)\,\partial_{x_0}x_L)^2$")
-    for ax in axes:
+    for ax in axes[:3]:
         for b in boundaries:
             ax.axvline(b, color="0.6", lw=0.7, zorder=0)
         ax.set_xlabel("$x_0$")
         ax.set_xlim(edges[0], edges[-1])
+    if zoom:
+        # the last region is too narrow to see at the scale of (c): magnify it, with the region before it
+        zts, zf = (np.asarray(a) for a in zoom_last)
+        lo, hi = edges[-2], edges[-1]
+        left = max(edges[0], lo - 2 * (hi - lo))
+        inside = (zts >= left) & (zts <= hi)
+        ax = axes[3]
+        ax.plot(zts[inside], _no_jump_lines(zts[inside], zf[inside], boundaries), color="C2", lw=1.2)
+        ax.axvline(lo, color="0.6", lw=0.7, zorder=0)
+        ax.set_xlim(left, hi)
+        ax.set_xlabel("$x_0$")
+        ax.set_title(f"(d) (c) on the last region,\n{hi - lo:.4f} wide", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
+        axes[2].annotate("(d)", xy=(lo, 0), xycoords="data", xytext=(0.82, 0.55), textcoords="axes fraction",
+                         color="C3", fontsize=8, arrowprops=dict(arrowstyle="->", color="C3", lw=0.8))
     fig.tight_layout()
     return fig
 
@@ -257,8 +280,10 @@ def activation_curves(activations: Mapping, t, figsize=(9, 2.9)):
         ax.set_title(title)
         ax.set_xlabel("$z$")
     axes[0].set_ylim(-1.5, 3)
-    axes[2].legend(fontsize=6.5, loc="upper right")
-    fig.tight_layout()
+    # the legend below the panels, where it covers no curve (inside the g'' panel it hid ELU's jump)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 8), frameon=False)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     return fig
 
 
