@@ -584,32 +584,15 @@ def workloads(quick: bool = False) -> list[Workload]:
                 (lambda softmax=softmax: (_mlp(mlp_w, softmax=softmax), (mlp_w[0],), batch, mlp_w[-1])), PEERS, task,
             )
         )  # fmt: skip
-    for c in class_sweep:
-        w = mlp_w[:-1] + [c]
-        out.append(
-            Workload(
-                f"classes-{c}", "classes", f"{'-'.join(map(str, w))} MLP, batch {class_batch}",
-                {"widths": w, "batch": class_batch, "classes": c, "x": c},
-                (lambda w=w, c=c: (_mlp(w), (w[0],), class_batch, c)), SWEEP,
-            )
-        )  # fmt: skip
-    for L in depths:
-        w = [mlp_w[0]] + [mlp_w[1]] * (L - 1) + [mlp_w[-1]]
-        out.append(
-            Workload(
-                f"depth-{L}", "depth", f"{'-'.join(map(str, w))} MLP, batch {batch}",
-                {"widths": w, "batch": batch, "classes": w[-1], "x": L},
-                (lambda w=w: (_mlp(w), (w[0],), batch, w[-1])), SWEEP,
-            )
-        )  # fmt: skip
-    for b in batches:
-        out.append(
-            Workload(
-                f"batch-{b}", "batch", f"{arch} MLP, batch {b}",
-                {"widths": mlp_w, "batch": b, "classes": mlp_w[-1], "x": b},
-                (lambda b=b: (_mlp(mlp_w), (mlp_w[0],), b, mlp_w[-1])), SWEEP,
-            )
-        )  # fmt: skip
+    def sweep(name: str, kind: str, widths: list[int], n: int, x: int) -> Workload:
+        """One point of a sweep: a ReLU MLP of ``widths``, batch ``n``, the sweep's variable ``x``."""
+        desc = f"{'-'.join(map(str, widths))} MLP, batch {n}"
+        return Workload(name, kind, desc, {"widths": widths, "batch": n, "classes": widths[-1], "x": x},
+                        (lambda: (_mlp(widths), (widths[0],), n, widths[-1])), SWEEP)  # fmt: skip
+
+    out += [sweep(f"classes-{c}", "classes", mlp_w[:-1] + [c], class_batch, c) for c in class_sweep]
+    out += [sweep(f"depth-{L}", "depth", [mlp_w[0]] + [mlp_w[1]] * (L - 1) + [mlp_w[-1]], batch, L) for L in depths]
+    out += [sweep(f"batch-{b}", "batch", mlp_w, b, b) for b in batches]
     return out
 
 
