@@ -25,7 +25,7 @@ import dataclasses
 
 import torch
 
-from ..network import ForwardRecord, Network
+from ..network import ForwardRecord, Layer, Network
 
 __all__ = ["Accumulators", "Context", "check_chunk_size", "chunk_backward", "chunk_backward_backward", "chunk_pass", "class_chunks"]
 
@@ -103,9 +103,9 @@ class Accumulators:
     def add_value(self, term: torch.Tensor) -> None:
         self.value = self.value + term
 
-    def add_weight_adjoint(self, ctx: Context, j: int, q: torch.Tensor, zeta: torch.Tensor) -> None:
-        """``θ̂¹_j += K_j□(q_{j-1}, ζ_j)`` (a layer with a weight)."""
-        self.weights[j] = ctx.net.layers[j - 1].Kbox_into(self.weights[j], q, zeta)
+    def add_weight_adjoint(self, layer: Layer, j: int, q: torch.Tensor, zeta: torch.Tensor) -> None:
+        """``θ̂¹_j += K_j□(q_{j-1}, ζ_j)`` for layer ``j`` (one with a weight)."""
+        self.weights[j] = layer.Kbox_into(self.weights[j], q, zeta)
 
     def add_source(self, j: int, xi: torch.Tensor, h: torch.Tensor) -> None:
         """``Σ_i h_j ⊙ ξ_j`` += ``h_j ⊙ ξ_j`` of the stacked classes (``ξ_j`` may be overwritten)."""
@@ -181,7 +181,7 @@ def chunk_backward_backward(ctx: Context, acc: Accumulators, zetas: list, xis: l
     for j in range(first, ctx.depth):
         layer = layers[j - 1]
         if layer.weight is not None:
-            acc.add_weight_adjoint(ctx, j, q, zetas[j])  # θ̂¹_j += K_j□(q_{j-1}, ζ_j)
+            acc.add_weight_adjoint(layer, j, q, zetas[j])  # θ̂¹_j += K_j□(q_{j-1}, ζ_j)
         zetas[j] = None
         h = layer.K(ctx.thetas[j - 1], q)  # h_j = K_j(θ_j, q_{j-1})
         if xis[j] is not None:  # the source term Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}

@@ -226,7 +226,7 @@ class PlainOutput:
         if q is not None:
             layer = ctx.net.layers[L - 1]
             if layer.weight is not None:
-                acc.add_weight_adjoint(ctx, L, q, zetas[L])  # θ̂¹_L += K_L□(q_{L-1}, ζ_L)
+                acc.add_weight_adjoint(layer, L, q, zetas[L])  # θ̂¹_L += K_L□(q_{L-1}, ζ_L)
             if not self.softmax:  # identity output: η_L ≡ 0, so h_L is never used
                 return
             zetas[L] = None
