@@ -27,7 +27,7 @@ import torch
 
 from ..network import ForwardRecord, Layer, Network
 
-__all__ = ["Accumulators", "Context", "check_chunk_size", "chunk_backward", "chunk_backward_backward", "chunk_pass", "class_chunks"]
+__all__ = ["Accumulators", "Chunk", "Context", "check_chunk_size", "chunk_backward", "chunk_backward_backward", "chunk_pass", "class_chunks"]
 
 
 def check_chunk_size(chunk_size) -> None:
@@ -130,32 +130,57 @@ class Accumulators:
         return s if gamma is None else s.addcmul_(gamma.reshape(s.shape), rec.dg[j])
 
 
-def chunk_pass(ctx: Context, first, last, acc: Accumulators, chunk: range) -> None:
-    """Algorithms 1 and 2 for the classes of ``chunk``, stacked along the batch, accumulated into ``acc``.
+@dataclasses.dataclass(eq=False)
+class Chunk:
+    """One chunk of classes, stacked along the batch (``k N`` rows), and what its passes hand on.
+
+    ``zetas[j] = ζ_j`` and, where ``g''_j ≠ 0``, ``xis[j] = ξ_j`` (for the source
+    term); ``q`` and ``h``: the latest ``q_j``, ``h_j`` of Algorithm 2. Each is
+    released as soon as it is used, and the whole chunk when its pass ends.
+    """
+
+    classes: range
+    k: int
+    zetas: list[torch.Tensor | None]
+    xis: list[torch.Tensor | None]
+    q: torch.Tensor | None = None
+    h: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, classes: range, depth: int) -> Chunk:
+        return cls(classes, len(classes), [None] * (depth + 1), [None] * (depth + 1))
+
+    def take_q_h(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(q, h)``, no longer held by the chunk."""
+        q, h, self.q, self.h = self.q, self.h, None, None
+        return q, h
+
+
+def chunk_pass(ctx: Context, first, last, acc: Accumulators, classes: range) -> None:
+    """Algorithms 1 and 2 for ``classes``, stacked along the batch, accumulated into ``acc``.
 
     ``first`` and ``last`` are the strategies at layer 1 and at the output layer
-    (:mod:`dbpaper.algorithms.shortcuts`). No tensor of the chunk outlives the call.
+    (:mod:`dbpaper.algorithms.shortcuts`); the layers ``first.lowest, ..., L-1``
+    between them are plain. No tensor of the chunk outlives the call.
     """
-    k = len(chunk)
-    zetas: list[torch.Tensor | None] = [None] * (ctx.depth + 1)
-    xis: list[torch.Tensor | None] = [None] * (ctx.depth + 1)  # ξ_j^{(i)}, kept only where g''_j ≠ 0
-    xi_0 = chunk_backward(ctx, zetas, xis, last.start(chunk, zetas), k, first.lowest)  # from ζ_L, or ξ_{L-1} in closed form
-    q, h, j = first.start(chunk, xi_0, zetas, xis, acc)  # the value, q_0 (q_1 with the Gram shortcut)
+    chunk = Chunk.of(classes, ctx.depth)
+    xi_0 = chunk_backward(ctx, chunk, last.start(chunk), first.lowest)  # from ζ_L, or ξ_{L-1} in closed form
+    first.start(chunk, xi_0, acc)  # the value, and q_0 (q_1 with the Gram shortcut)
     del xi_0
-    q, h = chunk_backward_backward(ctx, acc, zetas, xis, q, h, j, k)
-    last.end(chunk, q, h, zetas, acc)
+    chunk_backward_backward(ctx, acc, chunk, first.lowest)
+    last.end(chunk, acc)
 
 
-def chunk_backward(ctx: Context, zetas: list, xis: list, xi: torch.Tensor | None, k: int, lowest: int) -> torch.Tensor | None:
-    """Algorithm 1 for ``k`` stacked classes, ``j = L, ..., lowest``: ``ξ_{j-1} = K_jᵀ(θ_j, ζ_j)``, ``ζ_{j-1} = g'_{j-1} ⊙ ξ_{j-1}``.
+def chunk_backward(ctx: Context, chunk: Chunk, xi: torch.Tensor | None, lowest: int) -> torch.Tensor | None:
+    """Algorithm 1 for a chunk, ``j = L, ..., lowest``: ``ξ_{j-1} = K_jᵀ(θ_j, ζ_j)``, ``ζ_{j-1} = g'_{j-1} ⊙ ξ_{j-1}``.
 
-    Starts from ``zetas[L]``, or from ``xi = ξ_{L-1}`` where the output end gave
-    it in closed form. ``ζ_j`` is formed in place, except where ``g''_j ≠ 0``:
-    there ``ξ_j`` is kept in ``xis[j]`` for the source term and ``ζ_j`` written
-    into a reused buffer. Returns ``ξ_0`` (``None`` with ``lowest = 2``: the Gram
-    shortcut never forms it).
+    Starts from ``chunk.zetas[L]``, or from ``xi = ξ_{L-1}`` where the output
+    end gave it in closed form. ``ζ_j`` is formed in place, except where
+    ``g''_j ≠ 0``: there ``ξ_j`` is kept in ``chunk.xis[j]`` for the source term
+    and ``ζ_j`` written into a reused buffer. Returns ``ξ_0`` (``None`` with
+    ``lowest = 2``: the Gram shortcut never forms it).
     """
-    rec, layers = ctx.rec, ctx.net.layers
+    rec, layers, zetas, k = ctx.rec, ctx.net.layers, chunk.zetas, chunk.k
     for j in range(ctx.depth, lowest - 1, -1):
         if xi is None:
             xi = layers[j - 1].KT(ctx.thetas[j - 1], zetas[j])  # ξ_{j-1} = K_jᵀ(θ_j, ζ_j)
@@ -164,21 +189,22 @@ def chunk_backward(ctx: Context, zetas: list, xis: list, xi: torch.Tensor | None
                 zetas[j - 1] = _slope_(rec, j - 1, xi, k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
             else:  # the source term needs ξ_{j-1} as well
                 zetas[j - 1] = _mul_into(xi, rec.dg[j - 1], k, ctx.zeta_buffer(j - 1, xi))
-                xis[j - 1] = xi
+                chunk.xis[j - 1] = xi
             xi = None
     return xi
 
 
-def chunk_backward_backward(ctx: Context, acc: Accumulators, zetas: list, xis: list, q, h, first: int, k: int) -> tuple:
-    """Algorithm 2 on the hidden layers ``j = first, ..., L-1`` for ``k`` stacked classes.
+def chunk_backward_backward(ctx: Context, acc: Accumulators, chunk: Chunk, lowest: int) -> None:
+    """Algorithm 2 for a chunk on the hidden layers ``j = lowest, ..., L-1``, from ``chunk.q = q_{lowest-1}``.
 
     ``θ̂¹_j += K_j□(q_{j-1}, ζ_j)``, ``h_j = K_j(θ_j, q_{j-1})``, the source term
     ``Σ_i h_j ⊙ ξ_j`` and ``q_j = g'_j ⊙ h_j`` (in place); ``ζ_j`` and ``ξ_j`` are
-    released once used. Returns ``(q_{L-1}, h_{L-1})`` for the output end (the
-    ``q``, ``h`` given where there is no hidden layer left).
+    released once used. Leaves ``q_{L-1}``, ``h_{L-1}`` in the chunk for the
+    output end (unchanged where no hidden layer is left).
     """
-    rec, layers = ctx.rec, ctx.net.layers
-    for j in range(first, ctx.depth):
+    rec, layers, zetas, xis = ctx.rec, ctx.net.layers, chunk.zetas, chunk.xis
+    q, h = chunk.take_q_h()
+    for j in range(lowest, ctx.depth):
         layer = layers[j - 1]
         if layer.weight is not None:
             acc.add_weight_adjoint(layer, j, q, zetas[j])  # θ̂¹_j += K_j□(q_{j-1}, ζ_j)
@@ -187,8 +213,8 @@ def chunk_backward_backward(ctx: Context, acc: Accumulators, zetas: list, xis: l
         if xis[j] is not None:  # the source term Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}
             acc.add_source(j, xis[j], h)
             xis[j] = None
-        q = _slope_(rec, j, h, k)  # q_j = M(g'_j, h_j), in place (h_j is not needed again)
-    return q, h
+        q = _slope_(rec, j, h, chunk.k)  # q_j = M(g'_j, h_j), in place (h_j is not needed again)
+    chunk.q, chunk.h = q, h
 
 
 def _mul_(t: torch.Tensor, dg: torch.Tensor, k: int) -> torch.Tensor:

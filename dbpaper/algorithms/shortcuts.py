@@ -22,7 +22,7 @@ from ..activations import Softmax
 from ..network import Network
 from ..operators import Dense
 from ..seeds import ConstantSeed
-from .algorithm4 import Accumulators, Context, _slope_
+from .algorithm4 import Accumulators, Chunk, Context, _slope_
 
 __all__ = [
     "ELEMENTWISE_COST",
@@ -118,18 +118,18 @@ def shortcut_costs(net: Network, batch: int) -> dict[str, dict[str, int]]:
 class PlainInput:
     """Layer 1 as in the paper: ``ξ_0 = K_1ᵀ(θ_1, ζ_1)``, ``R += mean_n p(ξ_0)``, ``q_0 = scale · ∇p(ξ_0) / N``."""
 
-    #: the backward pass runs down to ``j = lowest`` (forming ``ξ_{lowest-1}``)
+    #: the lowest layer of the plain per-chunk passes: Algorithm 1 runs down to it (forming ``ξ_{lowest-1}``),
+    #: Algorithm 2 resumes there from ``q_{lowest-1}``
     lowest = 1
 
     def __init__(self, ctx: Context, penalty):
         self.ctx, self.penalty = ctx, penalty
 
-    def start(self, chunk: range, xi_0: torch.Tensor, zetas: list, xis: list, acc: Accumulators) -> tuple:
-        """The value and ``q_0``; returns ``(q, h, j)``: Algorithm 2 goes on at layer ``j`` from ``q_{j-1}``."""
+    def start(self, chunk: Chunk, xi_0: torch.Tensor, acc: Accumulators) -> None:
+        """The value, and ``chunk.q = q_{lowest-1}``, from which Algorithm 2 resumes."""
         n = self.ctx.n
         acc.add_value(self.penalty.p.value(xi_0).sum() / n)
-        q = self.penalty.p.grad(xi_0).mul_(self.ctx.scale / n)  # q_0 = scale · ∇p(ξ_0) / N (batch mean)
-        return q, None, 1
+        chunk.q = self.penalty.p.grad(xi_0).mul_(self.ctx.scale / n)  # q_0 = scale · ∇p(ξ_0) / N (batch mean)
 
     def weight_term(self, acc: Accumulators, j: int) -> torch.Tensor | None:
         """``θ̂¹_j`` for the final pass."""
@@ -153,10 +153,10 @@ class GramInput(PlainInput):
         d1 = G2.shape[0]
         self.A = G2.new_zeros((d1, d1))  # Σ_{i,n} ζ_1 ζ_1ᵀ, upper blocks until the class loop ends
 
-    def start(self, chunk: range, xi_0, zetas: list, xis: list, acc: Accumulators) -> tuple:
-        ctx, k = self.ctx, len(chunk)
-        Z = zetas[1].reshape(k * ctx.n, -1)
-        zetas[1] = None
+    def start(self, chunk: Chunk, xi_0, acc: Accumulators) -> None:
+        ctx, k = self.ctx, chunk.k
+        Z = chunk.zetas[1].reshape(k * ctx.n, -1)
+        chunk.zetas[1] = None
         h = torch.mm(Z, self.G2)  # h_1 = K_1(θ_1, q_0) = (2/N) G ζ_1
         acc.add_value(torch.dot(Z.reshape(-1), h.reshape(-1)) / 2)  # (1/N) Σ ⟨ζ_1, G ζ_1⟩ = (1/N) Σ ‖ξ_0‖²
         if ctx.scale != 1.0:
@@ -164,11 +164,11 @@ class GramInput(PlainInput):
         _gram_into(self.A, Z)  # A += Zᵀ Z (upper blocks)
         del Z
         h = h.reshape(k * ctx.n, *ctx.net.layers[0].op.out_shape)
-        if xis[1] is not None:
-            acc.add_source(1, xis[1], h)  # Σ_i h_1 ⊙ ξ_1
-            xis[1] = None
-        q = _slope_(ctx.rec, 1, h, k) if ctx.depth > 1 else None  # None: h_1 = h_L, nothing left for layer L
-        return q, h, 2
+        if chunk.xis[1] is not None:
+            acc.add_source(1, chunk.xis[1], h)  # Σ_i h_1 ⊙ ξ_1
+            chunk.xis[1] = None
+        chunk.q = _slope_(ctx.rec, 1, h, k) if ctx.depth > 1 else None  # None: h_1 = h_L, nothing left for layer L
+        chunk.h = h
 
     def weight_term(self, acc: Accumulators, j: int) -> torch.Tensor | None:
         if j != 1:
@@ -207,33 +207,34 @@ class PlainOutput:
         self.softmax = isinstance(ctx.net.output_map, Softmax)
         self._seed = None
 
-    def start(self, chunk: range, zetas: list) -> torch.Tensor | None:
-        """Sets ``zetas[L]``; returns ``ξ_{L-1}`` where known in closed form (else ``None``)."""
-        out, n, k = self.ctx.rec.output, self.ctx.n, len(chunk)
+    def start(self, chunk: Chunk) -> torch.Tensor | None:
+        """Sets ``chunk.zetas[L]``; returns ``ξ_{L-1}`` where known in closed form (else ``None``)."""
+        out, n, k, classes = self.ctx.rec.output, self.ctx.n, chunk.k, chunk.classes
         c = self.ctx.net.layers[-1].op.out_numel
         v = torch.zeros((k, n, c), dtype=out.dtype, device=out.device)
-        v[torch.arange(k, device=out.device), :, torch.arange(chunk.start, chunk.stop, device=out.device)] = 1
+        v[torch.arange(k, device=out.device), :, torch.arange(classes.start, classes.stop, device=out.device)] = 1
         x_rep = out.unsqueeze(0).expand(k, *out.shape).reshape(k * n, *out.shape[1:])
         self._seed = ConstantSeed(self.ctx.net.output_map, x_rep, v.reshape(x_rep.shape))
         del v
-        zetas[self.ctx.depth] = self._seed.zeta_L()  # ζ_L^{(i)} = S e^{(i)} (softmax) or e^{(i)} (identity)
+        chunk.zetas[self.ctx.depth] = self._seed.zeta_L()  # ζ_L^{(i)} = S e^{(i)} (softmax) or e^{(i)} (identity)
         return None
 
-    def end(self, chunk: range, q, h, zetas: list, acc: Accumulators) -> None:
+    def end(self, chunk: Chunk, acc: Accumulators) -> None:
         """Layer ``L`` of Algorithm 2 from ``q_{L-1}`` (``q = None``: ``h = h_L`` is formed already) and ``η̂_L``."""
         ctx, seed, self._seed = self.ctx, self._seed, None
-        L = ctx.depth
+        L, (q, h) = ctx.depth, chunk.take_q_h()
         if q is not None:
             layer = ctx.net.layers[L - 1]
             if layer.weight is not None:
-                acc.add_weight_adjoint(layer, L, q, zetas[L])  # θ̂¹_L += K_L□(q_{L-1}, ζ_L)
+                acc.add_weight_adjoint(layer, L, q, chunk.zetas[L])  # θ̂¹_L += K_L□(q_{L-1}, ζ_L)
             if not self.softmax:  # identity output: η_L ≡ 0, so h_L is never used
                 return
-            zetas[L] = None
+            chunk.zetas[L] = None
             h = layer.K(ctx.thetas[L - 1], q)  # h_L = K_L(θ_L, q_{L-1})
+            q = None
         if self.softmax:  # η̂_L += Σ_i η_L^{(i)} with the corrected Appendix B.1 formula
             out = ctx.rec.output
-            acc.eta_L.add_(seed.eta_L(h).reshape(len(chunk), *out.shape).sum(0))
+            acc.eta_L.add_(seed.eta_L(h).reshape(chunk.k, *out.shape).sum(0))
 
     def finish(self, acc: Accumulators) -> None:
         """What the output end adds once all classes are done (nothing here)."""
@@ -259,20 +260,20 @@ class OneHotOutput(PlainOutput):
         self.a = out.new_zeros((n, self.x_flat.shape[1]))  # a_{n,i} = ⟨W_{L,i} − u_n, q_{L-1,n}^{(i)}⟩
         self._x_i = self._r = None
 
-    def start(self, chunk: range, zetas: list) -> torch.Tensor:
-        ctx, k = self.ctx, len(chunk)
-        rows = self.W_L[chunk.start : chunk.stop]  # (k, d)
+    def start(self, chunk: Chunk) -> torch.Tensor:
+        ctx, k, classes = self.ctx, chunk.k, chunk.classes
+        rows = self.W_L[classes.start : classes.stop]  # (k, d)
         if self.softmax:
-            self._x_i = self.x_flat[:, chunk.start : chunk.stop].T.unsqueeze(-1)  # x^i, (k, n, 1)
+            self._x_i = self.x_flat[:, classes.start : classes.stop].T.unsqueeze(-1)  # x^i, (k, n, 1)
             self._r = rows.unsqueeze(1) - self.u  # W_{L,i} − u_n, (k, n, d)
             xi = self._r * self._x_i  # ξ_{L-1}^{(i)} = x^i (W_{L,i} − u)
         else:
             xi = rows.repeat_interleave(ctx.n, dim=0)  # ξ_{L-1}^{(i)} = W_{L,i}
         return xi.reshape(k * ctx.n, *ctx.net.layers[-1].in_shape)  # stands in for K_Lᵀ(θ_L, ζ_L)
 
-    def end(self, chunk: range, q, h, zetas: list, acc: Accumulators) -> None:
-        start, stop, k = chunk.start, chunk.stop, len(chunk)
-        qf = q.reshape(k, self.ctx.n, -1)
+    def end(self, chunk: Chunk, acc: Accumulators) -> None:
+        start, stop, k = chunk.classes.start, chunk.classes.stop, chunk.k
+        qf = chunk.take_q_h()[0].reshape(k, self.ctx.n, -1)
         if self.softmax:
             x_i, r, self._x_i, self._r = self._x_i, self._r, None, None
             self.Q[start:stop] = torch.bmm(x_i.transpose(1, 2), qf).squeeze(1)  # Σ_n x_n^i q_n^{(i)}
