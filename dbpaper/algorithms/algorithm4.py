@@ -4,11 +4,12 @@ One run of :func:`~dbpaper.algorithms.jacobian.jacobian_penalty_gradients` is
 
 1. the classes cut into chunks (:func:`class_chunks`), each chunk stacked along
    the batch dimension;
-2. per chunk (:func:`chunk_pass`): the backward pass of Algorithm 1
-   (:func:`chunk_backward`), the value and the start of the backward-backward
-   pass, and Algorithm 2 (:func:`chunk_backward_backward`), which adds
-   ``K_j□(q_{j-1}, ζ_j)`` to ``θ̂¹_j`` and ``h_j ⊙ ξ_j`` to the source terms as it
-   goes (:class:`Accumulators`);
+2. per chunk (:func:`chunk_pass`, the chunk's tensors in a :class:`Chunk`):
+   the backward pass of Algorithm 1 (:func:`chunk_backward`), the value and the
+   start of the backward-backward pass, and Algorithm 2
+   (:func:`chunk_backward_backward`), which adds ``K_j□(q_{j-1}, ζ_j)`` to
+   ``θ̂¹_j`` and ``h_j ⊙ ξ_j`` to the source terms as it goes
+   (:class:`Accumulators`);
 3. the one forward-backward pass on the accumulated ``η̂``
    (:func:`~dbpaper.algorithms.passes.forward_backward_sweep`, shared with
    Algorithm 3).
@@ -27,7 +28,16 @@ import torch
 
 from ..network import ForwardRecord, Layer, Network
 
-__all__ = ["Accumulators", "Chunk", "Context", "check_chunk_size", "chunk_backward", "chunk_backward_backward", "chunk_pass", "class_chunks"]
+__all__ = [
+    "Accumulators",
+    "Chunk",
+    "Context",
+    "check_chunk_size",
+    "chunk_backward",
+    "chunk_backward_backward",
+    "chunk_pass",
+    "class_chunks",
+]
 
 
 def check_chunk_size(chunk_size) -> None:
