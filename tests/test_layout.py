@@ -26,7 +26,6 @@ LONG_MODULES = {
     "dbpaper/numdiff.py": "the finite-difference oracle: one registry of stencils and their error model, read as one",
     "dbpaper/network.py": "the network of eq. (8): the reading of nn.Sequential and the forward record belong together",
     "dbpaper/penalties.py": "every penalty of Section 3 and its seeds (Appendix B) in one place, as the paper lists them",
-    "dbpaper/algorithms/jacobian.py": "Algorithm 4 with its shortcuts and chunking: one cost model, one module",
     "dbpaper/paper/bench.py": "the benchmark registry (methods × workloads) and its runner share private helpers",
 }
 

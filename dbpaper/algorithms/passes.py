@@ -13,6 +13,7 @@ and the operator evaluations it would feed are skipped.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -25,6 +26,7 @@ __all__ = [
     "backward_pass",
     "backward_backward_pass",
     "forward_backward_pass",
+    "forward_backward_sweep",
     "linearized_forward",
     "standard_backprop",
 ]
@@ -134,39 +136,76 @@ def forward_backward_pass(
     identically (``None``), e.g. for all ``j`` with an identity output and a
     network-independent ``v`` in a locally linear network (Section 5.3).
     With a dict ``trace``, the lists ``trace["eta"]`` and ``trace["gamma"]``
-    (indexed by ``j``) are filled for inspection.
+    (indexed by ``j``) are filled for inspection. The pass itself is
+    :func:`forward_backward_sweep` (shared with Algorithm 4), given this seed's
+    terms.
+    """
+
+    def weight_term(j: int) -> torch.Tensor:  # K_j□(q_{j-1}, ζ_j)
+        return net.layers[j - 1].Kbox(bbp.qs[j - 1], bp.zetas[j])
+
+    def eta(j: int, gamma: torch.Tensor | None) -> torch.Tensor | None:  # eq. (28)
+        terms = []
+        if rec.d2g[j] is not None:
+            terms.append(rec.d2g[j] * bbp.hs[j] * bp.xis[j])  # M(G''(z_j) h_j, ξ_j)
+        if gamma is not None:
+            terms.append(rec.slope(j, gamma))  # G'(z_j) γ_j
+        return sum(terms[1:], terms[0]) if terms else None
+
+    return forward_backward_sweep(net, rec, eta_L, weight_term, eta, trace)
+
+
+def forward_backward_sweep(
+    net: Network,
+    rec: ForwardRecord,
+    eta_L: torch.Tensor | None,
+    weight_term: Callable[[int], torch.Tensor | None],
+    eta: Callable[[int, torch.Tensor | None], torch.Tensor | None],
+    trace: dict | None = None,
+) -> LayerGradients:
+    """The forward-backward pass of Algorithm 3 and of Algorithm 4's final, accumulated pass.
+
+    For ``j = L, ..., 1``::
+
+        η_j    = η_L                              if j = L
+        η_j    = eta(j, γ_j)                      otherwise: S_j + G'_j(z_j) γ_j
+        ∇_θj R = weight_term(j) + K_j□(x_{j-1}, η_j)
+        ∇_bj R = η_j (summed by the bias's adjoint)
+        γ_{j-1} = K_jᵀ(θ_j, η_j)                  if j > 1
+
+    Algorithm 3 (:func:`forward_backward_pass`) gives one seed's terms: the
+    source ``S_j = M(G''_j h_j, ξ_j)`` and ``weight_term(j) = K_j□(q_{j-1}, ζ_j)``;
+    Algorithm 4 (:mod:`dbpaper.algorithms.jacobian`) the accumulated ones:
+    ``S_j = g''_j ⊙ Σ_i h_j ⊙ ξ_j``, ``θ̂¹_j`` and ``η̂_L``. ``eta`` forms ``η_j`` as
+    the caller's arithmetic requires (in place where it may); ``weight_term`` is
+    called for layers with a weight only, and may return ``None`` (no term).
+    A ``None`` ``η_j`` is identically zero: the ``K□`` and ``Kᵀ`` it would feed
+    are skipped. Returns the gradients with ``η_1``, from which
+    ``∇_{x_0} R = K_1ᵀ(θ_1, η_1)``; ``trace`` as in :func:`forward_backward_pass`.
     """
     L = net.depth
     grads = LayerGradients.zeros(L)
     if trace is not None:
         trace["eta"], trace["gamma"] = [None] * (L + 1), [None] * (L + 1)
     gamma: torch.Tensor | None = None
-    eta: torch.Tensor | None = None
+    eta_j: torch.Tensor | None = None
     for j in range(L, 0, -1):
         layer = net.layers[j - 1]
-        if j == L:
-            eta = eta_L
-        else:
-            terms = []
-            if rec.d2g[j] is not None:
-                terms.append(rec.d2g[j] * bbp.hs[j] * bp.xis[j])  # M(G''(z_j) h_j, ξ_j)
-            if gamma is not None:
-                terms.append(rec.slope(j, gamma))  # G'(z_j) γ_j
-            eta = sum(terms[1:], terms[0]) if terms else None
+        eta_j = eta_L if j == L else eta(j, gamma)
         if layer.weight is not None:
-            g = layer.Kbox(bbp.qs[j - 1], bp.zetas[j])
-            if eta is not None:
-                g = layer.Kbox_into(g, rec.xs[j - 1], eta)  # + K_j□(x_{j-1}, η_j), accumulated in place
-            grads.weights[j - 1] = g
+            g = weight_term(j)
+            if eta_j is not None:
+                g = layer.Kbox_into(g, rec.xs[j - 1], eta_j)  # + K_j□(x_{j-1}, η_j), accumulated in place
+            grads.weights[j - 1] = torch.zeros_like(layer.weight) if g is None else g
         if layer.bias is not None:
-            grads.biases[j - 1] = layer.bias_adjoint(eta) if eta is not None else torch.zeros_like(layer.bias)
+            grads.biases[j - 1] = layer.bias_adjoint(eta_j) if eta_j is not None else torch.zeros_like(layer.bias)
         if j > 1:
-            gamma = layer.KT(layer.theta(rec.xs[0]), eta) if eta is not None else None
+            gamma = layer.KT(layer.theta(rec.xs[0]), eta_j) if eta_j is not None else None
         if trace is not None:
-            trace["eta"][j] = eta
+            trace["eta"][j] = eta_j
             if j > 1:
                 trace["gamma"][j - 1] = gamma
-    grads.eta_1 = eta
+    grads.eta_1 = eta_j
     return grads
 
 

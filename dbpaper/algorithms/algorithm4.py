@@ -1,0 +1,272 @@
+"""The parts of Algorithm 4 (:mod:`dbpaper.algorithms.jacobian`): class chunks, accumulators, per-chunk passes.
+
+One run of :func:`~dbpaper.algorithms.jacobian.jacobian_penalty_gradients` is
+
+1. the classes cut into chunks (:func:`class_chunks`), each chunk stacked along
+   the batch dimension;
+2. per chunk (:func:`chunk_pass`, the chunk's tensors in a :class:`Chunk`):
+   the backward pass of Algorithm 1 (:func:`chunk_backward`), the value and the
+   start of the backward-backward pass, and Algorithm 2
+   (:func:`chunk_backward_backward`), which adds ``K_j□(q_{j-1}, ζ_j)`` to
+   ``θ̂¹_j`` and ``h_j ⊙ ξ_j`` to the source terms as it goes
+   (:class:`Accumulators`);
+3. the one forward-backward pass on the accumulated ``η̂``
+   (:func:`~dbpaper.algorithms.passes.forward_backward_sweep`, shared with
+   Algorithm 3).
+
+How the passes start and end at the output layer and at layer 1 is a strategy
+(:mod:`dbpaper.algorithms.shortcuts`): the plain layers of the paper, or the
+one-hot and Gram shortcuts. Every tensor of a chunk is ``k`` classes stacked
+along the batch: ``k N`` rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..network import ForwardRecord, Layer, Network
+
+__all__ = [
+    "Accumulators",
+    "Chunk",
+    "Context",
+    "check_chunk_size",
+    "chunk_backward",
+    "chunk_backward_backward",
+    "chunk_pass",
+    "class_chunks",
+]
+
+
+def check_chunk_size(chunk_size) -> None:
+    """Raise a ValueError unless ``chunk_size`` is a positive int, ``None`` (all classes at once) or ``"auto"``."""
+    if chunk_size is None or chunk_size == "auto":
+        return
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, None (all classes at once) or 'auto', got {chunk_size!r}")
+
+
+def class_chunks(c: int, chunk_size: int) -> list[range]:
+    """The classes ``0..C-1`` in ``⌈C / chunk_size⌉`` ranges of balanced sizes, the largest first.
+
+    10 classes by 4 are 4 + 3 + 3, not 4 + 4 + 2; the sizes never increase, so
+    that buffers sized for the first chunk serve every chunk.
+    """
+    passes = -(-c // chunk_size)
+    bounds = [c * t // passes for t in range(passes + 1)]
+    return [range(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])][::-1]
+
+
+@dataclasses.dataclass(eq=False)
+class Context:
+    """What every part of one run reads: the network, its forward record, ``θ_j``, ``N``, the scale.
+
+    ``zeta_buffers[j]`` holds ``ζ_j`` of a layer with ``g''_j ≠ 0`` (whose ``ξ_j``
+    is kept as well), sized for the largest chunk and reused by every chunk.
+    """
+
+    net: Network
+    rec: ForwardRecord
+    thetas: list[torch.Tensor]
+    n: int
+    depth: int
+    scale: float
+    kmax: int
+    zeta_buffers: list[torch.Tensor | None]
+
+    @classmethod
+    def of(cls, net: Network, rec: ForwardRecord, scale: float, kmax: int) -> Context:
+        x0 = rec.xs[0]
+        thetas = [layer.theta(x0) for layer in net.layers]
+        return cls(net, rec, thetas, x0.shape[0], net.depth, scale, kmax, [None] * (net.depth + 1))
+
+    def zeta_buffer(self, j: int, like: torch.Tensor) -> torch.Tensor:
+        """The buffer for ``ζ_j`` (allocated by the first, largest chunk)."""
+        if self.zeta_buffers[j] is None:
+            self.zeta_buffers[j] = like.new_empty((self.kmax * self.n, *like.shape[1:]))
+        return self.zeta_buffers[j]
+
+
+@dataclasses.dataclass(eq=False)
+class Accumulators:
+    """What Algorithm 4 keeps across the chunks of classes; indexed by the layer number ``j``.
+
+    ``weights[j]``: ``θ̂¹_j = Σ_i K_j□(q_{j-1}^{(i)}, ζ_j^{(i)})`` (dense layers written
+    in place); ``sources[j]``: ``Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}`` where ``g''_j ≠ 0``, one
+    slot per stacked class (summed once, by :meth:`eta`); ``eta_L``: ``η̂_L``
+    (``None`` where it vanishes identically, the identity output); ``value``: ``R``.
+    """
+
+    weights: list[torch.Tensor | None]
+    sources: list[torch.Tensor | None]
+    eta_L: torch.Tensor | None
+    value: torch.Tensor
+
+    @classmethod
+    def empty(cls, ctx: Context, eta_L: bool) -> Accumulators:
+        out = ctx.rec.output
+        slots = [None] * (ctx.depth + 1)
+        return cls(list(slots), list(slots), torch.zeros_like(out) if eta_L else None, out.new_zeros(()))
+
+    def add_value(self, term: torch.Tensor) -> None:
+        self.value = self.value + term
+
+    def add_weight_adjoint(self, layer: Layer, j: int, q: torch.Tensor, zeta: torch.Tensor) -> None:
+        """``θ̂¹_j += K_j□(q_{j-1}, ζ_j)`` for layer ``j`` (one with a weight)."""
+        self.weights[j] = layer.Kbox_into(self.weights[j], q, zeta)
+
+    def add_source(self, j: int, xi: torch.Tensor, h: torch.Tensor) -> None:
+        """``Σ_i h_j ⊙ ξ_j`` += ``h_j ⊙ ξ_j`` of the stacked classes (``ξ_j`` may be overwritten)."""
+        self.sources[j] = _source_(self.sources[j], xi, h)
+
+    def fold_in(self, extra_eta_L: torch.Tensor | None) -> None:
+        """``η̂_L += extra_eta_L`` (a loss's ``∇_{z_L} ℓ`` folded into the final pass)."""
+        if extra_eta_L is not None:
+            self.eta_L = extra_eta_L.clone() if self.eta_L is None else self.eta_L.add_(extra_eta_L)
+
+    def take_weight(self, j: int) -> torch.Tensor | None:
+        """``θ̂¹_j``, released from the accumulators (it becomes the weight gradient)."""
+        acc, self.weights[j] = self.weights[j], None
+        return acc
+
+    def eta(self, rec: ForwardRecord, j: int, gamma: torch.Tensor | None) -> torch.Tensor | None:
+        """``η̂_j = S_j + g'_j ⊙ γ_j`` with ``S_j = g''_j ⊙ Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}`` (in place; ``None``: zero)."""
+        s, self.sources[j] = self.sources[j], None
+        if s is None:
+            return _slope_(rec, j, gamma, 1) if gamma is not None else None
+        s = _sum_chunk(s, rec.dg[j].shape).mul_(rec.d2g[j])
+        return s if gamma is None else s.addcmul_(gamma.reshape(s.shape), rec.dg[j])
+
+
+@dataclasses.dataclass(eq=False)
+class Chunk:
+    """One chunk of classes, stacked along the batch (``k N`` rows), and what its passes hand on.
+
+    ``zetas[j] = ζ_j`` and, where ``g''_j ≠ 0``, ``xis[j] = ξ_j`` (for the source
+    term); ``q`` and ``h``: the latest ``q_j``, ``h_j`` of Algorithm 2. Each is
+    released as soon as it is used, and the whole chunk when its pass ends.
+    """
+
+    classes: range
+    k: int
+    zetas: list[torch.Tensor | None]
+    xis: list[torch.Tensor | None]
+    q: torch.Tensor | None = None
+    h: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, classes: range, depth: int) -> Chunk:
+        return cls(classes, len(classes), [None] * (depth + 1), [None] * (depth + 1))
+
+    def take_q_h(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(q, h)``, no longer held by the chunk."""
+        q, h, self.q, self.h = self.q, self.h, None, None
+        return q, h
+
+
+def chunk_pass(ctx: Context, first, last, acc: Accumulators, classes: range) -> None:
+    """Algorithms 1 and 2 for ``classes``, stacked along the batch, accumulated into ``acc``.
+
+    ``first`` and ``last`` are the strategies at layer 1 and at the output layer
+    (:mod:`dbpaper.algorithms.shortcuts`); the layers ``first.lowest, ..., L-1``
+    between them are plain. No tensor of the chunk outlives the call.
+    """
+    chunk = Chunk.of(classes, ctx.depth)
+    xi_0 = chunk_backward(ctx, chunk, last.start(chunk), first.lowest)  # from ζ_L, or ξ_{L-1} in closed form
+    first.start(chunk, xi_0, acc)  # the value, and q_0 (q_1 with the Gram shortcut)
+    del xi_0
+    chunk_backward_backward(ctx, acc, chunk, first.lowest)
+    last.end(chunk, acc)
+
+
+def chunk_backward(ctx: Context, chunk: Chunk, xi: torch.Tensor | None, lowest: int) -> torch.Tensor | None:
+    """Algorithm 1 for a chunk, ``j = L, ..., lowest``: ``ξ_{j-1} = K_jᵀ(θ_j, ζ_j)``, ``ζ_{j-1} = g'_{j-1} ⊙ ξ_{j-1}``.
+
+    Starts from ``chunk.zetas[L]``, or from ``xi = ξ_{L-1}`` where the output
+    end gave it in closed form. ``ζ_j`` is formed in place, except where
+    ``g''_j ≠ 0``: there ``ξ_j`` is kept in ``chunk.xis[j]`` for the source term
+    and ``ζ_j`` written into a reused buffer. Returns ``ξ_0`` (``None`` with
+    ``lowest = 2``: the Gram shortcut never forms it).
+    """
+    rec, layers, zetas, k = ctx.rec, ctx.net.layers, chunk.zetas, chunk.k
+    for j in range(ctx.depth, lowest - 1, -1):
+        if xi is None:
+            xi = layers[j - 1].KT(ctx.thetas[j - 1], zetas[j])  # ξ_{j-1} = K_jᵀ(θ_j, ζ_j)
+        if j > 1:
+            if rec.d2g[j - 1] is None:
+                zetas[j - 1] = _slope_(rec, j - 1, xi, k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
+            else:  # the source term needs ξ_{j-1} as well
+                zetas[j - 1] = _mul_into(xi, rec.dg[j - 1], k, ctx.zeta_buffer(j - 1, xi))
+                chunk.xis[j - 1] = xi
+            xi = None
+    return xi
+
+
+def chunk_backward_backward(ctx: Context, acc: Accumulators, chunk: Chunk, lowest: int) -> None:
+    """Algorithm 2 for a chunk on the hidden layers ``j = lowest, ..., L-1``, from ``chunk.q = q_{lowest-1}``.
+
+    ``θ̂¹_j += K_j□(q_{j-1}, ζ_j)``, ``h_j = K_j(θ_j, q_{j-1})``, the source term
+    ``Σ_i h_j ⊙ ξ_j`` and ``q_j = g'_j ⊙ h_j`` (in place); ``ζ_j`` and ``ξ_j`` are
+    released once used. Leaves ``q_{L-1}``, ``h_{L-1}`` in the chunk for the
+    output end (unchanged where no hidden layer is left).
+    """
+    rec, layers, zetas, xis = ctx.rec, ctx.net.layers, chunk.zetas, chunk.xis
+    q, h = chunk.take_q_h()
+    for j in range(lowest, ctx.depth):
+        layer = layers[j - 1]
+        if layer.weight is not None:
+            acc.add_weight_adjoint(layer, j, q, zetas[j])  # θ̂¹_j += K_j□(q_{j-1}, ζ_j)
+        zetas[j] = None
+        h = layer.K(ctx.thetas[j - 1], q)  # h_j = K_j(θ_j, q_{j-1})
+        if xis[j] is not None:  # the source term Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}
+            acc.add_source(j, xis[j], h)
+            xis[j] = None
+        q = _slope_(rec, j, h, chunk.k)  # q_j = M(g'_j, h_j), in place (h_j is not needed again)
+    chunk.q, chunk.h = q, h
+
+
+def _mul_(t: torch.Tensor, dg: torch.Tensor, k: int) -> torch.Tensor:
+    """``M(g'(z), t) = g'(z) ⊙ t`` in place, for ``k`` classes stacked along the batch (``dg`` broadcast)."""
+    if not t.is_contiguous():
+        t = t.contiguous()
+    t.view(k, *dg.shape).mul_(dg)
+    return t
+
+
+def _slope_(rec: ForwardRecord, j: int, t: torch.Tensor, k: int) -> torch.Tensor:
+    """``M(g'_j(z_j), t)`` in place for ``k`` stacked classes; ``t`` unchanged where ``g_j`` is the identity."""
+    if rec.unit is not None and rec.unit[j]:
+        return t
+    return _mul_(t, rec.dg[j], k)
+
+
+def _mul_into(t: torch.Tensor, dg: torch.Tensor, k: int, buf: torch.Tensor) -> torch.Tensor:
+    """``g'(z) ⊙ t`` for ``k`` stacked classes, written into the leading rows of ``buf`` (``t`` is kept).
+
+    ``buf`` holds the largest chunk and is reused by every pass over the
+    classes, so that no fresh memory is touched per pass.
+    """
+    out = buf[: t.shape[0]]
+    torch.mul(t.reshape(k, *dg.shape), dg, out=out.view(k, *dg.shape))
+    return out
+
+
+def _source_(acc: torch.Tensor | None, xi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``acc + h ⊙ ξ`` for ``k`` stacked classes, into the leading rows of ``acc`` (one fused ``addcmul_``).
+
+    ``acc`` has room for the largest chunk; without it (the first, largest
+    pass) ``ξ`` itself becomes the accumulator, overwritten in place. The sum
+    over the stacked classes is taken once after the last pass
+    (:func:`_sum_chunk`), so no temporary of the stacked size is formed per pass.
+    """
+    if acc is None:
+        return xi.mul_(h.reshape(xi.shape)) if xi.is_contiguous() else torch.mul(xi, h.reshape(xi.shape))
+    acc[: xi.shape[0]].addcmul_(xi, h.reshape(xi.shape))
+    return acc
+
+
+def _sum_chunk(acc: torch.Tensor, shape) -> torch.Tensor:
+    """``Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}``: the accumulator of :func:`_source_` summed over its stacked classes."""
+    return acc.reshape(-1, *shape).sum(0)
