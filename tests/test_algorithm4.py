@@ -291,11 +291,11 @@ def test_blocked_symmetric_products_of_the_gram_trick(d1):
 def test_plan_follows_the_cost_model():
     mlp = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
     net = dbpaper.Network.from_sequential(mlp, (784,))
-    plan = J.plan(net, P.JacobianFrobenius(), 128, chunk_size="auto", gram="auto", onehot="auto")
-    assert plan == J.Plan(chunk_size=J.TARGET_CHUNK_BYTES // (128 * 784 * 4), gram=True, onehot=False)  # d_0 = 784 > d_1: Gram pays
+    plan = J.choose_variant(net, P.JacobianFrobenius(), 128, chunk_size="auto", gram="auto", onehot="auto")
+    assert plan == J.Variant(chunk_size=J.TARGET_CHUNK_BYTES // (128 * 784 * 4), gram=True, onehot=False)  # d_0 = 784 > d_1: Gram pays
     wide_first = dbpaper.Network.from_sequential(torch.nn.Sequential(torch.nn.Linear(4, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1000)), (4,))
-    plan = J.plan(wide_first, P.JacobianFrobenius(), 8, chunk_size=None, gram="auto", onehot="auto")
-    assert plan == J.Plan(chunk_size=1000, gram=False, onehot=True)  # d_1 ≫ d_0: no Gram; many classes: one-hot
+    plan = J.choose_variant(wide_first, P.JacobianFrobenius(), 8, chunk_size=None, gram="auto", onehot="auto")
+    assert plan == J.Variant(chunk_size=1000, gram=False, onehot=True)  # d_1 ≫ d_0: no Gram; many classes: one-hot
     costs = J.shortcut_costs(net, 128)
     assert set(costs) == {"gram", "onehot"} and costs["gram"]["with"] < costs["gram"]["without"]
 

@@ -59,6 +59,7 @@ def class_chunks(c: int, chunk_size: int) -> list[range]:
     return [range(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])][::-1]
 
 
+
 @dataclasses.dataclass(eq=False)
 class Context:
     """What every part of one run reads: the network, its forward record, ``θ_j``, ``N``, the scale.

@@ -114,27 +114,29 @@ registered in this order.
 Other combinations are built with the factory :func:`optimized_algorithm` and
 registered with :func:`dbpaper.algorithms.register_algorithm` under a name of
 your choice, e.g. ``register_algorithm("optimized-64", optimized_algorithm(chunk_size=64),
-applies=applies)``; or call :func:`jacobian_penalty_gradients` directly. The
+cost=optimized_cost(chunk_size=64), why_not=why_not, folds_loss=True)``; or call
+:func:`jacobian_penalty_gradients` directly. The variant a call resolves to
+(classes per pass, shortcuts) is :func:`~dbpaper.algorithms.variants.choose_variant`'s. The
 penalty itself (:class:`~dbpaper.penalties.JacobianFrobenius`) stays the same
 whichever way it is evaluated.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
 
 from ..activations import Activation, IdentityOutput, Softmax
 from ..network import ForwardRecord, Network
-from ..penalties import JacobianFrobenius, SquaredNorm
+from ..penalties import JacobianFrobenius
 from . import shortcuts
 from .algorithm4 import Accumulators, Context, check_chunk_size, chunk_pass, class_chunks
 from .costs import eta_vanishes, layer_sums, power_iteration_flops
 from .passes import LayerGradients, forward_backward_sweep
 from .registry import Estimate, register_algorithm
 from .shortcuts import ELEMENTWISE_COST, GRAM_MAX_COND, GRAM_MAX_EPS_COND, gram_is_stable, shortcut_costs
+from .variants import TARGET_CHUNK_BYTES, Variant, auto_chunk_size, check_choice, choose_variant
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -142,13 +144,13 @@ __all__ = [
     "GRAM_MAX_EPS_COND",
     "ELEMENTWISE_COST",
     "TARGET_CHUNK_BYTES",
-    "Plan",
+    "Variant",
     "applies",
     "auto_chunk_size",
     "gram_is_stable",
     "jacobian_penalty_gradients",
     "optimized_algorithm",
-    "plan",
+    "choose_variant",
     "resolve_chunk_size",
     "shortcut_costs",
     "why_not",
@@ -157,12 +159,6 @@ __all__ = [
 #: Classes per stacked pass for ``"optimized-chunked"`` (an int, ``None`` for all classes, or
 #: ``"auto"``); read at call time, so it may be changed.
 DEFAULT_CHUNK_SIZE: int | str | None = "auto"
-
-#: ``chunk_size="auto"`` stacks as many classes as keep the largest stacked tensor within this many
-#: bytes: enough rows for efficient matrix products, small enough for the per-pass tensors to stay
-#: in cache instead of being allocated and faulted in afresh (a conv net's feature maps are large
-#: per example, an MLP's small; counting bytes, not rows, serves both).
-TARGET_CHUNK_BYTES = 4 * 2**20
 
 _AUTO = "auto"
 
@@ -199,78 +195,9 @@ def applies(net: Network, penalty) -> bool:
     return why_not(net, penalty) is None
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """The resolved variant: classes per stacked pass and which shortcuts are used.
-
-    ``gram_if_stable``: the Gram shortcut was chosen by ``gram="auto"``, so it is used only if
-    ``W_1 W_1ᵀ`` is well enough conditioned when the algorithm runs (:func:`gram_is_stable`).
-    """
-
-    chunk_size: int
-    gram: bool
-    onehot: bool
-    gram_if_stable: bool = dataclasses.field(default=False, compare=False)
-
-
-def _check_choice(value, name: str) -> None:
-    if not (value is True or value is False or value == _AUTO):
-        raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
-
-
 def resolve_chunk_size(chunk_size):
     """``"default"`` (the registered ``"optimized-chunked"``) read as :data:`DEFAULT_CHUNK_SIZE` now; else unchanged."""
     return DEFAULT_CHUNK_SIZE if chunk_size == "default" else chunk_size
-
-
-def auto_chunk_size(net: Network, batch: int) -> int:
-    """Classes per stacked pass for ``chunk_size="auto"``: the largest stacked tensor within :data:`TARGET_CHUNK_BYTES`.
-
-    The largest per-class tensor of a pass is the widest layer input or output,
-    ``batch × max_j max(d_{j-1}, d_j)`` elements of the parameters' size.
-    """
-    widest = max(max(layer.op.in_numel, layer.op.out_numel) for layer in net.layers)
-    params = net.parameters()
-    itemsize = params[0].element_size() if params else 4
-    return max(1, TARGET_CHUNK_BYTES // (batch * widest * itemsize))
-
-
-def plan(net: Network, penalty, batch: int, *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Plan:
-    """Resolve ``chunk_size`` and the ``"auto"`` shortcuts (with :func:`shortcut_costs`).
-
-    ``chunk_size``: a positive int, ``None`` (all classes at once) or
-    ``"auto"`` (by bytes: :func:`auto_chunk_size`). Raises a
-    ValueError when a shortcut is requested explicitly (``True``) but cannot
-    be used on ``net``.
-    """
-    check_chunk_size(chunk_size)
-    if chunk_size == _AUTO:
-        chunk_size = auto_chunk_size(net, batch)
-    _check_choice(gram, "gram")
-    _check_choice(onehot, "onehot")
-    c = net.layers[-1].op.out_numel
-    costs = shortcut_costs(net, batch)
-    quadratic = isinstance(penalty.p, SquaredNorm)
-    if gram is True and ("gram" not in costs or not quadratic):
-        raise ValueError(
-            "gram=True needs a dense first layer (nn.Linear) and the squared norm p = ‖·‖²; "
-            f"the first layer is {net.layers[0].op!r}"
-        )
-    if onehot is True and "onehot" not in costs:
-        raise ValueError(f"onehot=True needs L ≥ 2 and a dense output layer; the network has L={net.depth}, last layer {net.layers[-1].op!r}")
-
-    def decide(choice, key, extra_ok=True):
-        if choice == _AUTO:
-            return key in costs and extra_ok and costs[key]["with"] < costs[key]["without"]
-        return bool(choice)
-
-    use_gram = decide(gram, "gram", quadratic)
-    return Plan(
-        chunk_size=c if chunk_size is None else min(chunk_size, c),
-        gram=use_gram,
-        onehot=decide(onehot, "onehot"),
-        gram_if_stable=use_gram and gram == _AUTO,
-    )
 
 
 @torch.no_grad()
@@ -328,7 +255,7 @@ def jacobian_penalty_gradients(
     reason = why_not(net, penalty)
     if reason is not None:
         raise ValueError(reason)
-    p = plan(net, penalty, rec.xs[0].shape[0], chunk_size=chunk_size, gram=gram, onehot=onehot)
+    p = choose_variant(net, penalty, rec.xs[0].shape[0], chunk_size=chunk_size, gram=gram, onehot=onehot)
     chunks = class_chunks(net.layers[-1].op.out_numel, p.chunk_size)  # balanced, the largest first
     ctx = Context.of(net, rec, scale, kmax=len(chunks[0]))
     first = shortcuts.input_end(ctx, penalty, p.gram, if_stable=p.gram_if_stable)  # layer 1: plain, or the Gram shortcut
@@ -353,8 +280,8 @@ def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = 
     """
     if chunk_size != "default":
         check_chunk_size(chunk_size)
-    _check_choice(gram, "gram")
-    _check_choice(onehot, "onehot")
+    check_choice(gram, "gram")
+    check_choice(onehot, "onehot")
 
     def algorithm(net: Network, rec: ForwardRecord, penalty, y=None, *, scale: float = 1.0, extra_eta_L=None):
         size = DEFAULT_CHUNK_SIZE if chunk_size == "default" else chunk_size
@@ -378,7 +305,7 @@ def optimized_cost(*, chunk_size: int | str | None = 1, gram: bool | str = False
 
     def cost(net: Network, penalty, batch: int) -> Estimate:
         size = resolve_chunk_size(chunk_size)
-        p = plan(net, penalty, batch, chunk_size=size, gram=gram, onehot=onehot)
+        p = choose_variant(net, penalty, batch, chunk_size=size, gram=gram, onehot=onehot)
         F, Fbox, Fprime = layer_sums(net)
         S = penalty.num_seeds(net)
         fb = 0 if eta_vanishes(net, penalty) else Fprime + Fbox
@@ -395,7 +322,7 @@ def optimized_settings(*, chunk_size: int | str | None = 1, gram: bool | str = F
     """The settings Algorithm 4 with these options resolves to, ``(net, penalty, batch) -> dict`` (shown by :func:`dbpaper.plan`)."""
 
     def describe(net: Network, penalty, batch: int) -> dict:
-        p = plan(net, penalty, batch, chunk_size=resolve_chunk_size(chunk_size), gram=gram, onehot=onehot)
+        p = choose_variant(net, penalty, batch, chunk_size=resolve_chunk_size(chunk_size), gram=gram, onehot=onehot)
         return {"chunk_size": p.chunk_size, "gram": p.gram, "onehot": p.onehot}
 
     return describe
