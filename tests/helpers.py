@@ -308,7 +308,7 @@ def assert_matches(got, want, *, rtol=None, atol=0.0, value_rtol=None, value_ato
     rtol = rtol_for(value.dtype) if rtol is None else rtol
     value_rtol = rtol if value_rtol is None else value_rtol
     value_atol = atol if value_atol is None else value_atol
-    grads, ref = list(grads), list(ref)
+    grads, ref = [g.detach() for g in grads], [r.detach() for r in ref]
     assert len(grads) == len(ref), (what, len(grads), len(ref))
     if compare == "entries":
         for a, b in zip([value, *grads], [ref_value, *ref]):
