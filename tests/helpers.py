@@ -1,10 +1,23 @@
-"""Registries shared by the tests: every operator and activation gets every test for free."""
+"""Registries shared by the tests and the one comparison with the autograd oracle.
+
+Every operator, activation, random network and penalty registered here gets every test for
+free; ``tests/conftest.py`` turns the registries (and ``dbpaper.algorithms.REGISTRY``) into
+parametrisations and fixtures.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+
+import pytest
 import torch
 
+import dbpaper
 import dbpaper as dbp
+from dbpaper import penalties as P
+from dbpaper.oracles import reference_gradients
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -140,13 +153,252 @@ def random_input(in_shape, batch=3, seed=0, dtype=torch.float64):
     return torch.randn((batch, *in_shape), generator=g, dtype=dtype)
 
 
-def assert_close(model, x, ours, ref, with_x=True, rtol=1e-10):
-    """``ours`` and ``ref`` (scalars with graphs) agree in value and in their gradients (parameters and ``x``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    targets = params + ([x] if with_x else [])
+# every random network of the grid: (architecture, hidden activation, softmax output, seed);
+# two draws of each, three of the dense networks, which vary most (depth 1-4, widths, biases)
+NETWORKS = [
+    (arch, act, softmax, seed)
+    for arch in ARCHITECTURES
+    for act in sorted(TORCH_ACT_FACTORIES)
+    for softmax in (True, False)
+    for seed in ((0, 1, 2) if arch == "dense" else (0, 1))
+]
+CLASSES = 4
+
+
+def random_network(arch, act, softmax, *, seed=0, classes=CLASSES, batch=3, dtype=torch.float64):
+    """``(model, x, net)``: :func:`random_model`, a batch of :func:`random_input` and the model read as a
+    :class:`dbpaper.Network`, all from one seed."""
+    model, in_shape = random_model(arch, act, softmax, seed=seed, classes=classes, dtype=dtype)
+    x = random_input(in_shape, batch=batch, seed=seed, dtype=dtype)
+    return model, x, dbpaper.Network.from_sequential(model, in_shape)
+
+
+# -- penalties ---------------------------------------------------------------------------------
+
+
+def log_p(u):  # a smooth user p: log(1 + ‖u‖²) per example
+    return torch.log1p(u.reshape(u.shape[0], -1).pow(2).sum(1))
+
+
+def log_p_grad(u):
+    n2 = u.reshape(u.shape[0], -1).pow(2).sum(1).reshape((-1,) + (1,) * (u.ndim - 1))
+    return 2 * u / (1 + n2)
+
+
+def v_tanh(out, y):  # a v that depends on the network output
+    return torch.tanh(out) * out.sum(-1, keepdim=True)
+
+
+def v_tanh_vjp(out, y, u):  # (dv/dx_L)* u for v_tanh
+    s = out.sum(-1, keepdim=True)
+    d = 1 - torch.tanh(out) ** 2
+    return d * s * u + (torch.tanh(out) * u).sum(-1, keepdim=True)
+
+
+# name -> (factory, what y it takes: "labels", "targets" or None); every penalty class of
+# dbpaper.penalties, and GeneralPenalty with every kind of p and v
+PENALTIES = {
+    "cdb-nll": (lambda: P.ClassicalDoubleBackprop("nll"), "labels"),
+    "cdb-mse": (lambda: P.ClassicalDoubleBackprop("mse"), "targets"),
+    "node": (lambda: P.OutputNodeGradient(1), None),
+    "jacobian": (lambda: P.JacobianFrobenius(), None),
+    "opnorm": (lambda: P.OperatorNorm(2, torch.Generator().manual_seed(7)), None),
+    "gradient-norm": (lambda: P.GradientNormPenalty(0.5, index=0), None),
+    "gradient-norm-one-sided": (lambda: P.GradientNormPenalty(0.2, one_sided=True, index=2), None),
+    "sobolev": (lambda: P.Sobolev(torch.sin, index=1), None),
+    "general-callable-p": (lambda: P.GeneralPenalty(log_p, v=3), None),
+    "general-constant-v": (lambda: P.GeneralPenalty(P.PFunction(log_p, log_p_grad), v=torch.linspace(-1, 1, CLASSES, dtype=torch.float64)), None),
+    "general-labels": (lambda: P.GeneralPenalty(P.SquaredNorm(), v="labels"), "labels"),
+    "general-v-of-output": (lambda: P.GeneralPenalty(P.Norm(), v=v_tanh), None),
+    "general-v-with-vjp": (lambda: P.GeneralPenalty(log_p, v=v_tanh, v_vjp=v_tanh_vjp), None),
+}
+
+
+def penalty_targets(pen_name, x, seed=0, classes=CLASSES):
+    """``y`` for the penalty ``pen_name`` on the batch ``x``: labels, float targets or ``None``."""
+    g = torch.Generator().manual_seed(seed)
+    kind = PENALTIES[pen_name][1]
+    if kind == "labels":
+        return torch.randint(0, classes, (x.shape[0],), generator=g)
+    if kind == "targets":
+        return torch.randn((x.shape[0], classes), generator=g, dtype=x.dtype)
+    return None
+
+
+def applicable_algorithms(net, penalty):
+    """Every registered algorithm that applies to ``penalty`` on ``net``, in registration order (not only
+    what ``"auto"`` would pick: a changed cost constant does not change what is tested)."""
+    from dbpaper.algorithms import REGISTRY
+
+    return [name for name, spec in REGISTRY.items() if spec.applies_to(net, penalty)]
+
+
+@contextlib.contextmanager
+def temporary_algorithms():
+    """``register(name, fn, **kw)`` as :func:`dbpaper.algorithms.register_algorithm`; what it
+    registered is removed from ``REGISTRY`` and ``ALGORITHMS`` on leaving the block."""
+    from dbpaper.algorithms import ALGORITHMS, REGISTRY, register_algorithm
+
+    names = []
+
+    def register(name, fn, **kw):
+        assert name not in REGISTRY, f"{name!r} is registered already"
+        names.append(name)
+        register_algorithm(name, fn, **kw)
+
+    try:
+        yield register
+    finally:
+        for name in names:
+            REGISTRY.pop(name, None)
+            ALGORITHMS.pop(name, None)
+
+
+# -- the one comparison ------------------------------------------------------------------------
+
+RTOL = {torch.float64: 1e-10, torch.float32: 2e-4}
+
+
+def rtol_for(dtype):
+    """The relative tolerance of a comparison with the float64 oracle for results in ``dtype``."""
+    return RTOL[dtype]
+
+
+def flat_gradients(net, grads):
+    """Per-layer gradients (``.weights``, ``.biases``) as one list in ``Network.parameters()`` order."""
+    out = []
+    for layer, gw, gb in zip(net.layers, grads.weights, grads.biases):
+        out += [g for t, g in ((layer.weight, gw), (layer.bias, gb)) if t is not None]
+    return out
+
+
+def gradients_by_backward(params, value, *, missing="zeros"):
+    """``value.backward()`` from cleared ``.grad``s: ``(value, [∂value/∂p for p in params])``.
+
+    A parameter autograd leaves without a gradient gets zeros (``missing="zeros"``) or ``None``
+    (``missing=None``)."""
+    for p in params:
+        p.grad = None
+    value.backward()
+    grads = [p.grad if p.grad is None else p.grad.clone() for p in params]
+    if missing == "zeros":
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    return value.detach(), grads
+
+
+def vector(tensors):
+    """The tensors as one float64 vector."""
+    return torch.cat([t.reshape(-1).double() for t in tensors])
+
+
+def assert_matches(got, want, *, rtol=None, atol=0.0, value_rtol=None, value_atol=None, compare="largest", what=()):
+    """``got = (value, gradients)`` equals ``want = (value, gradients)`` — the one comparison of the tests.
+
+    The value within ``value_rtol`` (default ``rtol``) of its size plus ``value_atol`` (default
+    ``atol``). The gradient blocks, by ``compare``:
+
+    * ``"largest"``: each within ``rtol`` of the largest block, plus ``atol`` (a block that is
+      (almost) zero is compared absolutely);
+    * ``"block"``: each within ``rtol`` of its own norm, plus ``atol``;
+    * ``"entries"``: every entry, ``torch.testing.assert_close(rtol, atol)``, NaN equal to NaN.
+
+    ``rtol`` defaults to the tolerance of the dtype of ``got``'s value (``RTOL``)."""
+    (value, grads), (ref_value, ref) = got, want
+    value, ref_value = torch.as_tensor(value).detach(), torch.as_tensor(ref_value).detach()
+    rtol = rtol_for(value.dtype) if rtol is None else rtol
+    value_rtol = rtol if value_rtol is None else value_rtol
+    value_atol = atol if value_atol is None else value_atol
+    grads, ref = [g.detach() for g in grads], [r.detach() for r in ref]
+    assert len(grads) == len(ref), (what, len(grads), len(ref))
+    if compare == "entries":
+        for a, b in zip([value, *grads], [ref_value, *ref]):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, equal_nan=True, msg=lambda m: f"{what}: {m}")
+        return
+    err = abs(float(value) - float(ref_value))
+    assert err <= value_rtol * abs(float(ref_value)) + max(value_atol, 1e-300), (what, "value", float(value), float(ref_value))
+    scale = max((float(r.norm()) for r in ref), default=0.0)
+    for k, (a, b) in enumerate(zip(grads, ref)):
+        err, size = float((a.double() - b.double()).norm()), float(b.norm()) if compare == "block" else scale
+        assert err <= rtol * max(size, 1e-300) + atol, (what, f"gradient {k}", err, size)
+
+
+def assert_matches_oracle(got, model, x, penalty, y=None, *, mode="summed", **tolerances):
+    """``got = (R, gradients in Network.parameters() order)`` equals the autograd oracle
+    :func:`dbpaper.oracles.reference_gradients` (``mode``), run in float64 whatever the dtype of
+    ``got`` (a float32 model is compared with its float64 copy), by :func:`assert_matches` with the
+    dtype's tolerance unless ``tolerances`` say otherwise. Returns the oracle's ``(R, gradients)``."""
+    want = oracle(model, x, penalty, y, mode=mode)
+    assert_matches(got, want, **tolerances)
+    return want
+
+
+def oracle(model, x, penalty, y=None, *, mode="summed"):
+    """``(R, gradients)`` by :func:`dbpaper.oracles.reference_gradients` in float64."""
+    if x.dtype != torch.float64:
+        model, x = copy.deepcopy(model).double(), x.double()
+        y = y.double() if y is not None and y.is_floating_point() else y
+    return reference_gradients(model, x, penalty, y, mode=mode)
+
+
+# -- the random-network grid: (network, penalty, algorithm) -----------------------------------------
+
+
+def network_id(network):
+    arch, act, softmax, seed = network
+    return f"{arch}-{act}-{'softmax' if softmax else 'identity'}-{seed}"
+
+
+@functools.lru_cache(maxsize=8)
+def grid_network(network, dtype=torch.float64):
+    """``(model, x, net)`` of a grid network (cached: the tests of one network share them, read-only)."""
+    arch, act, softmax, seed = network
+    return random_network(arch, act, softmax, seed=seed, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def grid_oracle(network, pen_name, dtype=torch.float64):
+    """The float64 autograd oracle ``(R, gradients)`` of a grid case (cached across its algorithms)."""
+    model, x, _ = grid_network(network, dtype)
+    return oracle(model, x, PENALTIES[pen_name][0](), penalty_targets(pen_name, x, network[3]))
+
+
+def grid_cases(networks=None, penalties=tuple(PENALTIES), dtype=torch.float64):
+    """``pytest.param((network, penalty name, algorithm name))`` for every applicable algorithm
+    (by default on every network of ``NETWORKS``, read from the registry once per session)."""
+    if networks is None:
+        return _full_grid(tuple(penalties), dtype)
+    cases = []
+    for network in networks:
+        net = grid_network(network, dtype)[2]
+        for pen_name in penalties:
+            for alg in applicable_algorithms(net, PENALTIES[pen_name][0]()):
+                cases.append(pytest.param((network, pen_name, alg), id=f"{network_id(network)}-{pen_name}-{alg}"))
+    return cases
+
+
+@functools.cache
+def _full_grid(penalties, dtype):
+    return grid_cases(NETWORKS, penalties, dtype)
+
+
+def check_grid_case(network, pen_name, algorithm, dtype=torch.float64):
+    """``algorithm`` on a grid network against the float64 oracle, within the dtype's tolerance."""
+    model, x, net = grid_network(network, dtype)
+    y = penalty_targets(pen_name, x, network[3])
+    res = dbpaper.double_backprop(net, x, PENALTIES[pen_name][0](), y, algorithm=algorithm)
+    assert res.algorithm == algorithm
+    assert res.value.dtype == dtype
+    assert_matches((res.value, flat_gradients(net, res.gradients)), grid_oracle(network, pen_name, dtype), what=(network, pen_name, algorithm))
+
+
+
+def assert_same_gradients(model, x, ours, ref, with_x=True, rtol=1e-10):
+    """Two differentiable scalars ``ours`` and ``ref`` agree in value and in their gradients
+    (parameters, and ``x`` with ``with_x``); ``ref``'s graph is kept for the next comparison."""
+    targets = [p for p in model.parameters() if p.requires_grad] + ([x] if with_x else [])
     g1 = torch.autograd.grad(ours, targets, allow_unused=True, materialize_grads=True)
     g2 = torch.autograd.grad(ref, targets, allow_unused=True, materialize_grads=True, retain_graph=True)
-    assert abs(float(ours.detach()) - float(ref.detach())) <= rtol * abs(float(ref.detach())) + 1e-14
-    scale = max(float(b.norm()) for b in g2)
-    for a, b in zip(g1, g2):
-        assert float((a - b).norm()) <= rtol * scale + 1e-14
+    assert_matches((ours.detach(), g1), (ref.detach(), g2), rtol=rtol, atol=1e-14)
+
+
+assert_close = assert_same_gradients  # the former name

@@ -3,7 +3,7 @@
 Every coordinate-wise hidden activation (locally linear or smooth, and mixed
 within one network), softmax and identity outputs, every variant
 (``chunk_size``, ``gram``, ``onehot``) and every registered name, in float64
-with relative tolerance 1e-10.
+with relative tolerance 1e-10 (``helpers.RTOL``).
 """
 
 from __future__ import annotations
@@ -19,75 +19,60 @@ import dbpaper
 from dbpaper import penalties as P
 from dbpaper.algorithms import ALGORITHMS
 from dbpaper.algorithms import jacobian as J
-from dbpaper.oracles import reference_gradients
 from dbpaper.paper.bench import measure_peak_memory
 
-from .helpers import ARCHITECTURES, random_input, random_model
+from .helpers import (
+    ARCHITECTURES,
+    assert_matches,
+    assert_matches_oracle,
+    flat_gradients,
+    oracle,
+    random_input,
+    random_model,
+    random_network,
+)
 
-RTOL = 1e-10
 REGISTERED = ("optimized", "optimized-shortcuts", "optimized-chunked")
 # (chunk_size, gram, onehot); explicit True only where the network allows it (dense first/last layers)
 VARIANTS = [(1, False, False), (2, "auto", "auto"), (3, False, "auto"), (None, "auto", False), ("auto", "auto", "auto")]
 DENSE_VARIANTS = [(1, True, False), (1, False, True), (2, True, True), (None, True, True), (4, True, True)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine the
-    thread synchronisation of every small operation can cost milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _flat(net, grads):
-    out = []
-    for layer, gw, gb in zip(net.layers, grads.weights, grads.biases):
-        out += [g for t, g in ((layer.weight, gw), (layer.bias, gb)) if t is not None]
-    return out
-
-
-def _assert_close(value, grads, ref_value, ref, rtol=RTOL, what=""):
-    assert abs(float(value) - float(ref_value)) <= rtol * abs(float(ref_value)) + 1e-300, what
-    assert len(grads) == len(ref)
-    scale = max(float(r.norm()) for r in ref)
-    for a, b in zip(grads, ref):  # relative to the largest block: an (almost) zero block is compared absolutely
-        assert float((a.double() - b).norm()) <= rtol * max(scale, 1e-300), what
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(net, x, **kw):
     with torch.no_grad():
         value, grads = J.jacobian_penalty_gradients(net, net.forward(x), P.JacobianFrobenius(), **kw)
-    return value, _flat(net, grads)
+    return value, flat_gradients(net, grads)
 
 
 ACTS = ("relu", "leaky-relu", "tanh", "sigmoid", "softplus", "elu")
 GRID = list(itertools.product(ARCHITECTURES, ACTS, [True, False]))
 
 
-def _check_all_variants(model, shape, x, what):
-    """Every variant that the network allows and every registered name against autograd (the penalties summed)."""
+def _check_all_variants(model, shape, x, what, names=REGISTERED):
+    """Every variant that the network allows and every registered name in ``names`` against autograd (the penalties summed)."""
     net = dbpaper.Network.from_sequential(model, shape)
-    ref_value, ref = reference_gradients(model, x, P.JacobianFrobenius(), mode="summed")
+    want = oracle(model, x, P.JacobianFrobenius())
     dense = isinstance(net.layers[0].op, dbpaper.Dense) and isinstance(net.layers[-1].op, dbpaper.Dense) and net.depth >= 2
     for chunk, gram, onehot in VARIANTS + (DENSE_VARIANTS if dense else []):
-        value, grads = _run(net, x, chunk_size=chunk, gram=gram, onehot=onehot)
-        _assert_close(value, grads, ref_value, ref, what=(*what, chunk, gram, onehot))
-    for name in REGISTERED:
+        assert_matches(_run(net, x, chunk_size=chunk, gram=gram, onehot=onehot), want, what=(*what, chunk, gram, onehot))
+    for name in names:
         res = dbpaper.double_backprop(net, x, P.JacobianFrobenius(), algorithm=name)
         assert res.algorithm == name
-        _assert_close(res.value, _flat(net, res.gradients), ref_value, ref, what=(*what, name))
+        assert_matches((res.value, flat_gradients(net, res.gradients)), want, what=(*what, name))
 
 
 @pytest.mark.parametrize("arch,act,softmax", GRID, ids=["-".join(map(str, c)) for c in GRID])
 def test_float64_against_autograd(arch, act, softmax):
-    """Every variant and every registered name, on dense, convolutional, locally connected and pooling networks."""
+    """Every variant on dense, convolutional, locally connected and pooling networks (every registered
+    name runs on these networks in the grid of ``test_algorithms.py``)."""
     seeds = (0, 1) if arch == "dense" else (0,)  # dense networks vary most (depth 1-4, widths, biases)
     for seed in seeds:
         model, shape = random_model(arch, act, softmax, seed=seed, classes=5)
         x = random_input(shape, batch=3, seed=seed)
-        _check_all_variants(model, shape, x, (arch, act, softmax, seed))
+        _check_all_variants(model, shape, x, (arch, act, softmax, seed), names=())
 
 
 def _mixed_models():
@@ -166,22 +151,17 @@ def dense_networks(draw):
 def test_random_dense_networks_against_autograd(case):
     model, x, (chunk, gram, onehot) = case
     net = dbpaper.Network.from_sequential(model, x.shape[1:])
-    ref_value, ref = reference_gradients(model, x, P.JacobianFrobenius(), mode="summed")
-    value, grads = _run(net, x, chunk_size=chunk, gram=gram, onehot=onehot)
-    _assert_close(value, grads, ref_value, ref, what=(net, chunk, gram, onehot))
+    assert_matches_oracle(_run(net, x, chunk_size=chunk, gram=gram, onehot=onehot), model, x, P.JacobianFrobenius(), what=(net, chunk, gram, onehot))
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_float32_against_float64_autograd(act):
-    model, shape = random_model("conv2d", act, True, seed=3, classes=5, dtype=torch.float32)
-    model64 = random_model("conv2d", act, True, seed=3, classes=5)[0]
-    x = random_input(shape, seed=3, dtype=torch.float32)
-    net = dbpaper.Network.from_sequential(model, shape)
-    ref_value, ref = reference_gradients(model64, x.double(), P.JacobianFrobenius(), mode="summed")
+    model, x, net = random_network("conv2d", act, True, seed=3, classes=5, dtype=torch.float32)
+    want = oracle(model, x, P.JacobianFrobenius())
     for name in REGISTERED:
         res = dbpaper.double_backprop(net, x, P.JacobianFrobenius(), algorithm=name)
         assert res.value.dtype == torch.float32
-        _assert_close(res.value, _flat(net, res.gradients), ref_value, ref, rtol=2e-4, what=name)
+        assert_matches((res.value, flat_gradients(net, res.gradients)), want, rtol=2e-4, what=name)
 
 
 @pytest.mark.parametrize("act", ["leaky-relu", "tanh", "softplus"])
@@ -215,9 +195,7 @@ def test_registration_and_auto():
     assert names == list(REGISTERED)
     x = None
     for act in ("relu", "tanh"):
-        model, shape = random_model("dense", act, True, seed=5)
-        x = random_input(shape, seed=5)
-        net = dbpaper.Network.from_sequential(model, shape)
+        model, x, net = random_network("dense", act, True, seed=5)
         assert dbpaper.double_backprop(net, x, P.JacobianFrobenius(), algorithm="auto").algorithm in REGISTERED
         assert dbpaper.double_backprop(net, x, P.OutputNodeGradient(0), algorithm="auto").algorithm not in REGISTERED
 
@@ -235,9 +213,7 @@ def test_applies_to_every_coordinate_wise_activation(act):
 
 
 def test_where_it_does_not_apply():
-    tanh, shape = random_model("dense", "tanh", True, seed=6)
-    x = random_input(shape, seed=6)
-    net = dbpaper.Network.from_sequential(tanh, shape)
+    tanh, x, net = random_network("dense", "tanh", True, seed=6)
     for name in REGISTERED:
         with pytest.raises(ValueError, match="does not apply"):
             dbpaper.double_backprop(net, x, P.OutputNodeGradient(0), algorithm=name)
@@ -248,9 +224,7 @@ def test_where_it_does_not_apply():
 
 
 def test_invalid_options():
-    model, shape = random_model("dense", "relu", True, seed=7)
-    x = random_input(shape, seed=7)
-    net = dbpaper.Network.from_sequential(model, shape)
+    model, x, net = random_network("dense", "relu", True, seed=7)
     conv, cshape = random_model("conv2d", "relu", True, seed=7)
     cnet = dbpaper.Network.from_sequential(conv, cshape)
     one_layer = dbpaper.Network.from_sequential(torch.nn.Sequential(torch.nn.Linear(3, 4)).double(), (3,))
@@ -282,10 +256,9 @@ def test_blocked_symmetric_products_of_the_gram_trick(d1):
     ).double()  # fmt: skip
     x = torch.randn(3, 12, dtype=torch.float64)
     net = dbpaper.Network.from_sequential(model, (12,))
-    ref_value, ref = reference_gradients(model, x, P.JacobianFrobenius(), mode="summed")
+    want = oracle(model, x, P.JacobianFrobenius())
     for chunk in (1, 2, None):
-        value, grads = _run(net, x, chunk_size=chunk, gram=True, onehot=chunk == 2)
-        _assert_close(value, grads, ref_value, ref, what=(d1, chunk))
+        assert_matches(_run(net, x, chunk_size=chunk, gram=True, onehot=chunk == 2), want, what=(d1, chunk))
 
 
 def test_plan_follows_the_cost_model():
@@ -302,15 +275,12 @@ def test_plan_follows_the_cost_model():
 
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_variants_agree_with_each_other(act):
-    model, shape = random_model("dense", act, True, seed=8, classes=9)
-    x = random_input(shape, batch=5, seed=8)
-    net = dbpaper.Network.from_sequential(model, shape)
-    base_value, base = _run(net, x)
+    model, x, net = random_network("dense", act, True, seed=8, classes=9, batch=5)
+    base = _run(net, x)
     for chunk, gram, onehot in DENSE_VARIANTS + VARIANTS:
         if net.depth < 2 and onehot is True:
             continue
-        value, grads = _run(net, x, chunk_size=chunk, gram=gram, onehot=onehot)
-        _assert_close(value, grads, base_value, base, rtol=1e-12)
+        assert_matches(_run(net, x, chunk_size=chunk, gram=gram, onehot=onehot), base, rtol=1e-12)
 
 
 def _peak(net, x, **kw):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,71 +9,72 @@ from hypothesis import strategies as st
 
 import dbpaper
 from dbpaper import penalties as P
-from dbpaper.oracles import reference_gradients
+from dbpaper.algorithms import ALGORITHMS, REGISTRY
+from dbpaper.fallback import penalty_by_autograd
+from dbpaper.nn import LocallyConnected2d
 
-from .helpers import ARCHITECTURES, TORCH_ACT_FACTORIES, random_input, random_model
+from .helpers import (
+    ARCHITECTURES,
+    CLASSES,
+    NETWORKS,
+    PENALTIES,
+    TORCH_ACT_FACTORIES,
+    applicable_algorithms,
+    assert_matches,
+    assert_matches_oracle,
+    check_grid_case,
+    flat_gradients,
+    gradients_by_backward,
+    grid_cases,
+    grid_network,
+    penalty_targets,
+    random_input,
+    random_model,
+    random_network,
+    temporary_algorithms,
+)
 
-PENALTIES = {
-    "cdb-nll": lambda: P.ClassicalDoubleBackprop("nll"),
-    "cdb-mse": lambda: P.ClassicalDoubleBackprop("mse"),
-    "node": lambda: P.OutputNodeGradient(1),
-    "jacobian": lambda: P.JacobianFrobenius(),
-    "opnorm": lambda: P.OperatorNorm(2, torch.Generator().manual_seed(7)),
-}
-CLASSES = 4
+PAPER_PENALTIES = ("cdb-mse", "cdb-nll", "jacobian", "node", "opnorm")  # the penalties of Section 4.1
 
-
-def _targets(pen_name, x, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    if pen_name == "cdb-nll":
-        return torch.randint(0, CLASSES, (x.shape[0],), generator=g)
-    if pen_name == "cdb-mse":
-        return torch.randn((x.shape[0], CLASSES), generator=g, dtype=dtype)
-    return None
-
-
-def _flat_grads(net, grads):
-    out = []
-    for layer, gw, gb in zip(net.layers, grads.weights, grads.biases):
-        out += [g for t, g in ((layer.weight, gw), (layer.bias, gb)) if t is not None]
-    return out
-
-
-def _rel(a, b):
-    return float((a - b).norm() / b.norm().clamp_min(1e-300)) if b.norm() > 0 else float(a.norm())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _check(arch, act, softmax, pen_name, seed=0, dtype=torch.float64, rtol=1e-10):
-    model, in_shape = random_model(arch, act, softmax, seed=seed, classes=CLASSES, dtype=dtype)
-    x = random_input(in_shape, seed=seed, dtype=dtype)
-    y = _targets(pen_name, x, dtype, seed)
-    net = dbpaper.Network.from_sequential(model, in_shape)
-    res = dbpaper.double_backprop(net, x, PENALTIES[pen_name](), y)
-    # oracle in float64 regardless of the dtype under test
-    model64 = random_model(arch, act, softmax, seed=seed, classes=CLASSES, dtype=torch.float64)[0]
-    value, ref = reference_gradients(model64, x.double(), PENALTIES[pen_name](), y if y is None or not y.is_floating_point() else y.double())
-    assert abs(float(res.value) - float(value)) <= rtol * abs(float(value)) + 1e-300
-    mine = _flat_grads(net, res.gradients)
-    assert len(mine) == len(ref)
-    scale = max(float(r.norm()) for r in ref)
-    for a, b in zip(mine, ref):
-        # relative to the largest gradient block: a block that is (almost) zero is compared absolutely
-        assert float((a.double() - b).norm()) <= rtol * max(scale, 1e-300), (arch, act, softmax, pen_name)
+def test_float64_against_autograd(grid_case):
+    """Every registered algorithm that applies, on every random network of the grid, for every penalty."""
+    check_grid_case(*grid_case)
 
 
-GRID = list(itertools.product(ARCHITECTURES, sorted(TORCH_ACT_FACTORIES), [True, False], sorted(PENALTIES)))
+def test_every_registered_algorithm_is_tested_by_the_grid(algorithm_name):
+    """No registered algorithm escapes the grid: each applies to some (network, penalty) of it."""
+    assert any(case.values[0][2] == algorithm_name for case in grid_cases())
 
 
-@pytest.mark.parametrize("arch,act,softmax,pen", GRID, ids=["-".join(map(str, c)) for c in GRID])
-def test_float64_against_autograd(arch, act, softmax, pen):
-    _check(arch, act, softmax, pen)
+def test_every_penalty_class_is_in_the_grid():
+    classes = {cls for name in P.__all__ if isinstance(cls := getattr(P, name), type) and issubclass(cls, P.Penalty) and cls is not P.Penalty}
+    assert classes == {type(make()) for make, _ in PENALTIES.values()}
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("pen", sorted(PENALTIES))
-def test_float32_against_float64_autograd(arch, pen):
-    """float32 runs agree with the float64 oracle within a float32 tolerance."""
-    _check(arch, "tanh", True, pen, dtype=torch.float32, rtol=2e-4)
+def test_every_grid_network_runs_the_explicit_algorithms(network):
+    """The grid's networks are read by dbpaper.Network (no autograd fallback), with every layer."""
+    model, x, net = grid_network(network)
+    assert net.depth == sum(isinstance(m, torch.nn.Linear | torch.nn.Conv1d | torch.nn.Conv2d | LocallyConnected2d | torch.nn.AvgPool2d | torch.nn.PixelUnshuffle) for m in model)
+    assert dbpaper.plan(model, x, P.JacobianFrobenius()).algorithm in REGISTRY
+
+
+def test_every_penalty_by_default_and_by_the_fallback(penalty_name):
+    """``dbpaper.penalty`` with the default and the autograd fallback agree with the oracle for every penalty."""
+    model, x, net = grid_network(("conv1d", "softplus", True, 1))
+    y = penalty_targets(penalty_name, x, 1)
+    for run in (dbpaper.penalty, penalty_by_autograd):
+        got = gradients_by_backward(net.parameters(), run(model, x, PENALTIES[penalty_name][0](), y))
+        assert_matches_oracle(got, model, x, PENALTIES[penalty_name][0](), y, what=run.__name__)
+
+
+
+@pytest.mark.parametrize("case", grid_cases([(arch, "tanh", True, 0) for arch in ARCHITECTURES], PAPER_PENALTIES, torch.float32))
+def test_float32_against_float64_autograd(case):
+    """float32 runs of every applicable algorithm agree with the float64 oracle within a float32 tolerance."""
+    check_grid_case(*case, dtype=torch.float32)
 
 
 @settings(max_examples=40, deadline=None)
@@ -85,21 +84,85 @@ def test_float32_against_float64_autograd(arch, pen):
     softmax=st.booleans(),
     pen=st.sampled_from(sorted(PENALTIES)),
     seed=st.integers(0, 10_000),
+    data=st.data(),
 )
-def test_random_networks_hypothesis(arch, act, softmax, pen, seed):
-    _check(arch, act, softmax, pen, seed=seed)
+def test_random_networks_hypothesis(arch, act, softmax, pen, seed, data):
+    """A random network, penalty and seed, and one applicable algorithm drawn explicitly."""
+    network = (arch, act, softmax, seed)
+    algorithm = data.draw(st.sampled_from(applicable_algorithms(grid_network(network)[2], PENALTIES[pen][0]())))
+    check_grid_case(network, pen, algorithm)
+
+
+def _wrap_general(calls):
+    """A user's algorithm: "general" with a call counter, for single-v penalties only."""
+    general = REGISTRY["general"]
+
+    def run(net, rec, penalty, y):
+        calls.append(penalty)
+        return general.run(net, rec, penalty, y)
+
+    def why_not(net, penalty):
+        return None if penalty.num_seeds(net) == 1 else "general-wrapped: one v only"
+
+    return dict(fn=run, applies=lambda net, penalty: why_not(net, penalty) is None, why_not=why_not, cost=general.cost)
+
+
+def test_a_registered_algorithm_joins_the_grid_and_the_plan(register_algorithm):
+    """An algorithm the user registers is among the applicable algorithms of the grid (and runs and
+    passes its comparison), is planned when named, and gives its reason where it does not apply."""
+    calls = []
+    register_algorithm("general-wrapped", **_wrap_general(calls))
+    network = NETWORKS[0]
+    model, x, net = grid_network(network)
+    cases = [case.values[0] for case in grid_cases([network])]
+    single = [name for name, (make, _) in PENALTIES.items() if make().num_seeds(net) == 1]
+    assert [pen for _, pen, alg in cases if alg == "general-wrapped"] == single and len(single) == len(PENALTIES) - 1
+    for case in cases:
+        if case[2] == "general-wrapped":
+            check_grid_case(*case)
+    assert len(calls) == len(single)
+    plan = dbpaper.plan(model, x, P.OutputNodeGradient(1), algorithm="general-wrapped")
+    assert plan.algorithm == "general-wrapped"
+    assert dbpaper.plan(model, x, P.OutputNodeGradient(1)).algorithm != "general-wrapped"  # ties go to the earlier "general"
+    with pytest.raises(ValueError, match="one v only"):
+        dbpaper.double_backprop(net, x, P.JacobianFrobenius(), algorithm="general-wrapped")
+
+
+@pytest.mark.parametrize("where", ["value", "weight", "bias"])
+def test_the_grid_fails_on_a_slightly_wrong_algorithm(register_algorithm, where):
+    """The grid's comparison is not vacuous: "general" with R or one gradient entry off by a relative
+    1e-8 (a hundred times the tolerance) fails it."""
+    general = REGISTRY["general"]
+
+    def perturbed(net, rec, penalty, y):
+        value, grads, passes = general.run(net, rec, penalty, y)
+        if where == "value":
+            return value * (1 + 1e-8), grads, passes
+        block = next(g for g in (grads.weights if where == "weight" else grads.biases) if g is not None)
+        block.view(-1)[0] += 1e-8 * float(block.norm())
+        return value, grads, passes
+
+    register_algorithm("general-perturbed", perturbed)
+    network = ("dense", "tanh", True, 1)
+    check_grid_case(network, "jacobian", "general")
+    with pytest.raises(AssertionError, match=where if where == "value" else "gradient"):
+        check_grid_case(network, "jacobian", "general-perturbed")
+
+
+def test_temporary_algorithms_leave_the_registry_as_they_found_it():
+    before = (list(REGISTRY), list(ALGORITHMS))
+    with temporary_algorithms() as register:
+        register("general-wrapped", **_wrap_general([]))
+        assert "general-wrapped" in REGISTRY and "general-wrapped" in ALGORITHMS
+    assert (list(REGISTRY), list(ALGORITHMS)) == before
 
 
 def test_per_class_and_summed_references_agree_with_algorithm():
-    model, in_shape = random_model("dense", "elu", True, seed=3, classes=CLASSES)
-    x = random_input(in_shape, seed=3)
-    net = dbpaper.Network.from_sequential(model, in_shape)
+    model, x, net = random_network("dense", "elu", True, seed=3, classes=CLASSES)
     res = dbpaper.double_backprop(net, x, P.JacobianFrobenius())
     for mode in ("summed", "per_class", "func"):
-        value, ref = reference_gradients(model, x, P.JacobianFrobenius(), mode=mode)
-        assert abs(float(value - res.value)) <= 1e-12 * float(value)
-        for a, b in zip(_flat_grads(net, res.gradients), ref):
-            assert _rel(a, b) <= 1e-10
+        got = (res.value, flat_gradients(net, res.gradients))
+        assert_matches_oracle(got, model, x, P.JacobianFrobenius(), mode=mode, rtol=1e-10, value_rtol=1e-12, compare="block", what=mode)
 
 
 def test_loss_gradients_section_4_5():
@@ -113,9 +176,8 @@ def test_loss_gradients_section_4_5():
         out = model(x)
         ref_loss = torch.nn.functional.nll_loss(torch.log(out), y)
         ref = torch.autograd.grad(ref_loss, net.parameters())
-        assert abs(float(res.loss - ref_loss)) <= 1e-12
-        for a, b in zip(_flat_grads(net, res.loss_gradients), ref):
-            assert _rel(a, b) <= 1e-10
+        got = (res.loss, flat_gradients(net, res.loss_gradients))
+        assert_matches(got, (ref_loss, ref), rtol=1e-10, value_rtol=0.0, value_atol=1e-12, compare="block", what=pen)
 
 
 def test_input_gradient_of_penalty():
@@ -128,15 +190,13 @@ def test_input_gradient_of_penalty():
     v = torch.zeros_like(out)
     v[:, 2] = 1
     (xi,) = torch.autograd.grad(out, x2, v, create_graph=True)
-    (ref,) = torch.autograd.grad(torch.sum(xi * xi) / x2.shape[0], x2)
-    assert _rel(gx, ref) <= 1e-10
+    ref = torch.sum(xi * xi) / x2.shape[0]
+    assert_matches((r, [gx]), (ref, torch.autograd.grad(ref, x2)), rtol=1e-10, compare="block")
 
 
 def test_identity_output_node_penalty_has_zero_bias_gradient_for_relu():
     """Section 5.3: identity output + locally linear activations ⇒ η_j = 0, ∇_b R = 0."""
-    model, in_shape = random_model("dense", "relu", False, seed=4, classes=CLASSES)
-    x = random_input(in_shape, seed=4)
-    net = dbpaper.Network.from_sequential(model, in_shape)
+    model, x, net = random_network("dense", "relu", False, seed=4, classes=CLASSES)
     res = dbpaper.double_backprop(net, x, P.OutputNodeGradient(0))
     assert res.gradients.eta_1 is None
     assert all(g is None or torch.count_nonzero(g) == 0 for g in res.gradients.biases)
@@ -144,12 +204,10 @@ def test_identity_output_node_penalty_has_zero_bias_gradient_for_relu():
 
 def test_algorithms_run_without_autograd():
     """The algorithm path builds no autograd graph (it runs under no_grad and calls only K, Kᵀ, K□)."""
-    model, in_shape = random_model("dense", "tanh", True, seed=1, classes=CLASSES)
-    x = random_input(in_shape, seed=1)
-    net = dbpaper.Network.from_sequential(model, in_shape)
+    model, x, net = random_network("dense", "tanh", True, seed=1, classes=CLASSES)
     res = dbpaper.double_backprop(net, x, P.JacobianFrobenius())
     assert not res.value.requires_grad
-    assert all(not g.requires_grad for g in _flat_grads(net, res.gradients))
+    assert all(not g.requires_grad for g in flat_gradients(net, res.gradients))
 
 
 def test_gradcheck_custom_function_against_finite_differences():

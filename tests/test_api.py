@@ -17,10 +17,7 @@ import dbpaper
 from dbpaper import penalties as P
 from dbpaper.planning import FallbackWarning, estimate
 
-from .helpers import ARCHITECTURES, random_input, random_model
-
-RTOL = 1e-10
-
+from .helpers import ARCHITECTURES, assert_same_gradients, random_input, random_model
 
 # -- an independent autograd oracle --------------------------------------------------------------
 
@@ -64,16 +61,6 @@ def _loss(out, y, kind, softmax_out):
 
 def _params(model):
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def assert_same_gradients(model, x, ours, ref, with_x=False):
-    targets = _params(model) + ([x] if with_x else [])
-    g1 = torch.autograd.grad(ours, targets, allow_unused=True, materialize_grads=True)
-    g2 = torch.autograd.grad(ref, targets, allow_unused=True, materialize_grads=True)
-    assert abs(float(ours.detach()) - float(ref.detach())) <= RTOL * abs(float(ref.detach())) + 1e-14
-    scale = max(float(b.norm()) for b in g2)
-    for a, b in zip(g1, g2):
-        assert float((a - b).norm()) <= RTOL * max(scale, 1e-30) + 1e-14
 
 
 def _mlp(act=nn.ReLU, softmax=True, widths=(6, 7, 5, 4), seed=0):

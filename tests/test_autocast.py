@@ -12,6 +12,8 @@ from torch import nn
 import dbpaper
 from dbpaper.penalties import ClassicalDoubleBackprop, GradientNormPenalty, JacobianFrobenius
 
+from .helpers import gradients_by_backward, vector
+
 
 def _model(kind, seed=0, outputs=4):
     torch.manual_seed(seed)
@@ -29,15 +31,13 @@ def _input(kind):
 
 
 def _run(model, x, case, y, algorithm):
-    for p in model.parameters():
-        p.grad = None
     if case == "objective":
         r = dbpaper.objective(model, x, JacobianFrobenius(), y, 0.1, algorithm=algorithm)
     else:
         pen = {"jacobian": JacobianFrobenius(), "classical": ClassicalDoubleBackprop("nll"), "gradient-norm": GradientNormPenalty(1.0)}[case]
         r = dbpaper.penalty(model, x, pen, y if pen.needs_y else None, algorithm=algorithm)
-    r.backward()
-    return torch.cat([r.detach().double().reshape(1)] + [(torch.zeros_like(p) if p.grad is None else p.grad).double().reshape(-1) for p in model.parameters()])
+    r, g = gradients_by_backward(list(model.parameters()), r)
+    return vector([r, *g])
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])

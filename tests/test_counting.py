@@ -15,20 +15,13 @@ from dbpaper.api import count_operations
 from dbpaper.counting import CASES, optimized_ratio, paper_count, weight_adjoint_count
 from dbpaper.paper.counts import count_table, measure_case
 
-from .helpers import random_input, random_model
+from .helpers import random_input, random_model, random_network
 
 DEPTHS = (1, 2, 3, 4, 6, 9)
 CLASSES = (2, 3, 10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine the
-    thread synchronisation of every small operation can cost milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -62,9 +55,7 @@ def test_section_5_3_reduces_by_one_only_without_local_linearity():
 
 
 def test_plain_backprop_count():
-    model, shape = random_model("dense", "tanh", True, seed=1)
-    net = dbpaper.Network.from_sequential(model, shape)
-    x = random_input(shape, seed=1)
+    model, x, net = random_network("dense", "tanh", True, seed=1)
     y = torch.tensor([0, 1, 2])
     for algorithm in ("auto", "general"):
         c = count_operations(model, x, None, y, algorithm=algorithm, with_loss=True)
@@ -75,9 +66,7 @@ def test_plain_backprop_count():
 def test_counts_do_not_depend_on_batch_or_dtype():
     base = measure_case("jacobian-optimized", 3, 4)
     assert measure_case("jacobian-optimized", 3, 4, batch=7) == base
-    model, shape = random_model("dense", "relu", True, seed=2, dtype=torch.float32)
-    x = random_input(shape, seed=2, dtype=torch.float32)
-    net = dbpaper.Network.from_sequential(model, shape)
+    model, x, net = random_network("dense", "relu", True, seed=2, dtype=torch.float32)
     c = count_operations(net, x, P.JacobianFrobenius(), algorithm="optimized")
     L, C = net.depth, 4
     assert c["apply"] + c["transpose"] == 2 * C * L + 2 * L - 1
@@ -122,9 +111,7 @@ def test_auto_counts_what_the_default_path_runs():
     """``count_operations`` defaults to ``algorithm="auto"``; for the Jacobian penalty that is Algorithm 4 (some
     variant) with ReLU and with tanh, and never more evaluations than the naive path."""
     for act in ("relu", "tanh"):
-        model, shape = random_model("dense", act, True, seed=3)
-        net = dbpaper.Network.from_sequential(model, shape)
-        x = random_input(shape, seed=3)
+        model, x, net = random_network("dense", act, True, seed=3)
         chosen = dbpaper.double_backprop(net, x, P.JacobianFrobenius()).algorithm
         assert chosen.startswith("optimized")
         auto = count_operations(net, x, P.JacobianFrobenius())
@@ -136,9 +123,7 @@ def test_auto_counts_what_the_default_path_runs():
 
 def test_convolutional_network_counts():
     """Parameter-free layers (pooling, pixel-unshuffle) count K and Kᵀ but have no K□."""
-    model, shape = random_model("pool-downsample", "relu", True, seed=4)
-    net = dbpaper.Network.from_sequential(model, shape)
-    x = random_input(shape, seed=4)
+    model, x, net = random_network("pool-downsample", "relu", True, seed=4)
     L, C, weighted = net.depth, 4, sum(layer.weight is not None for layer in net.layers)
     naive = count_operations(net, x, P.JacobianFrobenius(), algorithm="general")
     assert naive["apply"] + naive["transpose"] == L + C * (3 * L - 1)
@@ -150,9 +135,7 @@ def test_convolutional_network_counts():
 
 def test_chunked_evaluations_count_once():
     """Stacking k classes: ceil(C/k) class passes, each counted as one evaluation per operator."""
-    model, shape = random_model("dense", "relu", True, seed=5, classes=7)
-    net = dbpaper.Network.from_sequential(model, shape)
-    x = random_input(shape, seed=5)
+    model, x, net = random_network("dense", "relu", True, seed=5, classes=7)
     L = net.depth
     for k in (1, 2, 3, 7, None):
         with torch.no_grad(), counting.count() as c:

@@ -13,27 +13,19 @@ import dbpaper
 from dbpaper.fallback import penalty_by_autograd
 from dbpaper.penalties import ClassicalDoubleBackprop, GradientNormPenalty, JacobianFrobenius
 
+from .helpers import assert_matches, gradients_by_backward
+
 
 def _grads(model, params, x, pen, y=None, **kw):
-    for p in params:
-        p.grad = None
-    r = dbpaper.penalty(model, x, pen, y, **kw)
-    r.backward()
-    return r.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+    return gradients_by_backward(params, dbpaper.penalty(model, x, pen, y, **kw))
 
 
 def _oracle(model, params, x, pen, y=None):
-    for p in params:
-        p.grad = None
-    r = penalty_by_autograd(model, x, pen, y)
-    r.backward()
-    return r.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+    return gradients_by_backward(params, penalty_by_autograd(model, x, pen, y))
 
 
 def _same(a, b):
-    torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=1e-12, equal_nan=True)
-    for u, v in zip(a[1], b[1]):
-        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12, equal_nan=True)
+    assert_matches(a, b, rtol=1e-10, atol=1e-12, compare="entries")
 
 
 def test_linear_on_the_last_dimension_of_sequences_falls_back():

@@ -17,7 +17,7 @@ import dbpaper
 from dbpaper import numdiff
 from dbpaper import penalties as P
 
-from .helpers import random_input, random_model
+from .helpers import flat_gradients, random_input, random_model, vector
 
 PENALTIES = {
     "cdb-nll": (lambda: P.ClassicalDoubleBackprop("nll"), "nll"),
@@ -37,7 +37,7 @@ def test_penalty_gradient_against_central_differences(arch, act, softmax, pen):
     net = dbpaper.Network.from_sequential(model, in_shape)
     params = net.parameters()
     theta0 = parameters_to_vector(params).detach().clone()
-    grad = torch.cat([g.reshape(-1) for g in _flat(net, dbpaper.double_backprop(net, x, make(), y).gradients)])
+    grad = vector(flat_gradients(net, dbpaper.double_backprop(net, x, make(), y).gradients))
 
     def r_of(theta):
         with torch.no_grad():
@@ -56,10 +56,3 @@ def test_penalty_gradient_against_central_differences(arch, act, softmax, pen):
     finally:
         with torch.no_grad():
             vector_to_parameters(theta0, params)
-
-
-def _flat(net, grads):
-    out = []
-    for layer, gw, gb in zip(net.layers, grads.weights, grads.biases):
-        out += [g for t, g in ((layer.weight, gw), (layer.bias, gb)) if t is not None]
-    return out

@@ -12,6 +12,8 @@ import dbpaper
 from dbpaper.algorithms import jacobian as J
 from dbpaper.penalties import ClassicalDoubleBackprop, JacobianFrobenius
 
+from .helpers import gradients_by_backward, vector
+
 
 def _mlp(d0=64, widths=(32, 32), classes=10, seed=0, cond=None, act=nn.ReLU):
     g = torch.Generator().manual_seed(seed)
@@ -33,12 +35,14 @@ def _mlp(d0=64, widths=(32, 32), classes=10, seed=0, cond=None, act=nn.ReLU):
     return model
 
 
+def _value_and_grads(model, x, pen=None, y=None, algorithm="auto"):
+    """``R`` and its parameter gradient as one float64 vector."""
+    r, g = gradients_by_backward(list(model.parameters()), dbpaper.penalty(model, x, pen or JacobianFrobenius(), y, algorithm=algorithm))
+    return r.double(), vector(g)
+
+
 def _grads(model, x, pen, y=None, algorithm="auto"):
-    for p in model.parameters():
-        p.grad = None
-    r = dbpaper.penalty(model, x, pen, y, algorithm=algorithm)
-    r.backward()
-    return torch.cat([p.grad.reshape(-1).double() for p in model.parameters()])
+    return _value_and_grads(model, x, pen, y, algorithm)[1]
 
 
 def _error(g, truth):
@@ -88,24 +92,15 @@ def _adversarial(cond, dtype):
     return m.to(dtype)
 
 
-def _value_and_grads(model, x, algorithm):
-    for p in model.parameters():
-        p.grad = None
-    r = dbpaper.penalty(model, x, JacobianFrobenius(), algorithm=algorithm)
-    r.backward()
-    g = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
-    return r.detach().double(), torch.cat([t.reshape(-1).double() for t in g])
-
-
 @pytest.mark.parametrize("dtype,cond", [(torch.float32, 1e2), (torch.float32, 1e4), (torch.bfloat16, 1e2)], ids=["f32-1e2", "f32-1e4", "bf16-1e2"])
 def test_ill_conditioned_first_layer_aligned_with_the_jacobian(dtype, cond):
     x64 = torch.randn(16, 256, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    r_true, g_true = _value_and_grads(_adversarial(cond, torch.float64), x64, "autograd")
+    r_true, g_true = _value_and_grads(_adversarial(cond, torch.float64), x64, algorithm="autograd")
     model, x = _adversarial(cond, dtype), x64.to(dtype)
     assert dbpaper.plan(model, x, JacobianFrobenius()).gram  # planned, but refused at run time
     errors = {}
     for algorithm in ("auto", "autograd"):
-        r, g = _value_and_grads(model, x, algorithm)
+        r, g = _value_and_grads(model, x, algorithm=algorithm)
         errors[algorithm] = (abs(float(r - r_true)) / abs(float(r_true)), _error(g, g_true))
     assert errors["auto"][0] <= 10 * errors["autograd"][0], errors
     assert errors["auto"][1] <= 10 * errors["autograd"][1], errors

@@ -14,11 +14,9 @@ from .helpers import DTYPES, OPERATORS, random_triple, tol
 OPS = sorted(OPERATORS)
 
 
-@pytest.mark.parametrize("name", OPS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dot_test(name, dtype):
+def test_dot_test(op, dtype):
     """<K(θ,x), y> = <x, Kᵀ(θ,y)> = <θ, K□(x,y)>, normalised as in ODL."""
-    op = OPERATORS[name]()
     errs = dbp.adjoint_errors(op, *random_triple(op, dtype))
     bound = 1e-12 if dtype == torch.float64 else tol(dtype)
     assert errs.transpose <= bound and errs.weight_adjoint <= bound, errs
@@ -35,45 +33,26 @@ def _vjp(fn, primal, cotangent):
     return g
 
 
-@pytest.mark.parametrize("name", OPS)
-def test_transpose_and_weight_adjoint_equal_torch_vjps(name):
-    op = OPERATORS[name]()
-    theta, x, y = random_triple(op, torch.float64)
-    vjp_x = _vjp(lambda u: op.apply(theta, u), x, y)
-    vjp_theta = _vjp(lambda t: op.apply(t, x), theta, y)
-    torch.testing.assert_close(op.transpose(theta, y), vjp_x, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(op.weight_adjoint(x, y), vjp_theta, rtol=1e-12, atol=1e-12)
+# name -> (op, θ, x, y) -> (a torch VJP, the operator method it must equal)
+ADJOINTS = {
+    # Kᵀ and K□ are the VJPs of K in x and in θ
+    "transpose-is-vjp-in-x": lambda op, t, x, y: (_vjp(lambda u: op.apply(t, u), x, y), op.transpose(t, y)),
+    "weight-adjoint-is-vjp-in-theta": lambda op, t, x, y: (_vjp(lambda s: op.apply(s, x), t, y), op.weight_adjoint(x, y)),
+    # Theorem 2.3: θ ↦ Kᵀ(θ, y) has the adjoint x ↦ K□(x, y), and x ↦ K□(x, y) the adjoint θ ↦ Kᵀ(θ, y)
+    "theorem-2.3-transpose-in-theta": lambda op, t, x, y: (_vjp(lambda s: op.transpose(s, y), t, x), op.weight_adjoint(x, y)),
+    "theorem-2.3-weight-adjoint-in-x": lambda op, t, x, y: (_vjp(lambda u: op.weight_adjoint(u, y), x, t), op.transpose(t, y)),
+    # Remark 2.1: K is the adjoint of Kᵀ in y
+    "remark-2.1-apply-in-y": lambda op, t, x, y: (_vjp(lambda w: op.transpose(t, w), y, x), op.apply(t, x)),
+}
 
 
-@pytest.mark.parametrize("name", OPS)
-def test_theorem_2_3_adjoint_of_transpose_in_theta_is_weight_adjoint(name):
-    """θ ↦ Kᵀ(θ, y) has the adjoint x ↦ K□(x, y) (first half of Theorem 2.3)."""
-    op = OPERATORS[name]()
-    theta, x, y = random_triple(op, torch.float64)
-    adjoint = _vjp(lambda t: op.transpose(t, y), theta, x)  # (d/dθ Kᵀ(θ,y))* x
-    torch.testing.assert_close(adjoint, op.weight_adjoint(x, y), rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("identity", list(ADJOINTS))
+def test_adjoint_identities_against_torch_vjps(op, identity):
+    vjp, method = ADJOINTS[identity](op, *random_triple(op, torch.float64))
+    torch.testing.assert_close(vjp, method, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", OPS)
-def test_theorem_2_3_adjoint_of_weight_adjoint_in_x_is_transpose(name):
-    """x ↦ K□(x, y) has the adjoint θ ↦ Kᵀ(θ, y) (second half of Theorem 2.3)."""
-    op = OPERATORS[name]()
-    theta, x, y = random_triple(op, torch.float64)
-    adjoint = _vjp(lambda u: op.weight_adjoint(u, y), x, theta)
-    torch.testing.assert_close(adjoint, op.transpose(theta, y), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", OPS)
-def test_remark_2_1_K_is_adjoint_of_transpose_in_y(name):
-    op = OPERATORS[name]()
-    theta, x, y = random_triple(op, torch.float64)
-    adjoint = _vjp(lambda w: op.transpose(theta, w), y, x)
-    torch.testing.assert_close(adjoint, op.apply(theta, x), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", OPS)
-def test_bilinearity(name):
-    op = OPERATORS[name]()
+def test_bilinearity(op):
     t1, x1, _ = random_triple(op, torch.float64, seed=1)
     t2, x2, _ = random_triple(op, torch.float64, seed=2)
     a, b = 0.7, -1.3
