@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import re
 
 import pytest
 import torch
@@ -47,26 +48,17 @@ OPERATORS = {
     "hadamard": lambda: dbp.Hadamard((4, 5)),
 }
 
-ACTIVATIONS = {
-    "identity": dbp.Identity(),
-    "relu": dbp.ReLU(),
-    "leaky-relu": dbp.LeakyReLU(0.1),
-    "tanh": dbp.Tanh(),
-    "sigmoid": dbp.Sigmoid(),
-    "softplus": dbp.Softplus(beta=2.0),
-    "elu": dbp.ELU(0.7),
-}
+def _kebab(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z][a-z])", "-", name).lower()  # LeakyReLU -> leaky-relu
 
-# the torch modules the activations mirror (for derivative checks against autograd)
-TORCH_ACTIVATIONS = {
-    "identity": torch.nn.Identity(),
-    "relu": torch.nn.ReLU(),
-    "leaky-relu": torch.nn.LeakyReLU(0.1),
-    "tanh": torch.nn.Tanh(),
-    "sigmoid": torch.nn.Sigmoid(),
-    "softplus": torch.nn.Softplus(beta=2.0),
-    "elu": torch.nn.ELU(0.7),
-}
+
+# every coordinate-wise activation the package reads, from the layer readers (dbpaper.readers): a new
+# activation with a reader and an example is in every test below without a line here
+TORCH_ACT_FACTORIES = {_kebab(m.__name__): r.example for m, r in dbp.readers.READERS.items() if r.kind == "activation"}
+
+# the torch modules the activations mirror (for derivative checks against autograd), and the package's reading
+TORCH_ACTIVATIONS = {"identity": torch.nn.Identity(), **{name: make() for name, make in TORCH_ACT_FACTORIES.items()}}
+ACTIVATIONS = {"identity": dbp.Identity(), **{name: dbp.readers.reader_for(m).read(m, ()) for name, m in TORCH_ACTIVATIONS.items() if name != "identity"}}
 
 
 def random_triple(op, dtype, batch=3, seed=0):
@@ -84,15 +76,6 @@ def tol(dtype, factor=100.0):
 
 
 # -- random networks for the algorithm tests ---------------------------------------------------
-
-TORCH_ACT_FACTORIES = {
-    "relu": lambda: torch.nn.ReLU(),
-    "leaky-relu": lambda: torch.nn.LeakyReLU(0.2),
-    "tanh": lambda: torch.nn.Tanh(),
-    "sigmoid": lambda: torch.nn.Sigmoid(),
-    "softplus": lambda: torch.nn.Softplus(beta=1.5),
-    "elu": lambda: torch.nn.ELU(0.8),
-}
 
 ARCHITECTURES = ("dense", "conv1d", "conv2d", "locally-connected", "pool-downsample")
 
@@ -266,10 +249,7 @@ def rtol_for(dtype):
 
 def flat_gradients(net, grads):
     """Per-layer gradients (``.weights``, ``.biases``) as one list in ``Network.parameters()`` order."""
-    out = []
-    for layer, gw, gb in zip(net.layers, grads.weights, grads.biases):
-        out += [g for t, g in ((layer.weight, gw), (layer.bias, gb)) if t is not None]
-    return out
+    return [g for layer, gw, gb in zip(net.layers, grads.weights, grads.biases) for g in layer.parameter_gradients(gw, gb)]
 
 
 def gradients_by_backward(params, value, *, missing="zeros"):

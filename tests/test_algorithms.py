@@ -142,7 +142,7 @@ def test_the_grid_fails_on_a_slightly_wrong_algorithm(register_algorithm, where)
         block.view(-1)[0] += 1e-8 * float(block.norm())
         return value, grads, passes
 
-    register_algorithm("general-perturbed", perturbed)
+    register_algorithm("general-perturbed", perturbed, cost=general.cost)
     network = ("dense", "tanh", True, 1)
     check_grid_case(network, "jacobian", "general")
     with pytest.raises(AssertionError, match=where if where == "value" else "gradient"):

@@ -286,14 +286,17 @@ def test_regression_gradient_converges_on_a_noisy_objective():
 # ----------------------------------------------------------------------------- activations: autograd-free oracle
 
 
-def _activation_points():
+def _activation_points(act=None):
+    """Points away from the kinks: 0 (ReLU, LeakyReLU, ELU) and a clamp's bounds (Hardtanh)."""
     z = torch.linspace(-8, 8, 321, dtype=F64)  # Softplus(beta=2) switches to linear at z = 10
-    return z[z.abs() > 1e-2]  # away from the kinks of ReLU, LeakyReLU and ELU at 0
+    kinks = [0.0] + [getattr(act, k) for k in ("min_val", "max_val") if hasattr(act, k)]
+    return z[torch.stack([(z - k).abs() > 1e-2 for k in kinks]).all(0)]
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activation_first_derivative_by_finite_differences(name):
-    act, z = ACTIVATIONS[name], _activation_points()
+    act = ACTIVATIONS[name]
+    z = _activation_points(act)
     torch.testing.assert_close(nd.derivative(act.f, z, "central"), act.df(z), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(nd.derivative(act.f, z, "forward"), act.df(z), rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(nd.derivative(act.f, z, "backward"), act.df(z), rtol=1e-7, atol=1e-7)
@@ -301,7 +304,8 @@ def test_activation_first_derivative_by_finite_differences(name):
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activation_second_derivative_by_finite_differences(name):
-    act, z = ACTIVATIONS[name], _activation_points()
+    act = ACTIVATIONS[name]
+    z = _activation_points(act)
     # g'' as the derivative of g' ...
     torch.testing.assert_close(nd.derivative(act.df, z, "central"), act.d2f(z), rtol=1e-9, atol=1e-9)
     # ... and independently from g alone, by the second central difference
@@ -313,7 +317,8 @@ COMPLEX_ANALYTIC = {"identity", "tanh", "sigmoid"}
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activation_derivatives_by_complex_step(name):
-    act, z = ACTIVATIONS[name], _activation_points()
+    act = ACTIVATIONS[name]
+    z = _activation_points(act)
     if name in COMPLEX_ANALYTIC:
         torch.testing.assert_close(nd.derivative(act.f, z, "complex"), act.df(z), rtol=1e-14, atol=1e-14)
         torch.testing.assert_close(nd.derivative(act.df, z, "complex"), act.d2f(z), rtol=1e-14, atol=1e-14)
