@@ -36,7 +36,7 @@ from .operators import (
 )
 from .planning import ALGORITHM_NAMES, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "ALGORITHM_NAMES",
