@@ -12,10 +12,10 @@ a block: the counts are *measured*, nothing is computed by arithmetic.
 the paper's for ``K`` and ``Kᵀ`` (Sections 5.1–5.4, Appendix C), ours for
 ``K□`` — for dense networks in which every layer has a weight; :data:`CASES`
 describes each case (the book's wing measures them on small random networks,
-:func:`dbpaper.paper.counts.measure_case`).
+``dbpaper.paper.counts.measure_case``).
 
 One convention matters when comparing variants of Algorithm 4 (see
-:mod:`dbpaper.algorithms.jacobian`): an evaluation on ``k`` classes stacked
+``dbpaper.algorithms.jacobian``): an evaluation on ``k`` classes stacked
 along the batch dimension counts as *one* evaluation, although it does ``k``
 times the work, and the Gram and one-hot shortcuts replace some operator
 evaluations by other contractions. Counts of ``"optimized-chunked"`` and
@@ -43,7 +43,7 @@ __all__ = [
     "weight_adjoint_count",
 ]
 
-#: the kinds of evaluation counted: ``K``, ``Kᵀ`` and ``K□``
+#: the kinds of evaluation counted, ``K``, ``Kᵀ`` and ``K□``
 KINDS = ("apply", "transpose", "weight_adjoint")
 
 _active: list[dict[str, int]] = []

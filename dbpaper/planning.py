@@ -1,4 +1,4 @@
-"""Choosing how to compute a penalty: the cost model behind ``algorithm="auto"`` and :func:`plan`.
+"""Choosing how to compute a penalty: the cost model behind ``algorithm="auto"`` and :func:`dbpaper.plan`.
 
 The algorithm names, a small documented set:
 
@@ -56,7 +56,7 @@ real hardware.
 Each algorithm registers its own cost model and applicability
 (:func:`dbpaper.algorithms.register_algorithm`); this module reads the
 registry and never runs an algorithm. An algorithm registered by a user with
-a ``cost`` is a candidate of ``"auto"`` and of :func:`plan` like the built-in
+a ``cost`` is a candidate of ``"auto"`` and of :func:`dbpaper.plan` like the built-in
 ones; without one it runs only when named.
 """
 

@@ -422,10 +422,15 @@ def api_directives() -> str:
     lines.append("")
     for name in modules:
         lines += [f".. automodule:: dbpaper.{name}", "   :members:"]
-        # a submodule whose public names are all in dbpaper.__all__ (operators, activations) is listed
-        # without index entries, so that a name like OutputMap has one target
+        # a submodule whose public names are all in dbpaper.__all__ (operators) is listed without index
+        # entries, and one with some of them (activations) leaves those out, so that a name like
+        # OutputMap has one target
         sub_all = set(getattr(getattr(pkg, name), "__all__", []))
-        lines += ["   :no-index:"] if sub_all and sub_all <= set(pkg.__all__) else []
+        shared = sorted(sub_all & set(pkg.__all__))
+        if sub_all and sub_all <= set(pkg.__all__):
+            lines += ["   :no-index:"]
+        elif shared:
+            lines += [f"   :exclude-members: {', '.join(shared)}"]
         lines.append("")
     for mod, exclude in API_EXTRA_MODULES.items():
         if mod.rsplit(".", 1)[1] in modules or importlib.util.find_spec(mod) is None:

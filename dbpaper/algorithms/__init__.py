@@ -18,6 +18,7 @@ from .passes import (
     backward_backward_pass,
     backward_pass,
     forward_backward_pass,
+    forward_backward_sweep,
     linearized_forward,
     standard_backprop,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "backward_backward_pass",
     "backward_pass",
     "forward_backward_pass",
+    "forward_backward_sweep",
     "jacobian",
     "linearized_forward",
     "loss_gradients",

@@ -175,7 +175,7 @@ def forward_backward_sweep(
 
     Algorithm 3 (:func:`forward_backward_pass`) gives one seed's terms: the
     source ``S_j = M(G''_j h_j, ξ_j)`` and ``weight_term(j) = K_j□(q_{j-1}, ζ_j)``;
-    Algorithm 4 (:mod:`dbpaper.algorithms.jacobian`) the accumulated ones:
+    Algorithm 4 (``dbpaper.algorithms.jacobian``) the accumulated ones:
     ``S_j = g''_j ⊙ Σ_i h_j ⊙ ξ_j``, ``θ̂¹_j`` and ``η̂_L``. ``eta`` forms ``η_j`` as
     the caller's arithmetic requires (in place where it may); ``weight_term`` is
     called for layers with a weight only, and may return ``None`` (no term).
