@@ -105,6 +105,8 @@ def _case(*args, **kw) -> Case:
 
 
 #: The scenarios of Sections 5.1–5.4 and Appendix C (``source`` set) and the variants we add.
+#:
+#: :meta hide-value:
 CASES: dict[str, Case] = {
     c.name: c
     for c in [
@@ -169,6 +171,8 @@ CASES: dict[str, Case] = {
 
 #: For each scenario of Section 5 (the paper's count, algorithm ``"general"``), the case with the fewest
 #: evaluations this package reaches (what the default ``algorithm="auto"`` runs).
+#:
+#: :meta hide-value:
 MINIMAL: dict[str, str] = {
     "general": "general",
     "general+loss": "general+loss-minimal",

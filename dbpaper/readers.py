@@ -103,6 +103,8 @@ class Reader:
 
 
 #: module type -> reader, in registration order
+#:
+#: :meta hide-value:
 READERS: dict[type, Reader] = {}
 
 

@@ -70,9 +70,13 @@ class AlgorithmSpec:
 
 
 #: name -> specification, in registration order (``"auto"`` breaks ties by this order)
+#:
+#: :meta hide-value:
 REGISTRY: dict[str, AlgorithmSpec] = {}
 
 #: name -> implementation ``(net, rec, penalty, y) -> (R, gradients, backward passes)``
+#:
+#: :meta hide-value:
 ALGORITHMS: dict[str, Callable] = {}
 
 
