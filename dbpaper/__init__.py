@@ -27,6 +27,7 @@ from .network import Network, UnsupportedModelError
 from .operators import (
     AvgPool2d,
     BilinearOperator,
+    ChannelScale,
     Conv1d,
     Conv2d,
     Dense,
@@ -64,6 +65,7 @@ __all__ = [
     "AdjointErrors",
     "AvgPool2d",
     "BilinearOperator",
+    "ChannelScale",
     "Conv1d",
     "Conv2d",
     "Dense",

@@ -23,6 +23,7 @@ backward of sigmoid and tanh does.
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 
@@ -30,6 +31,7 @@ __all__ = [
     "Activation",
     "CoordinatewiseOutput",
     "ELU",
+    "GELU",
     "Hardtanh",
     "Identity",
     "LeakyReLU",
@@ -37,6 +39,7 @@ __all__ = [
     "ReLU",
     "Sigmoid",
     "Softmax",
+    "SiLU",
     "Softplus",
     "Tanh",
     "IdentityOutput",
@@ -269,6 +272,73 @@ class ELU(Activation):
 
     def output_invertible(self):
         return self.alpha > 0
+
+
+class GELU(Activation):
+    """``g(z) = z Φ(z)`` (``nn.GELU()``), or with ``approximate="tanh"`` ``z (1 + tanh(u)) / 2``, ``u = √(2/π)(z + 0.044715 z³)``.
+
+    ``g'(z) = Φ(z) + z φ(z)`` and ``g''(z) = φ(z) (2 − z²)`` (``Φ``, ``φ``: the
+    standard normal distribution and density); smooth, not monotone, so it is
+    no output map.
+    """
+
+    _K = 0.044715
+
+    def __init__(self, approximate: str = "none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def _u(self, z):
+        c = math.sqrt(2.0 / math.pi)
+        return c * (z + self._K * z**3), c * (1 + 3 * self._K * z * z), c * 6 * self._K * z  # u, u', u''
+
+    def f(self, z):
+        return torch.nn.functional.gelu(z, approximate=self.approximate)
+
+    def df(self, z):
+        if self.approximate == "tanh":
+            u, du, _ = self._u(z)
+            t = torch.tanh(u)
+            return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du
+        return _normal_cdf(z) + z * _normal_pdf(z)
+
+    def d2f(self, z):
+        if self.approximate == "tanh":
+            u, du, d2u = self._u(z)
+            t = torch.tanh(u)
+            s = 1 - t * t  # sech²(u)
+            return s * du + 0.5 * z * (s * d2u - 2 * t * s * du * du)
+        return _normal_pdf(z) * (2 - z * z)
+
+    def output_invertible(self):
+        return False
+
+
+class SiLU(Activation):
+    """``g(z) = z σ(z)`` (``nn.SiLU``, swish): ``g' = σ (1 + z (1 − σ))``, ``g'' = σ (1 − σ) (2 + z (1 − 2σ))``; not monotone, no output map."""
+
+    def f(self, z):
+        return torch.nn.functional.silu(z)
+
+    def df(self, z):
+        s = torch.sigmoid(z)
+        return s * (1 + z * (1 - s))
+
+    def d2f(self, z):
+        s = torch.sigmoid(z)
+        return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+    def output_invertible(self):
+        return False
+
+
+def _normal_cdf(z):
+    return 0.5 * torch.special.erfc(-z / math.sqrt(2.0))
+
+
+def _normal_pdf(z):
+    return torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
 
 
 class OutputMap(abc.ABC):

@@ -99,7 +99,8 @@ def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.
         raise ValueError("traced_quantities supports penalties with a single v")
     penalty = penalty.bind(x, y)
     L = net.depth
-    params = net.parameters()
+    # θ_j and b_j as the layers hold them (a reader may derive them from the module's parameters)
+    params = list({id(t): t for layer in net.layers for t in (layer.weight, layer.bias) if t is not None}.values())
     saved = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)

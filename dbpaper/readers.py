@@ -32,7 +32,7 @@ from torch import nn
 
 from . import activations as act
 from . import nn as dbnn
-from .operators import AvgPool2d, BilinearOperator, Conv1d, Conv2d, Dense, InvertibleDownsampling
+from .operators import AvgPool2d, BilinearOperator, ChannelScale, Conv1d, Conv2d, Dense, InvertibleDownsampling
 
 __all__ = [
     "READERS",
@@ -163,7 +163,10 @@ def output_map_of(model: nn.Module):
         read = reader.read(m, ())
     except ValueError:
         return act.IdentityOutput()
-    return act.CoordinatewiseOutput(read) if reader.kind == "activation" else read
+    if reader.kind == "output":
+        return read
+    # a final GELU or SiLU (not invertible) is read like the identity: x_L as logits for the losses
+    return act.CoordinatewiseOutput(read) if read.output_invertible() else act.IdentityOutput()
 
 
 def unwrap(model):
@@ -228,6 +231,46 @@ def _avg_pool(m, shape):
     return LinearPart(AvgPool2d(shape, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad), None, None)
 
 
+def _batch_norm(m: nn.modules.batchnorm._BatchNorm, shape):
+    """BatchNorm in eval mode: ``θ = γ/√(σ² + ε)`` (per channel) and ``b = β − θ μ``, derived afresh on every call."""
+    if m.training or not m.track_running_stats or m.running_mean is None:
+        raise UnsupportedOption(
+            "BatchNorm in training mode (or without running statistics) normalises by the batch's statistics, "
+            "which mixes the examples; eq. (8) reads it in eval mode (model.eval())"
+        )
+    dims = (1, 2) if isinstance(m, nn.BatchNorm1d) else (3,)  # (C,) or (C, L); (C, H, W)
+    if len(shape) not in dims or shape[0] != m.num_features:
+        raise ValueError(f"input of per-example shape {shape} does not fit num_features={m.num_features}")
+
+    def derive():
+        scale = torch.rsqrt(m.running_var + m.eps)
+        theta = m.weight * scale if m.affine else scale
+        bias = (m.bias if m.affine else 0) - theta * m.running_mean
+        return theta, bias
+
+    def param_grads(grad_theta, grad_bias):
+        if not m.affine:
+            return []
+        # b = β − θ μ: the gradient of θ in full is ∇_θ − μ ∇_b; θ = γ/√(σ² + ε)
+        return [(grad_theta - grad_bias * m.running_mean) * torch.rsqrt(m.running_var + m.eps), grad_bias]
+
+    with torch.no_grad():
+        theta, bias = derive()
+    params = (m.weight, m.bias) if m.affine else ()
+    return LinearPart(ChannelScale(shape), theta, bias, params=params, param_grads=param_grads, derive=derive)
+
+
+def _batch_norm_example(cls, channels: int = 2):
+    """A BatchNorm in eval mode with running statistics and affine parameters away from the identity."""
+    m = cls(channels)
+    with torch.no_grad():
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.3, 0.3)
+    return m.eval()
+
+
 def _flatten(m, shape):
     if m.start_dim != 1 or m.end_dim != -1:
         raise UnsupportedOption("only Flatten(start_dim=1, end_dim=-1) is supported")
@@ -244,6 +287,10 @@ register_reader(nn.Linear, "linear", _linear, example=lambda: nn.Linear(5, 4), d
 register_reader(nn.Conv1d, "linear", _conv, example=lambda: nn.Conv1d(2, 3, 3, padding=1), description="zero padding; any stride, dilation, groups")
 register_reader(nn.Conv2d, "linear", _conv, example=lambda: nn.Conv2d(2, 3, 3, padding=1), description="zero padding; any stride, dilation, groups")
 register_reader(dbnn.LocallyConnected2d, "linear", _locally_connected, description="unshared weights per position")
+register_reader(nn.BatchNorm1d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm1d),
+                description="eval mode: θ = γ/√(σ²+ε), b = β − θμ (train mode mixes examples: autograd)")  # fmt: skip
+register_reader(nn.BatchNorm2d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm2d),
+                description="eval mode, as BatchNorm1d")  # fmt: skip
 register_reader(nn.AvgPool2d, "linear", _avg_pool, example=lambda: nn.AvgPool2d(2), description="parameter-free; no divisor_override")
 register_reader(nn.PixelUnshuffle, "linear", lambda m, shape: LinearPart(InvertibleDownsampling(shape, m.downscale_factor), None, None),
                 example=lambda: nn.PixelUnshuffle(2), description="invertible downsampling, parameter-free")  # fmt: skip
@@ -259,6 +306,8 @@ register_reader(nn.Softplus, "activation", lambda m, shape: act.Softplus(m.beta,
 register_reader(nn.ELU, "activation", lambda m, shape: act.ELU(m.alpha), example=lambda: nn.ELU(0.8), description="smooth except at 0")
 register_reader(nn.Hardtanh, "activation", lambda m, shape: act.Hardtanh(m.min_val, m.max_val), example=lambda: nn.Hardtanh(-0.5, 0.8),
                 description="locally linear; nn.ReLU6 too")  # fmt: skip
+register_reader(nn.GELU, "activation", lambda m, shape: act.GELU(m.approximate), example=lambda: nn.GELU(), description="smooth; exact or tanh approximation")
+register_reader(nn.SiLU, "activation", lambda m, shape: act.SiLU(), example=lambda: nn.SiLU(), description="smooth (swish)")
 register_reader(nn.Softmax, "output", _softmax, example=lambda: nn.Softmax(dim=-1), description="final module only, dim=-1")
 
 #: The supported modules, for messages (derived from :data:`READERS` when this module is imported).

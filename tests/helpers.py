@@ -46,6 +46,8 @@ OPERATORS = {
     "downsample2": lambda: dbp.InvertibleDownsampling((3, 6, 4), 2),
     "downsample3": lambda: dbp.InvertibleDownsampling((2, 9, 6), 3),
     "hadamard": lambda: dbp.Hadamard((4, 5)),
+    "channel-scale": lambda: dbp.ChannelScale((3, 5, 4)),
+    "channel-scale-flat": lambda: dbp.ChannelScale((6,)),
 }
 
 def _kebab(name: str) -> str:
@@ -77,7 +79,7 @@ def tol(dtype, factor=100.0):
 
 # -- random networks for the algorithm tests ---------------------------------------------------
 
-ARCHITECTURES = ("dense", "conv1d", "conv2d", "locally-connected", "pool-downsample")
+ARCHITECTURES = ("dense", "conv1d", "conv2d", "locally-connected", "pool-downsample", "batchnorm")
 
 
 def random_model(arch, act, softmax, *, seed=0, classes=4, dtype=torch.float64):
@@ -112,12 +114,16 @@ def random_model(arch, act, softmax, *, seed=0, classes=4, dtype=torch.float64):
     elif arch == "pool-downsample":
         in_shape = (1, 8, 8)
         mods = [nn.PixelUnshuffle(2), nn.Conv2d(4, 3, 3, padding=1), a(), nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), nn.Flatten()]
+    elif arch == "batchnorm":  # BatchNorm in eval mode after a convolution and in the dense head
+        c = r(1, 2)
+        mods = [nn.Conv2d(c, 4, 3, padding=1, bias=bool(r(0, 1))), nn.BatchNorm2d(4, affine=bool(r(0, 3))), a(), nn.AvgPool2d(2), nn.Flatten()]
+        in_shape = (c, r(6, 8), r(6, 8))
     else:
         raise ValueError(arch)
     if arch != "dense":
         with torch.no_grad():
             flat = torch.nn.Sequential(*mods)(torch.zeros(1, *in_shape)).shape[1]
-        mods += [nn.Linear(flat, 5), a(), nn.Linear(5, classes)]
+        mods += [nn.Linear(flat, 5), *([nn.BatchNorm1d(5)] if arch == "batchnorm" else []), a(), nn.Linear(5, classes)]
     if softmax:
         mods.append(nn.Softmax(dim=-1))
     torch.manual_seed(seed)
@@ -128,6 +134,11 @@ def random_model(arch, act, softmax, *, seed=0, classes=4, dtype=torch.float64):
             fan_in = p[0, 0, 0].numel()
         with torch.no_grad():
             p.copy_(torch.randn(p.shape, generator=g) * (1.5 / fan_in**0.5 if "weight" in name else 0.5))
+    for m in model.modules():  # running statistics away from (0, 1), read in eval mode
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+            m.eval()
     return model.to(dtype), in_shape
 
 

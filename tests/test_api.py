@@ -153,9 +153,9 @@ def _outside_models():
     conv = nn.Sequential(nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 2, 3), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(4, 3))
     return {
         "residual": (nn.Sequential(nn.Linear(6, 5), Residual(5), nn.Linear(5, 3)), "Residual"),
-        "batchnorm-eval": (nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)).eval(), "BatchNorm1d"),
+        "batchnorm-train": (nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)), "BatchNorm1d"),
         "maxpool": (conv, "Unflatten"),
-        "gelu": (nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 3)), "GELU"),
+        "mish": (nn.Sequential(nn.Linear(6, 5), nn.Mish(), nn.Linear(5, 3)), "Mish"),
         "custom-module": (Residual(6), "Residual"),
         "forward-hook": (hooked, "forward hook"),
         "pre-hook": (pre, "forward pre-hook"),

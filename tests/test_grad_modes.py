@@ -17,7 +17,7 @@ from dbpaper.penalties import ClassicalDoubleBackprop, JacobianFrobenius, Operat
 def _models():
     torch.manual_seed(0)
     explicit = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4), nn.Softmax(dim=-1)).double()
-    fallback = nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 4), nn.Softmax(dim=-1)).double()  # GELU: autograd
+    fallback = nn.Sequential(nn.Linear(5, 7), nn.Mish(), nn.Linear(7, 4), nn.Softmax(dim=-1)).double()  # Mish: autograd
     return {"explicit": explicit, "fallback": fallback}
 
 

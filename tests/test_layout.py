@@ -24,6 +24,7 @@ MAX_LINES = 400
 # modules over MAX_LINES, each with the reason it is not split
 LONG_MODULES = {
     "dbpaper/numdiff.py": "the finite-difference oracle: one registry of stencils and their error model, read as one",
+    "dbpaper/activations.py": "every coordinate-wise g of Definition 3.1 with g' and g'', and the output maps of Appendix B that are written in their terms",
     "dbpaper/network.py": "the network of eq. (8): the reading of nn.Sequential and the forward record belong together",
     "dbpaper/penalties.py": "every penalty of Section 3 and its seeds (Appendix B) in one place, as the paper lists them",
     "dbpaper/paper/bench.py": "the benchmark registry (methods × workloads) and its runner share private helpers",

@@ -77,6 +77,9 @@ def test_operator_matches_torch_module(name):
         ref = theta * torch.nn.AvgPool2d(**op._kw())(x)
     elif isinstance(op, dbp.InvertibleDownsampling):
         ref = theta * torch.nn.PixelUnshuffle(op.factor)(x)
+    elif isinstance(op, dbp.ChannelScale):  # BatchNorm in eval mode with zero mean and unit variance: θ is γ
+        c = op.in_shape[0]
+        ref = torch.nn.functional.batch_norm(x, x.new_zeros(c), x.new_ones(c), weight=theta, training=False, eps=0.0)
     else:  # pragma: no cover
         raise AssertionError(name)
     torch.testing.assert_close(op.apply(theta, x), ref)
@@ -225,7 +228,8 @@ def test_macs_match_the_flop_counter(name):
     from torch.utils.flop_counter import FlopCounterMode
 
     op = OPERATORS[name]()
-    if not op.trainable:  # pooling and down-sampling: no matrix product to count; one multiply-add per output
+    if not op.trainable or isinstance(op, dbp.ChannelScale):  # pooling, down-sampling, channel scaling: no matrix
+        # product for the flop counter; one multiply-add per output
         assert op.macs == op.out_numel
         return
     theta, x, _ = random_triple(op, torch.float64, batch=1)

@@ -33,7 +33,10 @@ def table() -> str:
     for reader in READERS.values():
         mod = reader.module
         name = f"dbpaper.nn.{mod.__name__}" if mod.__module__.startswith("dbpaper") else f"nn.{mod.__name__}"
-        rows.append(f"| `{name}` | {ROLE[reader.kind]} | {reader.description} |")
+        role = ROLE[reader.kind]
+        if reader.kind == "activation" and reader.example is not None and not reader.read(reader.example(), ()).output_invertible():
+            role = "coordinate-wise `g` (hidden layers only)"
+        rows.append(f"| `{name}` | {role} | {reader.description} |")
     return "\n".join(rows)
 
 

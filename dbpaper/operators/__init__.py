@@ -1,6 +1,7 @@
 """Bilinear operators of Section 2.1: one per file, each with apply / transpose / weight_adjoint."""
 
 from .base import BilinearOperator
+from .channel_scale import ChannelScale
 from .conv import Conv1d, Conv2d
 from .dense import Dense
 from .hadamard import Hadamard
@@ -10,6 +11,7 @@ from .parameter_free import AvgPool2d, InvertibleDownsampling
 __all__ = [
     "AvgPool2d",
     "BilinearOperator",
+    "ChannelScale",
     "Conv1d",
     "Conv2d",
     "Dense",
