@@ -299,16 +299,14 @@ class GELU(Activation):
     def df(self, z):
         if self.approximate == "tanh":
             u, du, _ = self._u(z)
-            t = torch.tanh(u)
-            return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du
+            return 0.5 * (1 + torch.tanh(u)) + 0.5 * z * _sech2(u) * du
         return _normal_cdf(z) + z * _normal_pdf(z)
 
     def d2f(self, z):
         if self.approximate == "tanh":
             u, du, d2u = self._u(z)
-            t = torch.tanh(u)
-            s = 1 - t * t  # sech²(u)
-            return s * du + 0.5 * z * (s * d2u - 2 * t * s * du * du)
+            s = _sech2(u)  # not 1 − tanh², which cancels where |u| is large
+            return s * du + 0.5 * z * s * (d2u - 2 * torch.tanh(u) * du * du)
         return _normal_pdf(z) * (2 - z * z)
 
     def output_invertible(self):
@@ -331,6 +329,10 @@ class SiLU(Activation):
 
     def output_invertible(self):
         return False
+
+
+def _sech2(u):
+    return torch.cosh(u).reciprocal().square()  # 0 where cosh overflows
 
 
 def _normal_cdf(z):

@@ -59,7 +59,7 @@ def _kebab(name: str) -> str:
 TORCH_ACT_FACTORIES = {_kebab(m.__name__): r.example for m, r in dbp.readers.READERS.items() if r.kind == "activation"}
 
 # the torch modules the activations mirror (for derivative checks against autograd), and the package's reading
-TORCH_ACTIVATIONS = {"identity": torch.nn.Identity(), **{name: make() for name, make in TORCH_ACT_FACTORIES.items()}}
+TORCH_ACTIVATIONS = {"identity": torch.nn.Identity(), "gelu-tanh": torch.nn.GELU(approximate="tanh"), **{name: make() for name, make in TORCH_ACT_FACTORIES.items()}}
 ACTIVATIONS = {"identity": dbp.Identity(), **{name: dbp.readers.reader_for(m).read(m, ()) for name, m in TORCH_ACTIVATIONS.items() if name != "identity"}}
 
 
