@@ -43,6 +43,29 @@ def cnn() -> nn.Sequential:
                          nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * 7 * 7, 10), nn.Softmax(dim=-1))  # fmt: skip
 
 
+def _batch_norm(cls, c: int) -> nn.Module:
+    m = cls(c)
+    with torch.no_grad():
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def cnn_bn() -> nn.Sequential:
+    """A conv net with BatchNorm in eval mode (read by the explicit algorithms since 0.3.0; autograd before)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _batch_norm(nn.BatchNorm2d, 16), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), _batch_norm(nn.BatchNorm2d, 32), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 8 * 8, 10), nn.Softmax(dim=-1))  # fmt: skip
+
+
+def mlp_bn_gelu() -> nn.Sequential:
+    """A dense network with BatchNorm (eval), GELU and SiLU (read by the explicit algorithms since 0.3.0)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(784, 256), _batch_norm(nn.BatchNorm1d, 256), nn.GELU(), nn.Linear(256, 256),
+                         _batch_norm(nn.BatchNorm1d, 256), nn.SiLU(), nn.Linear(256, 10), nn.Softmax(dim=-1))  # fmt: skip
+
+
 # name, model, per-example input shape, batch, penalty, whether it takes labels
 CASES = [
     ("mlp jacobian", mlp, (784,), 128, P.JacobianFrobenius, False),
@@ -50,6 +73,10 @@ CASES = [
     ("mlp output-node", mlp, (784,), 128, lambda: P.OutputNodeGradient(3), False),
     ("critic gradnorm", critic, (784,), 64, lambda: P.GradientNormPenalty(1.0), False),
     ("cnn jacobian", cnn, (1, 28, 28), 64, P.JacobianFrobenius, False),
+    ("cnn-bn jacobian", cnn_bn, (3, 32, 32), 32, P.JacobianFrobenius, False),
+    ("cnn-bn output-node", cnn_bn, (3, 32, 32), 32, lambda: P.OutputNodeGradient(1), False),
+    ("mlp-bn-gelu jacobian", mlp_bn_gelu, (784,), 128, P.JacobianFrobenius, False),
+    ("mlp-bn-gelu output-node", mlp_bn_gelu, (784,), 128, lambda: P.OutputNodeGradient(1), False),
 ]
 
 
@@ -81,7 +108,7 @@ def main() -> None:
         x = torch.randn(n, *shape, generator=g)
         y = torch.randint(0, 10, (n,), generator=g) if labels else None
         a, b = speedup(make(), x, penalty(), y)
-        print(f"{name:18s} default {a * 1e3:7.2f} ms  autograd {b * 1e3:7.2f} ms  speed-up {b / a:5.2f}")
+        print(f"{name:24s} default {a * 1e3:7.2f} ms  autograd {b * 1e3:7.2f} ms  speed-up {b / a:5.2f}")
 
 
 if __name__ == "__main__":
