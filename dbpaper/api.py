@@ -12,7 +12,7 @@ example under ``torch.compile``'s AOT autograd).
 Guarantees (each one tested):
 
 * **Any model.** A model outside the framework of eq. (8) (residual blocks,
-  BatchNorm, max-pooling, Mish, custom modules, hooks, an overridden
+  BatchNorm in training mode, max-pooling, Mish, custom modules, hooks, an overridden
   ``forward``) is evaluated by autograd under ``algorithm="auto"``, with one
   :class:`~dbpaper.planning.FallbackWarning` naming the first module outside
   the framework; an explicitly named explicit algorithm raises instead.
