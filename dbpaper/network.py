@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
@@ -444,8 +445,27 @@ def _flatten(model: nn.Module, prefix: str = ""):
 def _read(reader, m: nn.Module, shape: tuple[int, ...], where: str):
     """``reader.read(m, shape)`` with its errors naming the module: an option outside the framework, or a shape."""
     try:
-        return reader.read(m, shape)
+        part = reader.read(m, shape)
     except UnsupportedOption as e:
         raise UnsupportedModelError(f"Network: {where}: {e}", where, str(e)) from None
     except ValueError as e:
         raise ValueError(f"Network: {where}: {e}") from None
+    expected = _READ_TYPES[reader.kind]
+    if not isinstance(part, expected):
+        raise TypeError(
+            f"Network: {where}: the reader of {reader.module.__name__} (kind {reader.kind!r}) must return "
+            f"{' or '.join(t.__name__ for t in expected)}, got {type(part).__name__}"
+        )
+    if reader.kind == "linear" and part.op.in_shape != tuple(shape) and math.prod(part.op.in_shape) != math.prod(shape):
+        raise TypeError(f"Network: {where}: the reader's operator takes inputs of shape {part.op.in_shape}, not {tuple(shape)}")
+    return part
+
+
+#: what a reader of each kind returns
+_READ_TYPES = {
+    "linear": (LinearPart,),
+    "activation": (act.Activation,),
+    "output": (act.OutputMap,),
+    "reshape": (tuple,),
+    "skip": (type(None),),
+}

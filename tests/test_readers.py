@@ -208,3 +208,20 @@ def test_register_reader_refuses_bad_input():
         readers.register_reader(nn.Mish, "nonlinear", lambda m, s: None)
     with pytest.raises(TypeError, match="nn.Module"):
         readers.register_reader(int, "skip", lambda m, s: None)
+
+
+def test_a_reader_that_returns_the_wrong_kind_is_named():
+    class Twice(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    readers.register_reader(Twice, "linear", lambda m, shape: act_twice)
+    try:
+        act_twice = dbpaper.activations.ReLU()  # an activation where a linear part is due
+        with pytest.raises(TypeError, match="Twice.*'linear'.*LinearPart.*ReLU"):
+            dbpaper.Network.from_sequential(nn.Sequential(nn.Linear(3, 3), Twice(), nn.Linear(3, 2)), (3,))
+        readers.READERS[Twice] = readers.Reader(Twice, "linear", lambda m, shape: readers.LinearPart(Dense(5, 3), torch.zeros(3, 5), None))
+        with pytest.raises(TypeError, match=r"inputs of shape \(5,\), not \(3,\)"):
+            dbpaper.Network.from_sequential(nn.Sequential(nn.Linear(3, 3), Twice(), nn.Linear(3, 2)), (3,))
+    finally:
+        del readers.READERS[Twice]
