@@ -21,7 +21,7 @@ from .penalties import (
 )
 from .planning import BatchMixingWarning, warn_fallback
 
-__all__ = ["autograd_value", "penalty_by_autograd", "run_fallback"]
+__all__ = ["autograd_value", "penalty_by_autograd", "penalty_from_output", "run_fallback"]
 
 
 def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False):
@@ -39,11 +39,11 @@ def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tenso
     with torch.enable_grad():
         xin = x if x.requires_grad else x.detach().requires_grad_(True)
         out = model(xin)
-        value = _autograd_value(model, xin, out, penalty, y)
+        value = penalty_from_output(model, xin, out, penalty, y)
     return (value, out) if return_output else value
 
 
-def _autograd_value(model, xin: torch.Tensor, out: torch.Tensor, penalty: Penalty, y) -> torch.Tensor:
+def penalty_from_output(model, xin: torch.Tensor, out: torch.Tensor, penalty: Penalty, y) -> torch.Tensor:
     """``R`` from the penalty's own autograd terms (``create_graph=True``), summed before any backward."""
     penalty.check_outputs(out[0].numel())
     terms = penalty.autograd_terms(model, xin, out, y)

@@ -197,6 +197,7 @@ class Penalty(abc.ABC):
     autograd fallback need, so that none of them branches on its class:
 
     * :meth:`seeds` — the ``v``'s with the output map (Appendix B), for the algorithms;
+    * :attr:`loss` — the loss whose gradient ``v`` is, if any (Section 4.5 reuses its backward pass);
     * :meth:`num_seeds`, :attr:`constant_v` (``v`` does not depend on the
       network, so ``η`` may vanish identically, Section 5.3),
       :attr:`extra_passes` (linearised passes spent on choosing ``v``) and
@@ -214,6 +215,9 @@ class Penalty(abc.ABC):
     constant_v: bool = True
     #: whether the ``v``'s are all the unit vectors ``e^{(1)}, ..., e^{(C)}`` with ``p = ‖·‖²`` (the Jacobian penalty)
     sums_unit_outputs: bool = False
+    #: the loss ``ℓ`` whose gradient ``v`` is (classical double backpropagation), else ``None``: its backward
+    #: pass then serves the loss's own gradient (Section 4.5)
+    loss: str | None = None
 
     @abc.abstractmethod
     def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear=None) -> Iterator[Seed]:

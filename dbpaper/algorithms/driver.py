@@ -58,16 +58,18 @@ class Result:
     algorithm: str = "general"
 
 
-def loss_gradients(net: Network, rec: ForwardRecord, y: torch.Tensor, loss: str, reuse: BackwardPass | None = None) -> LayerGradients:
+def loss_gradients(
+    net: Network, rec: ForwardRecord, y: torch.Tensor, loss: str, reuse: BackwardPass | None = None, zeta_L: torch.Tensor | None = None
+) -> LayerGradients:
     """The gradients of the mean loss ``ℓ`` (Section 4.5): one standard backpropagation (``L - 1`` evaluations of ``Kᵀ``).
 
     ``reuse``: the backward pass of classical double backpropagation with the same
-    loss, whose ``ζ_j`` are the loss's own (Section 4.5), so no ``Kᵀ`` is evaluated again.
+    loss, whose ``ζ_j`` are the loss's own (Section 4.5), so no ``Kᵀ`` is evaluated again;
+    ``zeta_L``: ``∇_{z_L} ℓ`` where the caller has it already (:func:`loss_seed`).
     """
-    n = rec.xs[0].shape[0]
     if reuse is not None:
-        return standard_backprop(net, rec, None, xis_reuse=reuse).scaled(1.0 / n)
-    return standard_backprop(net, rec, loss_seed(net, rec, y, loss))
+        return standard_backprop(net, rec, None, xis_reuse=reuse).scaled(1.0 / rec.xs[0].shape[0])
+    return standard_backprop(net, rec, loss_seed(net, rec, y, loss) if zeta_L is None else zeta_L)
 
 
 def loss_seed(net: Network, rec: ForwardRecord, y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -77,7 +79,7 @@ def loss_seed(net: Network, rec: ForwardRecord, y: torch.Tensor, loss: str) -> t
 
 def _reusable(penalty, loss: str, passes: list) -> BackwardPass | None:
     """The classical penalty's backward pass where its loss is ``loss`` (Section 4.5), else ``None``."""
-    return passes[0] if passes and getattr(penalty, "loss", None) == loss else None
+    return passes[0] if passes and penalty.loss == loss else None
 
 
 def general(
@@ -224,6 +226,5 @@ def compute_objective(
         else:
             value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
             grads = grads.scaled(lam)
-            reuse = _reusable(penalty, loss, passes)
-            grads.add(loss_gradients(net, rec, y, loss, reuse) if reuse is not None else standard_backprop(net, rec, zeta_loss))
+            grads.add(loss_gradients(net, rec, y, loss, _reusable(penalty, loss, passes), zeta_L=zeta_loss))
     return Result(value=ell + lam * value, gradients=grads, loss=ell, algorithm=name)

@@ -241,7 +241,7 @@ def _default(model, net, params, x, y, task):
 def _autograd_summed(model, net, params, x, y, task):
     """``create_graph=True``: every ``v``'s input gradient recorded, the penalties summed, one backward."""
     from ..api import loss_for
-    from ..fallback import _autograd_value
+    from ..fallback import penalty_from_output
     from ..losses import loss_value
     from ..network import output_map_of
 
@@ -253,7 +253,7 @@ def _autograd_summed(model, net, params, x, y, task):
         xx = x.detach().requires_grad_(True)
         xin = xx.view_as(xx)  # a non-leaf input: FlopCounterMode's module hooks reject leaf inputs here
         out = model(xin)
-        value = _autograd_value(model, xin, out, pen, yp)
+        value = penalty_from_output(model, xin, out, pen, yp)
         if task.lam is not None:
             value = loss_value(output_map_of(model), out, y, loss_for(y)) + task.lam * value
         return value.detach(), list(torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True))
@@ -357,7 +357,7 @@ def _tracing_autograd_ops():
 def _autograd_compiled(model, net, params, x, y, task):
     """``torch.compile`` of the autograd peer: the ``create_graph=True`` input gradients, the penalty and its backward,
     with ``torch._dynamo.config.trace_autograd_ops = True`` set only around the first call (the compilation)."""
-    from ..fallback import _autograd_value
+    from ..fallback import penalty_from_output
 
     pen = task.make()
     yp = y if pen.needs_y else None
@@ -365,7 +365,7 @@ def _autograd_compiled(model, net, params, x, y, task):
     def step(xb):
         xx = xb.detach().requires_grad_(True)
         out = model(xx)
-        value = _autograd_value(model, xx, out, pen, yp)
+        value = penalty_from_output(model, xx, out, pen, yp)
         grads = torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
         return value.detach(), grads
 

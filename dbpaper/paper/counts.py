@@ -53,7 +53,7 @@ def autograd_evaluations(case: str, L: int, d: int = 8, batch: int = 4) -> float
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..fallback import _autograd_value
+    from ..fallback import penalty_from_output
     from ..losses import loss_value
     from ..network import output_map_of
 
@@ -70,7 +70,7 @@ def autograd_evaluations(case: str, L: int, d: int = 8, batch: int = 4) -> float
         out = model(xin)
         value = out.new_zeros(())
         if pen is not None:
-            value = value + _autograd_value(model, xin, out, pen, y if pen.needs_y else None)
+            value = value + penalty_from_output(model, xin, out, pen, y if pen.needs_y else None)
         if c.with_loss:
             value = value + loss_value(output_map_of(model), out, y, "nll" if c.softmax else "mse")
         torch.autograd.grad(value, params, allow_unused=True)

@@ -58,7 +58,7 @@ def _named_run(net: Network, x: torch.Tensor, penalty, y):
             named[f"x{j}"] = xj
             dgs.append(layer.activation.df(z) if j < L else None)
         x_L = xj
-        if getattr(penalty, "loss", None) is not None:  # v = ∇_{x_L} ℓ(x_L, y), a function of x_L
+        if penalty.loss is not None:  # v = ∇_{x_L} ℓ(x_L, y), a function of x_L
             xl = x_L
             with torch.enable_grad():
                 (v,) = torch.autograd.grad(loss_value(net.output_map, xl, y, penalty.loss) * x.shape[0], xl, create_graph=True)
@@ -78,7 +78,7 @@ def _named_run(net: Network, x: torch.Tensor, penalty, y):
                 named[f"ζ{j - 1}"] = zeta
         named["R"] = penalty.p.value(named["ξ0"]).sum()
         if y is not None:
-            named["ℒ"] = loss_value(net.output_map, x_L, y, getattr(penalty, "loss", "nll"))
+            named["ℒ"] = loss_value(net.output_map, x_L, y, penalty.loss or "nll")
     return named
 
 
