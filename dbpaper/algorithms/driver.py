@@ -65,7 +65,7 @@ def loss_gradients(
 
     ``reuse``: the backward pass of classical double backpropagation with the same
     loss, whose ``ζ_j`` are the loss's own (Section 4.5), so no ``Kᵀ`` is evaluated again;
-    ``zeta_L``: ``∇_{z_L} ℓ`` where the caller has it already (:func:`loss_seed`).
+    ``zeta_L``: ``∇_{z_L} ℓ`` where the caller has it already (``loss_seed``).
     """
     if reuse is not None:
         return standard_backprop(net, rec, None, xis_reuse=reuse).scaled(1.0 / rec.xs[0].shape[0])
