@@ -39,9 +39,9 @@ from torch import nn
 
 from . import counting
 from .algorithms.driver import Result, compute, compute_objective, loss_gradients, penalty_value
-from .fallback import autograd_value, penalty_by_autograd, run_fallback
+from .fallback import autograd_value, objective_by_autograd, run_fallback
 from .losses import LOSSES, loss_for, loss_value
-from .network import Network, UnsupportedModelError, output_map_of, unwrap
+from .network import Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
 from .pipeline import compute_input, read_cached, read_with_plans, record, resolve_cached, resolve_in, run_explicit
 from .planning import validate_call, warn_fallback
@@ -74,14 +74,23 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
         if algorithm != "auto":
             raise
         return run_fallback(model, x, pen, y, lam, loss, err)
-    xc, precision = compute_input(net, x)  # once: checked, then computed with
-    net.check_input(xc)
-    pen.check(net, y)  # before planning: a penalty that does not fit the network raises its own error
+    xc, precision = _checked_input(net, x, pen, y)
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
         # NaN or Inf in the batch: autograd's result, so that they propagate exactly as autograd propagates them
         return autograd_value(model, x, pen, y, lam, loss)
     name = resolve_in(plans, net, pen, algorithm, x.shape[0])
     return run_explicit(model, net, x, xc, precision, pen, y, name, lam, loss)
+
+
+def _checked_input(net: Network, x: torch.Tensor, pen: Penalty, y):
+    """The input the algorithms compute with and their precision context, checked once against the network and the penalty.
+
+    Before planning: a penalty that does not fit the network raises its own error.
+    """
+    xc, precision = compute_input(net, x)
+    net.check_input(xc)
+    pen.check(net, y)
+    return xc, precision
 
 
 def _value_only_mode() -> bool:
@@ -103,9 +112,7 @@ def _value_only(model, x, pen, y, algorithm: str, lam: float | None, loss: str |
             warn_fallback(unwrap(model), err)
             explicit = False
     if explicit:
-        xc, precision = compute_input(net, x)
-        net.check_input(xc)
-        pen.check(net, y)
+        xc, precision = _checked_input(net, x, pen, y)
         explicit = bool(torch.isfinite(x).all())
     if explicit:
         with precision:
@@ -115,12 +122,7 @@ def _value_only(model, x, pen, y, algorithm: str, lam: float | None, loss: str |
                 value = loss_value(net.output_map, rec.output, y, loss, rec.logits) + lam * value
         return value
     with torch.inference_mode(False), torch.enable_grad():
-        xin = x.clone() if x.is_inference() else x
-        inner = unwrap(model)
-        value = penalty_by_autograd(inner, xin, pen, y, return_output=lam is not None)
-        if lam is not None:
-            value, out = value
-            value = loss_value(output_map_of(inner), out, y, loss) + lam * value
+        value = objective_by_autograd(unwrap(model), x.clone() if x.is_inference() else x, pen, y, lam, loss)
     return value.detach()
 
 

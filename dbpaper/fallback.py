@@ -21,7 +21,7 @@ from .penalties import (
 )
 from .planning import BatchMixingWarning, warn_fallback
 
-__all__ = ["autograd_value", "penalty_by_autograd", "penalty_from_output", "run_fallback"]
+__all__ = ["autograd_value", "objective_by_autograd", "penalty_by_autograd", "penalty_from_output", "run_fallback"]
 
 
 def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False):
@@ -50,14 +50,18 @@ def penalty_from_output(model, xin: torch.Tensor, out: torch.Tensor, penalty: Pe
     return sum(terms[1:], terms[0])
 
 
+def objective_by_autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Tensor:
+    """``R`` (``lam`` is ``None``) or ``ℓ + λR`` by autograd, the model's output read as :func:`dbpaper.readers.output_map_of` does."""
+    if lam is None:
+        return penalty_by_autograd(model, x, pen, y)
+    value, out = penalty_by_autograd(model, x, pen, y, return_output=True)
+    return loss_value(output_map_of(model), out, y, loss) + lam * value
+
+
 def autograd_value(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Tensor:
     """The autograd implementation of the same quantity (graph kept: differentiable to any order)."""
     inner = unwrap(model)
-    if lam is None:
-        value = penalty_by_autograd(inner, x, pen, y)
-    else:
-        value, out = penalty_by_autograd(inner, x, pen, y, return_output=True)
-        value = loss_value(output_map_of(inner), out, y, loss) + lam * value
+    value = objective_by_autograd(inner, x, pen, y, lam, loss)
     if is_ddp(model):  # no graph through DDP's reducer: average the gradients now, as the explicit path does
         params = [p for p in inner.parameters() if p.requires_grad]
         wants_x = x.requires_grad

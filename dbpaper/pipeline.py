@@ -200,7 +200,7 @@ def compute_input(net: Network, x: torch.Tensor) -> tuple[torch.Tensor, contextl
 
 
 def run_explicit(model, net: Network, x, xc, precision, pen, y, name: str, lam: float | None, loss: str | None) -> torch.Tensor:
-    """Run ``name`` on ``xc`` (``x`` as the algorithms compute with it) in ``precision`` (see :func:`_compute_input`)."""
+    """Run ``name`` on ``xc`` (``x`` as the algorithms compute with it) in ``precision`` (see :func:`compute_input`)."""
     with precision:
         return run_recorded(model, net, x, xc, pen, y, name, lam, loss)
 
