@@ -28,58 +28,10 @@ from torch import nn
 from . import activations as act
 from . import counting
 from .operators import BilinearOperator, Dense
-from .readers import (
-    SUPPORTED_MODULES,
-    LinearPart,
-    UnsupportedOption,
-    output_map_of,
-    reader_for,
-    supported_modules,
-    unwrap,
-)
+from .reading import UnsupportedModelError, read_layers
+from .readers import SUPPORTED_MODULES, LinearPart, output_map_of, unwrap
 
 __all__ = ["ForwardRecord", "Layer", "Network", "SUPPORTED_MODULES", "UnsupportedModelError", "output_map_of", "unwrap"]
-
-class UnsupportedModelError(ValueError):
-    """The model is outside the framework of eq. (8): it cannot be read as a :class:`Network`.
-
-    ``module`` names the first module (or the model itself) that is outside
-    the framework; ``reason`` says why. The error is a ``ValueError``, so code
-    that catches ``ValueError`` keeps working. Under ``algorithm="auto"`` the
-    entry points catch it and fall back to autograd (with a
-    :class:`~dbpaper.FallbackWarning`).
-    """
-
-    def __init__(self, message: str, module: str, reason: str):
-        super().__init__(message)
-        self.module = module
-        self.reason = reason
-
-
-def _hooks(m: nn.Module) -> list[str]:
-    """The kinds of hooks registered on ``m`` (forward, forward-pre, backward, backward-pre)."""
-    kinds = []
-    for attr, kind in (
-        ("_forward_hooks", "forward hook"),
-        ("_forward_pre_hooks", "forward pre-hook"),
-        ("_backward_hooks", "backward hook"),
-        ("_backward_pre_hooks", "backward pre-hook"),
-    ):
-        if getattr(m, attr, None):
-            kinds.append(kind)
-    return kinds
-
-
-def _outside(m: nn.Module) -> str | None:
-    """Why ``m`` cannot be read by its type (an overridden ``forward`` or hooks), else ``None``."""
-    base = nn.Sequential if isinstance(m, nn.Sequential) else getattr(reader_for(m), "module", None)
-    if base is not None and type(m).forward is not base.forward:
-        return f"{type(m).__name__} subclasses {base.__name__} but overrides forward"
-    hooks = _hooks(m)
-    if hooks:
-        return f"it has a {' and a '.join(hooks)}, which the explicit algorithms would not call"
-    return None
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Layer:
@@ -100,6 +52,10 @@ class Layer:
     module_names: tuple[str, ...]
     #: the reader's account of the linear module (its own parameters, and the adjoint of derived ``θ``, ``b``)
     part: LinearPart | None = dataclasses.field(default=None, repr=False)
+    #: the node ``x_{p(j)}`` the operator reads (``None``: ``j - 1``, the chain of eq. (8))
+    source: int | None = None
+    #: the nodes ``x_a`` added to ``z_j`` unchanged (skip connections of residual blocks)
+    adds: tuple[int, ...] = ()
 
     def parameters(self) -> tuple[torch.Tensor, ...]:
         """The module's own trainable tensors (``θ_j`` then ``b_j`` unless the reader derives them)."""
@@ -220,6 +176,7 @@ class Network:
             raise UnsupportedModelError("Network: needs at least one layer with a bilinear operator", "model", "no layer")
         self.layers = tuple(layers)
         self.in_shape = tuple(int(s) for s in in_shape)
+        self._wire()
         for layer in self.layers[:-1]:
             if not isinstance(layer.activation, act.Activation):
                 raise UnsupportedModelError(
@@ -253,6 +210,41 @@ class Network:
                 "softmax on a non-flat output",
             )
 
+    def _wire(self) -> None:
+        """The graph of the layers: ``sources[j] = p(j)``, ``adds[j] = A(j)``, ``consumers[i]``; checked to be topological."""
+        L = len(self.layers)
+        self.sources: list[int | None] = [None] * (L + 1)
+        self.adds: list[tuple[int, ...]] = [()] * (L + 1)
+        self.consumers: list[list[int]] = [[] for _ in range(L + 1)]
+        shapes = [self.in_shape] + [layer.op.out_shape for layer in self.layers]
+        #: ``node_shapes[i]``: the per-example shape of ``x_i``
+        self.node_shapes = shapes
+        for j, layer in enumerate(self.layers, start=1):
+            p = j - 1 if layer.source is None else int(layer.source)
+            adds = tuple(int(a) for a in layer.adds)
+            if not 0 <= p < j or any(not 0 <= a < j for a in adds):
+                raise ValueError(f"Network: layer {j} reads node {p} and adds {adds}: a layer reads and adds earlier nodes only")
+            for a in adds:
+                if math.prod(shapes[a]) != layer.op.out_numel:
+                    raise ValueError(f"Network: layer {j} adds node {a} of shape {shapes[a]} to z_{j} of shape {layer.op.out_shape}")
+            self.sources[j], self.adds[j] = p, adds
+            for i in (p, *adds):
+                self.consumers[i].append(j)
+        #: the nodes that no later layer reads (other than ``x_L``): dead ends of the graph
+        unread = [i for i in range(L) if not self.consumers[i]]
+        if unread:
+            raise ValueError(f"Network: the nodes {unread} are read by no layer")
+        self.is_chain = all(self.sources[j] == j - 1 and not self.adds[j] for j in range(1, L + 1))
+
+    def plain_edge(self, j: int) -> bool:
+        """Whether layer ``j`` is a link of a chain: it reads ``x_{j-1}``, adds nothing, and no other layer reads ``x_{j-1}``."""
+        return self.sources[j] == j - 1 and not self.adds[j] and self.consumers[j - 1] == [j]
+
+    def require_chain(self, who: str) -> None:
+        """Raise a ValueError naming ``who`` unless the network is a chain (eq. (8), no residual blocks)."""
+        if not self.is_chain:
+            raise ValueError(f"{who} is written for the chains of eq. (8); this network has residual blocks")
+
     # -- construction ----------------------------------------------------------------
     @classmethod
     def from_sequential(cls, model: nn.Module, in_shape: Sequence[int]) -> Network:
@@ -276,58 +268,12 @@ class Network:
                 type(model).__name__,
                 "not an nn.Sequential",
             )
-        modules = list(_flatten(model))
         shape = tuple(int(s) for s in in_shape)
-        layers: list[Layer] = []
-        pending: dict | None = None  # the layer being assembled
-        flat_shape = shape  # shape the next operator sees (changed by Flatten)
-        x_shape = shape  # shape of x_{j-1} as the previous layer produced it
-
-        def close(activation):
-            nonlocal pending
-            layers.append(Layer(activation=activation, **pending))
-            pending = None
-
-        for idx, (name, m) in enumerate(modules):
-            where = f"module {idx} ({name}: {type(m).__name__})"
-            reader = reader_for(m)
-            if reader is None:
-                raise UnsupportedModelError(f"Network: {where} is not supported; supported modules: {supported_modules()}", where, "unsupported module")
-            part = _read(reader, m, flat_shape, where)
-            if reader.kind == "skip":
-                continue
-            if reader.kind == "reshape":
-                if pending is not None:
-                    close(act.Identity())
-                flat_shape = part
-                continue
-            if reader.kind == "linear":
-                if pending is not None:
-                    close(act.Identity())
-                pending = dict(op=part.op, weight=part.weight, bias=part.bias, in_shape=x_shape, module_names=(name,), part=part)
-                flat_shape = x_shape = part.op.out_shape
-                continue
-            if reader.kind == "output" and idx != len(modules) - 1:
-                raise UnsupportedModelError(f"Network: {where}: {type(m).__name__} is only supported as the final module (Appendix B)", where, "softmax not last")
-            if pending is None:
-                raise UnsupportedModelError(
-                    f"Network: {where}: an activation must follow a linear module (eq. (8))", where, "activation without a linear module"
-                )
-            pending["module_names"] = pending["module_names"] + (name,)
-            close(part)
-        if pending is not None:
-            close(act.IdentityOutput())
-        if not layers:
-            raise UnsupportedModelError(
-                f"Network: the model has no linear module; supported modules: {supported_modules()}", "model", "no linear module"
-            )
-        last = layers[-1]
-        if isinstance(last.activation, act.Identity):  # a Flatten after the last layer: still an identity output
-            layers[-1] = dataclasses.replace(last, activation=act.IdentityOutput())
+        layers = [Layer(**kw) for kw in read_layers(model, shape)]
         try:
             return cls(layers, shape)
         except UnsupportedModelError as err:
-            types = dict(modules)
+            types = dict(model.named_modules())
             if err.module in types:  # name the module by its position and type
                 err.module = f"{err.module} ({type(types[err.module]).__name__})"
             raise
@@ -396,7 +342,9 @@ class Network:
         L = self.depth
         xs, dg, d2g, unit = [x], [None] * (L + 1), [None] * (L + 1), [False] * (L + 1)
         for j, layer in enumerate(self.layers, start=1):
-            z = layer.affine(layer.theta(x), xs[-1])
+            z = layer.affine(layer.theta(x), xs[self.sources[j]])
+            for a in self.adds[j]:  # the skip connections: z_j += x_a
+                z = z + xs[a].reshape(z.shape)
             g = layer.activation
             xs.append(g.f(z))
             if j < L:
@@ -418,54 +366,6 @@ class Network:
     def __repr__(self) -> str:
         lines = [f"Network(L={self.depth}, in_shape={self.in_shape})"]
         for j, layer in enumerate(self.layers, start=1):
-            lines.append(f"  {j}: {layer.op!r} + {'b' if layer.bias is not None else 'no bias'} -> {layer.activation!r}")
+            wiring = "" if self.is_chain else f"x_{self.sources[j]} -> " + "".join(f"+ x_{a} " for a in self.adds[j])
+            lines.append(f"  {j}: {wiring}{layer.op!r} + {'b' if layer.bias is not None else 'no bias'} -> {layer.activation!r}")
         return "\n".join(lines)
-
-
-def _flatten(model: nn.Module, prefix: str = ""):
-    """Every module in execution order: every position of a reused instance, nested Sequentials expanded.
-
-    ``nn.Sequential.forward`` calls its ``_modules`` in order, duplicates
-    included (``named_children`` would drop a reused instance), so this is
-    what the model computes.
-    """
-    name = prefix.rstrip(".") or type(model).__name__
-    why = _outside(model)
-    if why is not None:
-        raise UnsupportedModelError(f"Network: module {name} ({type(model).__name__}): {why}", f"{name} ({type(model).__name__})", why)
-    if isinstance(model, nn.Sequential):
-        for key, child in model._modules.items():
-            if child is None:
-                continue
-            yield from _flatten(child, f"{prefix}{key}.")
-    else:
-        yield name, model
-
-
-def _read(reader, m: nn.Module, shape: tuple[int, ...], where: str):
-    """``reader.read(m, shape)`` with its errors naming the module: an option outside the framework, or a shape."""
-    try:
-        part = reader.read(m, shape)
-    except UnsupportedOption as e:
-        raise UnsupportedModelError(f"Network: {where}: {e}", where, str(e)) from None
-    except ValueError as e:
-        raise ValueError(f"Network: {where}: {e}") from None
-    expected = _READ_TYPES[reader.kind]
-    if not isinstance(part, expected):
-        raise TypeError(
-            f"Network: {where}: the reader of {reader.module.__name__} (kind {reader.kind!r}) must return "
-            f"{' or '.join(t.__name__ for t in expected)}, got {type(part).__name__}"
-        )
-    if reader.kind == "linear" and part.op.in_shape != tuple(shape) and math.prod(part.op.in_shape) != math.prod(shape):
-        raise TypeError(f"Network: {where}: the reader's operator takes inputs of shape {part.op.in_shape}, not {tuple(shape)}")
-    return part
-
-
-#: what a reader of each kind returns
-_READ_TYPES = {
-    "linear": (LinearPart,),
-    "activation": (act.Activation,),
-    "output": (act.OutputMap,),
-    "reshape": (tuple,),
-    "skip": (type(None),),
-}

@@ -1,4 +1,4 @@
-"""Torch modules the package adds to ``torch.nn`` (currently the locally connected layer)."""
+"""Torch modules the package adds to ``torch.nn``: the locally connected layer and the residual block."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 from .operators import LocallyConnected2d as _LCOperator
 
-__all__ = ["LocallyConnected2d"]
+__all__ = ["LocallyConnected2d", "Residual"]
 
 
 class LocallyConnected2d(nn.Module):
@@ -48,3 +48,26 @@ class LocallyConnected2d(nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self.operator)
+
+
+class Residual(nn.Module):
+    """A residual block ``x ↦ s(x) + F(x)``: ``F = nn.Sequential(*modules)``, ``s`` the identity or ``shortcut``.
+
+    Read by the explicit algorithms wherever it appears inside an
+    ``nn.Sequential`` (nested blocks included): ``F`` and ``shortcut`` may hold
+    any supported modules, e.g. ``Residual(conv, bn, relu, conv, bn)`` with an
+    ``nn.ReLU()`` after the block, or a down-sampling block with
+    ``shortcut=nn.Sequential(nn.Conv2d(c, 2 * c, 1, stride=2), nn.BatchNorm2d(2 * c))``.
+    ``s(x)`` and ``F(x)`` must have the same shape.
+    """
+
+    def __init__(self, *modules: nn.Module, shortcut: nn.Module | None = None):
+        super().__init__()
+        self.body = nn.Sequential(*modules)
+        if shortcut is not None and not isinstance(shortcut, nn.Module):
+            raise TypeError(f"Residual: shortcut must be a torch.nn.Module or None, got {type(shortcut).__name__}")
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``s(x) + F(x)``."""
+        return (x if self.shortcut is None else self.shortcut(x)) + self.body(x)

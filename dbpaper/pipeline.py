@@ -38,6 +38,7 @@ from torch import nn
 from ._precomputed import Precomputed, average_over_ranks, flat_gradients, guard_second_order, is_ddp
 from .algorithms import jacobian as J
 from .algorithms.driver import compute, compute_objective
+from .algorithms.passes import input_gradient
 from .algorithms.registry import REGISTRY
 from .network import ForwardRecord, Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
@@ -214,10 +215,8 @@ def run_recorded(model, net: Network, x, xc, pen, y, name: str, lam: float | Non
     grads = flat_gradients(net, res.gradients)
     if is_ddp(model):
         grads = average_over_ranks(grads, model.process_group)
-    eta_1 = res.gradients.eta_1
-    grad_x = None
-    if x.requires_grad and eta_1 is not None:  # ∇_{x_0} = K_1ᵀ(θ_1, η_1)
-        first = net.layers[0]
-        grad_x = first.KT(first.theta(eta_1), eta_1).reshape(x.shape).to(x.dtype)
+    grad_x = input_gradient(net, res.gradients) if x.requires_grad else None  # ∇_{x_0} = K_1ᵀ(θ_1, η_1) + ...
+    if grad_x is not None:
+        grad_x = grad_x.reshape(x.shape).to(x.dtype)
     params = net.parameters()
     return guard_second_order(Precomputed.apply(res.value, x, grad_x, len(grads), *grads, *params))

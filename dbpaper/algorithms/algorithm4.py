@@ -76,12 +76,15 @@ class Context:
     scale: float
     kmax: int
     zeta_buffers: list[torch.Tensor | None]
+    #: ``last_use[i]``: the last layer that reads or adds ``x_i`` (``i + 1`` in a chain)
+    last_use: list[int] | None = None
 
     @classmethod
     def of(cls, net: Network, rec: ForwardRecord, scale: float, kmax: int) -> Context:
         x0 = rec.xs[0]
         thetas = [layer.theta(x0) for layer in net.layers]
-        return cls(net, rec, thetas, x0.shape[0], net.depth, scale, kmax, [None] * (net.depth + 1))
+        last_use = [max(c, default=net.depth) for c in net.consumers]
+        return cls(net, rec, thetas, x0.shape[0], net.depth, scale, kmax, [None] * (net.depth + 1), last_use)
 
     def zeta_buffer(self, j: int, like: torch.Tensor) -> torch.Tensor:
         """The buffer for ``ζ_j`` (allocated by the first, largest chunk)."""
@@ -156,14 +159,17 @@ class Chunk:
     xis: list[torch.Tensor | None]
     q: torch.Tensor | None = None
     h: torch.Tensor | None = None
+    #: ``q_i`` of Algorithm 2 while a later layer still reads or adds it (``q_{L-1}`` alone in a chain)
+    qs: list[torch.Tensor | None] | None = None
 
     @classmethod
     def of(cls, classes: range, depth: int) -> Chunk:
         return cls(classes, len(classes), [None] * (depth + 1), [None] * (depth + 1))
 
-    def take_q_h(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``(q, h)``, no longer held by the chunk."""
-        q, h, self.q, self.h = self.q, self.h, None, None
+    def take_q_h(self, net: Network) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(q_{p(L)}, h)``: what the output layer's operator reads, and the latest ``h``; no longer held by the chunk."""
+        q = self.qs[net.sources[net.depth]] if self.qs is not None else self.q
+        h, self.q, self.h = self.h, None, None
         return q, h
 
 
@@ -183,49 +189,72 @@ def chunk_pass(ctx: Context, first, last, acc: Accumulators, classes: range) -> 
 
 
 def chunk_backward(ctx: Context, chunk: Chunk, xi: torch.Tensor | None, lowest: int) -> torch.Tensor | None:
-    """Algorithm 1 for a chunk, ``j = L, ..., lowest``: ``ξ_{j-1} = K_jᵀ(θ_j, ζ_j)``, ``ζ_{j-1} = g'_{j-1} ⊙ ξ_{j-1}``.
+    """Algorithm 1 for a chunk, ``j = L, ..., lowest``: ``ξ_{p(j)} += K_jᵀ(θ_j, ζ_j)``, ``ζ_{j-1} = g'_{j-1} ⊙ ξ_{j-1}``.
 
     Starts from ``chunk.zetas[L]``, or from ``xi = ξ_{L-1}`` where the output
-    end gave it in closed form. ``ζ_j`` is formed in place, except where
+    end gave it in closed form. Across a skip connection ``ζ_j`` is added to
+    ``ξ_a``; ``ξ_{j-1}`` is complete once layer ``j`` is done (every layer that
+    reads or adds ``x_{j-1}`` comes after it). ``ζ_j`` is formed in place, except where
     ``g''_j ≠ 0``: there ``ξ_j`` is kept in ``chunk.xis[j]`` for the source term
     and ``ζ_j`` written into a reused buffer. Returns ``ξ_0`` (``None`` with
     ``lowest = 2``: the Gram shortcut never forms it).
     """
-    rec, layers, zetas, k = ctx.rec, ctx.net.layers, chunk.zetas, chunk.k
+    rec, net, zetas, k = ctx.rec, ctx.net, chunk.zetas, chunk.k
+    slots: list[torch.Tensor | None] = [None] * (ctx.depth + 1)  # ξ_i, summed over the layers that read or add x_i
     for j in range(ctx.depth, lowest - 1, -1):
-        if xi is None:
-            xi = layers[j - 1].KT(ctx.thetas[j - 1], zetas[j])  # ξ_{j-1} = K_jᵀ(θ_j, ζ_j)
+        if j == ctx.depth and xi is not None:
+            slots[j - 1] = xi  # the closed form stands in for K_Lᵀ(θ_L, ζ_L) (a plain last layer)
+        else:
+            _send_back(ctx, j, zetas[j], slots)
         if j > 1:
+            xi, slots[j - 1] = slots[j - 1], None
             if rec.d2g[j - 1] is None:
                 zetas[j - 1] = _slope_(rec, j - 1, xi, k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
             else:  # the source term needs ξ_{j-1} as well
                 zetas[j - 1] = _mul_into(xi, rec.dg[j - 1], k, ctx.zeta_buffer(j - 1, xi))
                 chunk.xis[j - 1] = xi
-            xi = None
-    return xi
+    return slots[0]
+
+
+def _send_back(ctx: Context, j: int, zeta: torch.Tensor, slots: list) -> None:
+    """``ξ_{p(j)} += K_jᵀ(θ_j, ζ_j)`` and ``ξ_a += ζ_j`` for the nodes layer ``j`` adds (a copy: ``ζ_j`` is kept)."""
+    net = ctx.net
+    t = net.layers[j - 1].KT(ctx.thetas[j - 1], zeta)
+    p = net.sources[j]
+    slots[p] = t if slots[p] is None else slots[p].add_(t)
+    for a in net.adds[j]:
+        t = zeta.reshape(zeta.shape[0], *net.node_shapes[a])
+        slots[a] = t.clone() if slots[a] is None else slots[a].add_(t)
 
 
 def chunk_backward_backward(ctx: Context, acc: Accumulators, chunk: Chunk, lowest: int) -> None:
     """Algorithm 2 for a chunk on the hidden layers ``j = lowest, ..., L-1``, from ``chunk.q = q_{lowest-1}``.
 
-    ``θ̂¹_j += K_j□(q_{j-1}, ζ_j)``, ``h_j = K_j(θ_j, q_{j-1})``, the source term
-    ``Σ_i h_j ⊙ ξ_j`` and ``q_j = g'_j ⊙ h_j`` (in place); ``ζ_j`` and ``ξ_j`` are
-    released once used. Leaves ``q_{L-1}``, ``h_{L-1}`` in the chunk for the
-    output end (unchanged where no hidden layer is left).
+    ``θ̂¹_j += K_j□(q_{p(j)}, ζ_j)``, ``h_j = K_j(θ_j, q_{p(j)}) + Σ_{a ∈ A(j)} q_a``, the source term
+    ``Σ_i h_j ⊙ ξ_j`` and ``q_j = g'_j ⊙ h_j`` (in place); ``ζ_j``, ``ξ_j`` and ``q_i``
+    are released once used for the last time. Leaves the ``q_i`` that layer ``L`` reads in
+    ``chunk.qs`` and ``h_{L-1}`` in ``chunk.h`` for the output end.
     """
-    rec, layers, zetas, xis = ctx.rec, ctx.net.layers, chunk.zetas, chunk.xis
-    q, h = chunk.take_q_h()
+    rec, net, zetas, xis = ctx.rec, ctx.net, chunk.zetas, chunk.xis
+    qs: list[torch.Tensor | None] = [None] * (ctx.depth + 1)
+    qs[lowest - 1], h = chunk.q, chunk.h
+    chunk.q = chunk.h = None
     for j in range(lowest, ctx.depth):
-        layer = layers[j - 1]
+        layer, q = net.layers[j - 1], qs[net.sources[j]]
         if layer.weight is not None:
-            acc.add_weight_adjoint(layer, j, q, zetas[j])  # θ̂¹_j += K_j□(q_{j-1}, ζ_j)
+            acc.add_weight_adjoint(layer, j, q, zetas[j])  # θ̂¹_j += K_j□(q_{p(j)}, ζ_j)
         zetas[j] = None
-        h = layer.K(ctx.thetas[j - 1], q)  # h_j = K_j(θ_j, q_{j-1})
+        h = layer.K(ctx.thetas[j - 1], q)  # h_j = K_j(θ_j, q_{p(j)}) + Σ_a q_a
+        for a in net.adds[j]:
+            h = h + qs[a].reshape(h.shape)
+        for i in (net.sources[j], *net.adds[j]):
+            if ctx.last_use[i] == j:
+                qs[i] = None
         if xis[j] is not None:  # the source term Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}
             acc.add_source(j, xis[j], h)
             xis[j] = None
-        q = _slope_(rec, j, h, chunk.k)  # q_j = M(g'_j, h_j), in place (h_j is not needed again)
-    chunk.q, chunk.h = q, h
+        qs[j] = _slope_(rec, j, h, chunk.k)  # q_j = M(g'_j, h_j), in place (h_j is not needed again)
+    chunk.qs, chunk.h = qs, h
 
 
 def _mul_(t: torch.Tensor, dg: torch.Tensor, k: int) -> torch.Tensor:

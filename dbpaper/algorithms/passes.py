@@ -27,6 +27,7 @@ __all__ = [
     "backward_backward_pass",
     "forward_backward_pass",
     "forward_backward_sweep",
+    "input_gradient",
     "linearized_forward",
     "standard_backprop",
 ]
@@ -50,11 +51,17 @@ class BackwardBackwardPass:
 
 @dataclasses.dataclass(eq=False)
 class LayerGradients:
-    """Per-layer gradients (``None`` where a layer has no such parameter) and ``η_1`` (for ``∇_{x_0}``)."""
+    """Per-layer gradients (``None`` where a layer has no such parameter) and what gives ``∇_{x_0}``.
+
+    ``∇_{x_0} = K_1ᵀ(θ_1, η_1) + input_extra`` (:func:`input_gradient`):
+    ``input_extra`` collects what the other layers that read or add ``x_0``
+    send back (``None`` in a chain, where layer 1 alone reads ``x_0``).
+    """
 
     weights: list[torch.Tensor | None]
     biases: list[torch.Tensor | None]
     eta_1: torch.Tensor | None = None
+    input_extra: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, depth: int) -> LayerGradients:
@@ -66,12 +73,60 @@ class LayerGradients:
             for i, g in enumerate(olst):
                 if g is not None:
                     lst[i] = g if lst[i] is None else lst[i] + g
-        if other.eta_1 is not None:
-            self.eta_1 = other.eta_1 if self.eta_1 is None else self.eta_1 + other.eta_1
+        for name in ("eta_1", "input_extra"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if theirs is not None:
+                setattr(self, name, theirs if mine is None else mine + theirs)
 
     def scaled(self, factor: float) -> LayerGradients:
         f = lambda t: None if t is None else factor * t  # noqa: E731
-        return LayerGradients([f(g) for g in self.weights], [f(g) for g in self.biases], f(self.eta_1))
+        return LayerGradients([f(g) for g in self.weights], [f(g) for g in self.biases], f(self.eta_1), f(self.input_extra))
+
+
+def input_gradient(net: Network, grads: LayerGradients) -> torch.Tensor | None:
+    """``∇_{x_0} = K_1ᵀ(θ_1, η_1) + input_extra`` (``None`` where both vanish identically)."""
+    terms = []
+    if grads.eta_1 is not None:
+        first = net.layers[0]
+        terms.append(first.KT(first.theta(grads.eta_1), grads.eta_1))
+    if grads.input_extra is not None:
+        terms.append(grads.input_extra.reshape(grads.input_extra.shape[0], *net.in_shape))
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def accumulate(slots: list, i: int, t: torch.Tensor, owned: bool = True) -> None:
+    """``slots[i] += t``; the first term is stored as is where ``owned`` (the caller's fresh tensor), else copied.
+
+    The sums over the layers that read or add a node (residual blocks). A
+    slot never aliases a tensor its caller still holds, so that it may later
+    be updated in place.
+    """
+    if slots[i] is None:
+        slots[i] = t if owned else t.clone()
+    else:
+        slots[i] = slots[i] + t.reshape(slots[i].shape)
+
+
+def send_back(net: Network, j: int, t: torch.Tensor, slots: list, *, skip_input_op: bool = False) -> None:
+    """The adjoint of layer ``j``'s inputs applied to ``t`` (``ζ_j`` or ``η_j``), added to ``slots``.
+
+    ``K_jᵀ(θ_j, t)`` goes to the node ``x_{p(j)}`` it reads and ``t`` itself to
+    every node ``x_a`` it adds (Algorithm 1's ``ξ`` and Algorithm 3's ``γ``
+    across a skip connection). ``skip_input_op``: layer 1's ``K_1ᵀ`` to ``x_0``
+    is left to :func:`input_gradient` (formed only where ``∇_{x_0}`` is wanted).
+    """
+    layer, p = net.layers[j - 1], net.sources[j]
+    if not (skip_input_op and p == 0 and j == 1):
+        accumulate(slots, p, layer.KT(layer.theta(t), t))
+    for a in net.adds[j]:
+        accumulate(slots, a, t.reshape(t.shape[0], *net.node_shapes[a]), owned=False)
+
+
+def gather(net: Network, j: int, ts: list, t: torch.Tensor) -> torch.Tensor:
+    """``t + Σ_{a ∈ A(j)} ts[a]``: the skip connections of layer ``j`` added to ``K_j(θ_j, ·)``'s value ``t``."""
+    for a in net.adds[j]:
+        t = t + ts[a].reshape(t.shape)
+    return t
 
 
 def backward_pass(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor) -> BackwardPass:
@@ -79,17 +134,18 @@ def backward_pass(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor) -> Bac
 
     Starts from ``ζ_L = (dx_L/dz_L)* v`` (computed by the seed, Appendix B);
     ``L`` evaluations of ``Kᵀ``. ``ξ_0`` is the input gradient whose penalty
-    ``p(ξ_0)`` is ``R``.
+    ``p(ξ_0)`` is ``R``. With residual blocks ``ξ_i`` sums what every layer
+    that reads or adds ``x_i`` sends back (:func:`send_back`): ``K_jᵀ(θ_j, ζ_j)``
+    through an operator, ``ζ_j`` itself across a skip connection.
     """
     L = net.depth
     xis: list[torch.Tensor | None] = [None] * (L + 1)
     zetas: list[torch.Tensor | None] = [None] * (L + 1)
     zetas[L] = zeta_L
     for j in range(L, 0, -1):
-        layer = net.layers[j - 1]
-        xis[j - 1] = layer.KT(layer.theta(zeta_L), zetas[j])
-        if j > 1:
-            zetas[j - 1] = rec.slope(j - 1, xis[j - 1])  # M(g'_{j-1}(z_{j-1}), ξ_{j-1})
+        if j < L:
+            zetas[j] = rec.slope(j, xis[j])  # M(g'_j(z_j), ξ_j)
+        send_back(net, j, zetas[j], xis)  # ξ_{p(j)} += K_jᵀ(θ_j, ζ_j); ξ_a += ζ_j
     return BackwardPass(xis, zetas)
 
 
@@ -100,7 +156,8 @@ def backward_backward_pass(net: Network, rec: ForwardRecord, q_0: torch.Tensor, 
     formed: nothing depends on it. ``h_L`` only feeds ``η_L`` (Appendix B);
     where ``η_L`` vanishes identically (an identity output with a
     network-independent ``v``, Section 5.3) pass ``need_h_L=False`` and it is
-    not formed either: ``L - 1`` evaluations.
+    not formed either: ``L - 1`` evaluations. With residual blocks
+    ``h_j = K_j(θ_j, q_{p(j)}) + Σ_{a ∈ A(j)} q_a`` (the forward pass's wiring).
     """
     L = net.depth
     qs: list[torch.Tensor | None] = [None] * (L + 1)
@@ -108,7 +165,7 @@ def backward_backward_pass(net: Network, rec: ForwardRecord, q_0: torch.Tensor, 
     qs[0] = q_0
     for j in range(1, L + 1 if need_h_L else L):
         layer = net.layers[j - 1]
-        hs[j] = layer.K(layer.theta(q_0), qs[j - 1])
+        hs[j] = gather(net, j, qs, layer.K(layer.theta(q_0), qs[net.sources[j]]))
         if j < L:
             qs[j] = rec.slope(j, hs[j])
     return BackwardBackwardPass(qs, hs)
@@ -142,7 +199,7 @@ def forward_backward_pass(
     """
 
     def weight_term(j: int) -> torch.Tensor:  # K_j□(q_{j-1}, ζ_j)
-        return net.layers[j - 1].Kbox(bbp.qs[j - 1], bp.zetas[j])
+        return net.layers[j - 1].Kbox(bbp.qs[net.sources[j]], bp.zetas[j])
 
     def eta(j: int, gamma: torch.Tensor | None) -> torch.Tensor | None:  # eq. (28)
         terms = []
@@ -187,25 +244,28 @@ def forward_backward_sweep(
     grads = LayerGradients.zeros(L)
     if trace is not None:
         trace["eta"], trace["gamma"] = [None] * (L + 1), [None] * (L + 1)
-    gamma: torch.Tensor | None = None
-    eta_j: torch.Tensor | None = None
+    gammas: list[torch.Tensor | None] = [None] * (L + 1)  # γ_i, summed over the layers that read or add x_i
     for j in range(L, 0, -1):
         layer = net.layers[j - 1]
-        eta_j = eta_L if j == L else eta(j, gamma)
+        eta_j = eta_L if j == L else eta(j, gammas[j])
+        gammas[j] = None
+        p = net.sources[j]
         if layer.weight is not None:
             g = weight_term(j)
             if eta_j is not None:
-                g = layer.Kbox_into(g, rec.xs[j - 1], eta_j)  # + K_j□(x_{j-1}, η_j), accumulated in place
+                g = layer.Kbox_into(g, rec.xs[p], eta_j)  # + K_j□(x_{p(j)}, η_j), accumulated in place
             grads.weights[j - 1] = torch.zeros_like(layer.weight) if g is None else g
         if layer.bias is not None:
             grads.biases[j - 1] = layer.bias_adjoint(eta_j) if eta_j is not None else torch.zeros_like(layer.bias)
-        if j > 1:
-            gamma = layer.KT(layer.theta(rec.xs[0]), eta_j) if eta_j is not None else None
+        if eta_j is not None:
+            send_back(net, j, eta_j, gammas, skip_input_op=True)  # γ_{p(j)} += K_jᵀ(θ_j, η_j); γ_a += η_j
         if trace is not None:
             trace["eta"][j] = eta_j
             if j > 1:
-                trace["gamma"][j - 1] = gamma
-    grads.eta_1 = eta_j
+                trace["gamma"][j - 1] = gammas[j - 1]
+        if j == 1:
+            grads.eta_1 = eta_j
+    grads.input_extra = gammas[0]
     return grads
 
 
@@ -219,26 +279,36 @@ def standard_backprop(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor, xi
     """
     L = net.depth
     grads = LayerGradients.zeros(L)
-    zeta = zeta_L
+    xis: list[torch.Tensor | None] = [None] * (L + 1)
     for j in range(L, 0, -1):
         layer = net.layers[j - 1]
         if xis_reuse is not None:
             zeta = xis_reuse.zetas[j]
+        else:
+            zeta = zeta_L if j == L else rec.slope(j, xis[j])
+            xis[j] = None
         if layer.weight is not None:
-            grads.weights[j - 1] = layer.Kbox(rec.xs[j - 1], zeta)
+            grads.weights[j - 1] = layer.Kbox(rec.xs[net.sources[j]], zeta)
         if layer.bias is not None:
             grads.biases[j - 1] = layer.bias_adjoint(zeta)
-        if j > 1 and xis_reuse is None:
-            zeta = rec.slope(j - 1, layer.KT(layer.theta(zeta), zeta))
-    grads.eta_1 = zeta  # ζ_1: ∇_{x_0} ℓ = K_1ᵀ(θ_1, ζ_1)
+        if xis_reuse is None:
+            send_back(net, j, zeta, xis, skip_input_op=True)  # ξ_{p(j)} += K_jᵀ(θ_j, ζ_j); ξ_a += ζ_j
+        elif j > 1:  # reused: only what the other readers of x_0 send to it
+            if net.sources[j] == 0:
+                accumulate(xis, 0, layer.KT(layer.theta(zeta), zeta))
+            for a in net.adds[j]:
+                if a == 0:
+                    accumulate(xis, 0, zeta, owned=False)
+    grads.eta_1 = zeta  # ζ_1: ∇_{x_0} ℓ = K_1ᵀ(θ_1, ζ_1) + what the other readers of x_0 send back
+    grads.input_extra = xis[0]
     return grads
 
 
 def linearized_forward(net: Network, rec: ForwardRecord, u: torch.Tensor) -> torch.Tensor:
     """``(dx_L/dx_0) u``: the forward pass linearised at the recorded point (``L`` evaluations of ``K``)."""
     L = net.depth
-    t = u
+    ts: list[torch.Tensor | None] = [u] + [None] * L
     for j, layer in enumerate(net.layers, start=1):
-        t = layer.K(layer.theta(u), t)
-        t = rec.slope(j, t) if j < L else layer.activation.jvp(rec.output, t)
-    return t
+        t = gather(net, j, ts, layer.K(layer.theta(u), ts[net.sources[j]]))
+        ts[j] = rec.slope(j, t) if j < L else layer.activation.jvp(rec.output, t)
+    return ts[L]

@@ -99,14 +99,14 @@ def shortcut_costs(net: Network, batch: int) -> dict[str, dict[str, int]]:
     n, c, w = batch, net.layers[-1].op.out_numel, ELEMENTWISE_COST
     out: dict[str, dict[str, int]] = {}
     first, last = net.layers[0], net.layers[-1]
-    if isinstance(first.op, Dense):
+    if isinstance(first.op, Dense) and net.plain_edge(1):
         d0, d1 = first.op.in_numel, first.op.out_numel
         f = _sym_fraction(d1)
         out["gram"] = {
             "without": 3 * n * c * d0 * d1 + 2 * w * n * c * d0,
             "with": round((1 + f) * (n * c * d1 * d1 + d1 * d1 * d0)) + w * n * c * d1,
         }
-    if net.depth >= 2 and isinstance(last.op, Dense):
+    if net.depth >= 2 and isinstance(last.op, Dense) and net.plain_edge(net.depth):
         d = last.op.in_numel
         out["onehot"] = {"without": 3 * n * c * c * d + 13 * w * n * c * c, "with": 6 * w * n * c * d + 3 * n * c * d}
     return out
@@ -222,7 +222,7 @@ class PlainOutput:
     def end(self, chunk: Chunk, acc: Accumulators) -> None:
         """Layer ``L`` of Algorithm 2 from ``q_{L-1}`` (``q = None``: ``h = h_L`` is formed already) and ``η̂_L``."""
         ctx, seed, self._seed = self.ctx, self._seed, None
-        L, (q, h) = ctx.depth, chunk.take_q_h()
+        L, (q, h) = ctx.depth, chunk.take_q_h(ctx.net)
         if q is not None:
             layer = ctx.net.layers[L - 1]
             if layer.weight is not None:
@@ -230,8 +230,10 @@ class PlainOutput:
             if not self.softmax:  # identity output: η_L ≡ 0, so h_L is never used
                 return
             chunk.zetas[L] = None
-            h = layer.K(ctx.thetas[L - 1], q)  # h_L = K_L(θ_L, q_{L-1})
-            q = None
+            h = layer.K(ctx.thetas[L - 1], q)  # h_L = K_L(θ_L, q_{L-1}) (+ Σ_a q_a across a skip connection)
+            for a in ctx.net.adds[L]:
+                h = h + chunk.qs[a].reshape(h.shape)
+            q = chunk.qs = None
         if self.softmax:  # η̂_L += Σ_i η_L^{(i)} with the corrected Appendix B.1 formula
             out = ctx.rec.output
             acc.eta_L.add_(seed.eta_L(h).reshape(chunk.k, *out.shape).sum(0))
@@ -273,7 +275,7 @@ class OneHotOutput(PlainOutput):
 
     def end(self, chunk: Chunk, acc: Accumulators) -> None:
         start, stop, k = chunk.classes.start, chunk.classes.stop, chunk.k
-        qf = chunk.take_q_h()[0].reshape(k, self.ctx.n, -1)
+        qf = chunk.take_q_h(self.ctx.net)[0].reshape(k, self.ctx.n, -1)
         if self.softmax:
             x_i, r, self._x_i, self._r = self._x_i, self._r, None, None
             self.Q[start:stop] = torch.bmm(x_i.transpose(1, 2), qf).squeeze(1)  # Σ_n x_n^i q_n^{(i)}

@@ -6,7 +6,7 @@ from .conv import Conv1d, Conv2d
 from .dense import Dense
 from .hadamard import Hadamard
 from .locally_connected import LocallyConnected2d
-from .parameter_free import AvgPool2d, InvertibleDownsampling
+from .parameter_free import AvgPool2d, IdentityMap, InvertibleDownsampling
 
 __all__ = [
     "AvgPool2d",
@@ -16,6 +16,7 @@ __all__ = [
     "Conv2d",
     "Dense",
     "Hadamard",
+    "IdentityMap",
     "InvertibleDownsampling",
     "LocallyConnected2d",
 ]

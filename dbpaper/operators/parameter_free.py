@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .base import BilinearOperator
 from .conv import _tuple
 
-__all__ = ["AvgPool2d", "InvertibleDownsampling"]
+__all__ = ["AvgPool2d", "IdentityMap", "InvertibleDownsampling"]
 
 
 class _ParameterFree(BilinearOperator):
@@ -177,3 +177,24 @@ class InvertibleDownsampling(_ParameterFree):
 
     def _hyper(self) -> str:
         return f"factor={self.factor}"
+
+
+class IdentityMap(_ParameterFree):
+    """The identity ``A x = x`` on one shape: the layer ``z = x + x_s`` that holds a residual sum after an activation.
+
+    ``A`` and ``Aᵀ`` return copies (the algorithms may write into what an
+    operator returns). It counts no multiply-adds.
+    """
+
+    def __init__(self, in_shape: Sequence[int]):
+        in_shape = tuple(int(s) for s in in_shape)
+        super().__init__(in_shape, in_shape, ())
+
+    def _linear(self, x):
+        return x.clone()
+
+    def _linear_transpose(self, y):
+        return y.clone()
+
+    def _macs_per_output(self) -> int:
+        return 0
