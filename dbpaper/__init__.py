@@ -32,8 +32,11 @@ from .operators import (
     Conv2d,
     Dense,
     Hadamard,
+    IdentityMap,
     InvertibleDownsampling,
     LocallyConnected2d,
+    MaxPool1d,
+    MaxPool2d,
 )
 from .planning import ALGORITHM_NAMES, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
 
@@ -72,9 +75,12 @@ __all__ = [
     "Hadamard",
     "Identity",
     "IdentityOutput",
+    "IdentityMap",
     "InvertibleDownsampling",
     "LeakyReLU",
     "LocallyConnected2d",
+    "MaxPool1d",
+    "MaxPool2d",
     "OutputMap",
     "ReLU",
     "Sigmoid",

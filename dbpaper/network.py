@@ -155,6 +155,8 @@ class ForwardRecord:
     unit: list[bool] | None = None
     #: ``z_L`` where the output map is the softmax (for a stable ``log_softmax`` in the loss), else ``None``
     logits: torch.Tensor | None = None
+    #: layer ``j`` -> the linear map its operator selected on this pass (max-pooling), else ``None``
+    selections: dict | None = None
 
     def slope(self, j: int, t: torch.Tensor) -> torch.Tensor:
         """``M(g'_j(z_j), t) = g'_j(z_j) ⊙ t`` (``t`` itself where ``g_j`` is the identity)."""
@@ -341,8 +343,14 @@ class Network:
             self.check_input(x)
         L = self.depth
         xs, dg, d2g, unit = [x], [None] * (L + 1), [None] * (L + 1), [False] * (L + 1)
+        selections = {}
         for j, layer in enumerate(self.layers, start=1):
-            z = layer.affine(layer.theta(x), xs[self.sources[j]])
+            if layer.op.selects:  # max-pooling: the value, and the linear map S_x it selected
+                counting.record("apply")
+                z, selections[j] = layer.op.select(xs[self.sources[j]])
+                z = layer.add_bias(z)
+            else:
+                z = layer.affine(layer.theta(x), xs[self.sources[j]])
             for a in self.adds[j]:  # the skip connections: z_j += x_a
                 z = z + xs[a].reshape(z.shape)
             g = layer.activation
@@ -358,7 +366,22 @@ class Network:
                     dg[j] = g.df(z)
                     d2g[j] = None if g.locally_linear else g.d2f(z)
         logits = z if isinstance(self.output_map, act.Softmax) else None
-        return ForwardRecord(xs=xs, dg=dg, d2g=d2g, unit=unit, logits=logits)
+        return ForwardRecord(xs=xs, dg=dg, d2g=d2g, unit=unit, logits=logits, selections=selections or None)
+
+    def at(self, rec: ForwardRecord) -> Network:
+        """This network linearised at the recorded point: every max-pooling layer's selection ``S_x`` fixed.
+
+        ``self`` where no operator selects (every network without max-pooling).
+        The algorithms run on it; the entry points call it once per call.
+        """
+        if not rec.selections:
+            return self
+        layers = list(self.layers)
+        for j, op in rec.selections.items():
+            layers[j - 1] = dataclasses.replace(layers[j - 1], op=op)
+        fixed = copy.copy(self)
+        fixed.layers = tuple(layers)
+        return fixed
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x).output

@@ -215,7 +215,7 @@ def run_recorded(model, net: Network, x, xc, pen, y, name: str, lam: float | Non
     grads = flat_gradients(net, res.gradients)
     if is_ddp(model):
         grads = average_over_ranks(grads, model.process_group)
-    grad_x = input_gradient(net, res.gradients) if x.requires_grad else None  # ∇_{x_0} = K_1ᵀ(θ_1, η_1) + ...
+    grad_x = input_gradient(net.at(rec), res.gradients) if x.requires_grad else None  # ∇_{x_0} = K_1ᵀ(θ_1, η_1) + ...
     if grad_x is not None:
         grad_x = grad_x.reshape(x.shape).to(x.dtype)
     params = net.parameters()

@@ -32,7 +32,7 @@ from torch import nn
 
 from . import activations as act
 from . import nn as dbnn
-from .operators import AvgPool2d, BilinearOperator, ChannelScale, Conv1d, Conv2d, Dense, InvertibleDownsampling
+from .operators import AvgPool2d, BilinearOperator, ChannelScale, Conv1d, Conv2d, Dense, InvertibleDownsampling, MaxPool1d, MaxPool2d
 
 __all__ = [
     "READERS",
@@ -231,6 +231,26 @@ def _avg_pool(m, shape):
     return LinearPart(AvgPool2d(shape, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad), None, None)
 
 
+def _adaptive_avg_pool(m, shape):
+    """``AdaptiveAvgPool2d`` whose output size divides the input's: average pooling with ``kernel = stride = in / out``."""
+    out = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
+    if len(shape) != 3:
+        raise ValueError(f"AdaptiveAvgPool2d needs inputs of shape (C, H, W), got {tuple(shape)}")
+    out = tuple(size if o is None else int(o) for o, size in zip(out, shape[1:]))
+    if any(o < 1 or size % o for o, size in zip(out, shape[1:])):
+        raise UnsupportedOption(f"output_size {out} must divide the input size {tuple(shape[1:])} (windows of one size)")
+    kernel = tuple(size // o for o, size in zip(out, shape[1:]))
+    return LinearPart(AvgPool2d(shape, kernel, kernel), None, None)
+
+
+def _max_pool(m, shape):
+    """Max-pooling: a selection the forward pass fixes (:mod:`dbpaper.operators.max_pool`)."""
+    if m.return_indices:
+        raise UnsupportedOption("return_indices=True returns a tuple, not a tensor")
+    cls = MaxPool1d if isinstance(m, nn.MaxPool1d) else MaxPool2d
+    return LinearPart(cls(shape, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode), None, None)
+
+
 def _batch_norm(m: nn.modules.batchnorm._BatchNorm, shape):
     """BatchNorm in eval mode: ``θ = γ/√(σ² + ε)`` (per channel) and ``b = β − θ μ``, derived afresh on every call."""
     if m.training or not m.track_running_stats or m.running_mean is None:
@@ -292,6 +312,10 @@ register_reader(nn.BatchNorm1d, "linear", _batch_norm, example=lambda: _batch_no
 register_reader(nn.BatchNorm2d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm2d),
                 description="eval mode, as BatchNorm1d")  # fmt: skip
 register_reader(nn.AvgPool2d, "linear", _avg_pool, example=lambda: nn.AvgPool2d(2), description="parameter-free; no divisor_override")
+register_reader(nn.AdaptiveAvgPool2d, "linear", _adaptive_avg_pool, example=lambda: nn.AdaptiveAvgPool2d(1),
+                description="parameter-free; output size dividing the input size")  # fmt: skip
+register_reader(nn.MaxPool1d, "linear", _max_pool, example=lambda: nn.MaxPool1d(2), description="locally linear: the forward pass selects")
+register_reader(nn.MaxPool2d, "linear", _max_pool, example=lambda: nn.MaxPool2d(2), description="locally linear: the forward pass selects; any stride, padding, dilation")
 register_reader(nn.PixelUnshuffle, "linear", lambda m, shape: LinearPart(InvertibleDownsampling(shape, m.downscale_factor), None, None),
                 example=lambda: nn.PixelUnshuffle(2), description="invertible downsampling, parameter-free")  # fmt: skip
 register_reader(nn.Flatten, "reshape", _flatten, example=lambda: nn.Flatten(), description="start_dim=1, end_dim=-1: a reshape")

@@ -105,6 +105,7 @@ def general(
     ``ℓ + scale · R`` in the same pass — ``4L - 1`` evaluations instead of the
     ``5L - 2`` of Section 5.1. ``η_1`` then also gives ``∇_{x_0}(ℓ + scale · R)``.
     """
+    net = net.at(rec)  # max-pooling's selections fixed
     n = rec.xs[0].shape[0]
     value = rec.xs[0].new_zeros(())
     grads = LayerGradients.zeros(net.depth)
@@ -156,6 +157,7 @@ register_algorithm("minimal", minimal, cost=minimal_cost, folds_loss=True)
 
 def penalty_value(net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None) -> torch.Tensor:
     """``R`` alone: Algorithm 1 once per ``v`` and ``p(ξ_0)``, no gradients (what a call under ``torch.no_grad()`` returns)."""
+    net = net.at(rec)
     n = rec.xs[0].shape[0]
     value = rec.xs[0].new_zeros(())
     penalty = penalty.bind(rec.xs[0], y)
@@ -181,6 +183,7 @@ def compute(
     With ``with_loss`` also the loss and its gradients (Section 4.5), reusing
     the backward pass of classical double backpropagation when the losses coincide.
     """
+    net = net.at(rec)  # max-pooling's selections fixed
     with torch.no_grad():
         value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
         result = Result(value=value, gradients=grads, algorithm=name)
@@ -216,6 +219,7 @@ def compute_objective(
     ``"general"`` is the paper's path: a separate backpropagation of the loss.
     """
     lam = float(lam)
+    net = net.at(rec)  # max-pooling's selections fixed
     with torch.no_grad():
         ell = loss_value(net.output_map, rec.output, y, loss, rec.logits)
         zeta_loss = loss_seed(net, rec, y, loss)  # ∇_{z_L} ℓ (batch mean)

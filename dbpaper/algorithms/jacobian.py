@@ -255,6 +255,7 @@ def jacobian_penalty_gradients(
     reason = why_not(net, penalty)
     if reason is not None:
         raise ValueError(reason)
+    net = net.at(rec)  # max-pooling's selections fixed
     p = choose_variant(net, penalty, rec.xs[0].shape[0], chunk_size=chunk_size, gram=gram, onehot=onehot)
     chunks = class_chunks(net.layers[-1].op.out_numel, p.chunk_size)  # balanced, the largest first
     ctx = Context.of(net, rec, scale, kmax=len(chunks[0]))

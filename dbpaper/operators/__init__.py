@@ -6,6 +6,7 @@ from .conv import Conv1d, Conv2d
 from .dense import Dense
 from .hadamard import Hadamard
 from .locally_connected import LocallyConnected2d
+from .max_pool import MaxPool1d, MaxPool2d, Selection
 from .parameter_free import AvgPool2d, IdentityMap, InvertibleDownsampling
 
 __all__ = [
@@ -19,4 +20,7 @@ __all__ = [
     "IdentityMap",
     "InvertibleDownsampling",
     "LocallyConnected2d",
+    "MaxPool1d",
+    "MaxPool2d",
+    "Selection",
 ]

@@ -50,6 +50,9 @@ class BilinearOperator(abc.ABC):
     #: ``False`` for parameter-free operators (pooling, down-sampling): their
     #: ``theta`` is a fixed scalar 1 that is never trained.
     trainable: bool = True
+    #: ``True`` for locally linear operators whose linear map the forward pass selects (max-pooling):
+    #: ``select(x) -> (value, fixed operator)``
+    selects: bool = False
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], param_shape: Sequence[int]):
         self.in_shape = _shape(in_shape)
