@@ -136,7 +136,7 @@ def choose(net: Network, penalty, batch: int) -> tuple[str, dict[str, Estimate]]
     if hit is not None:
         return hit
     candidates = {name: estimate(net, penalty, batch, name) for name in _applicable(net, penalty)}
-    best = None  # the smallest predicted time; ties: the first registered, i.e. "general"
+    best = None  # the smallest predicted time; ties: the first registered, i.e. "minimal"
     for name, est in candidates.items():
         if best is None or est.seconds < candidates[best].seconds:
             best = name

@@ -40,6 +40,7 @@ __all__ = [
     "LinearPart",
     "Reader",
     "UnsupportedOption",
+    "fold_channel_scale",
     "output_map_of",
     "reader_for",
     "register_reader",
@@ -280,6 +281,48 @@ def _batch_norm(m: nn.modules.batchnorm._BatchNorm, shape):
     return LinearPart(ChannelScale(shape), theta, bias, params=params, param_grads=param_grads, derive=derive)
 
 
+def fold_channel_scale(first: LinearPart, second: LinearPart) -> LinearPart | None:
+    """A dense layer or convolution followed by a per-channel affine map (BatchNorm in eval mode) as one layer.
+
+    With ``second`` giving ``s ⊙ y + t`` per output channel:
+    ``s ⊙ (K(W, x) + b) + t = K(s ⊙ W, x) + (s ⊙ b + t)``, so the pair is the
+    operator of ``first`` with the derived ``θ = s ⊙ W`` (``s`` along the output
+    channels) and ``b = s ⊙ b + t``. The adjoint of that map sends the
+    gradients back: ``∇_W = s ⊙ ∇_θ``, ``∇_b = s ⊙ ∇_{b'}``,
+    ``∇_s = Σ ∇_θ ⊙ W + ∇_{b'} ⊙ b``, ``∇_t = ∇_{b'}``, and ``second``'s own adjoint
+    takes ``(∇_s, ∇_t)`` to its module's parameters. One operator evaluation and
+    one stored activation fewer per pair. ``None`` where the pair does not fold
+    (``first`` derived or without a weight, ``second`` not a derived channel scale,
+    or the shapes differ).
+    """
+    if (
+        type(first.op) not in (Dense, Conv1d, Conv2d) or first.weight is None or first.derive is not None
+        or type(second.op) is not ChannelScale or second.derive is None or second.op.in_shape != first.op.out_shape
+    ):  # fmt: skip
+        return None
+    W, b = first.weight, first.bias
+
+    def along_out(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape((-1,) + (1,) * (W.ndim - 1))
+
+    def derive():
+        s, t = second.derive()
+        return W * along_out(s), (t if b is None else torch.addcmul(t, s, b))
+
+    def param_grads(grad_theta, grad_bias):
+        with torch.no_grad():
+            s = second.derive()[0]
+        grad_s = (grad_theta * W).sum(dim=tuple(range(1, W.ndim)))
+        if b is not None:
+            grad_s = grad_s + grad_bias * b
+        own = [grad_theta * along_out(s)] + ([grad_bias * s] if b is not None else [])
+        return own + list(second.param_grads(grad_s, grad_bias))
+
+    with torch.no_grad():
+        theta, bias = derive()
+    return LinearPart(first.op, theta, bias, params=first.trainable() + second.trainable(), param_grads=param_grads, derive=derive)
+
+
 def _batch_norm_example(cls, channels: int = 2):
     """A BatchNorm in eval mode with running statistics and affine parameters away from the identity."""
     m = cls(channels)
@@ -308,7 +351,7 @@ register_reader(nn.Conv1d, "linear", _conv, example=lambda: nn.Conv1d(2, 3, 3, p
 register_reader(nn.Conv2d, "linear", _conv, example=lambda: nn.Conv2d(2, 3, 3, padding=1), description="zero padding; any stride, dilation, groups")
 register_reader(dbnn.LocallyConnected2d, "linear", _locally_connected, description="unshared weights per position")
 register_reader(nn.BatchNorm1d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm1d),
-                description="eval mode: θ = γ/√(σ²+ε), b = β − θμ (train mode mixes examples: autograd)")  # fmt: skip
+                description="eval mode: θ = γ/√(σ²+ε), b = β − θμ, folded into a dense layer or convolution right before it (train mode mixes examples: autograd)")  # fmt: skip
 register_reader(nn.BatchNorm2d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm2d),
                 description="eval mode, as BatchNorm1d")  # fmt: skip
 register_reader(nn.AvgPool2d, "linear", _avg_pool, example=lambda: nn.AvgPool2d(2), description="parameter-free; no divisor_override")

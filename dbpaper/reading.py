@@ -15,6 +15,10 @@ connections). A block whose input is the node ``x_a`` is read as
   with an activation (the sum comes after it), a parameter-free identity layer
   ``z = x + x_s`` is appended. An activation that follows the block acts on the sum.
 
+A BatchNorm in eval mode right after a dense layer or a convolution is folded
+into it (:func:`~dbpaper.readers.fold_channel_scale`): one layer with the
+derived ``θ = s ⊙ W``, ``b = s ⊙ b + t``, whose gradients go back to both modules.
+
 The layers are numbered in a topological order: every node a layer reads or
 adds has a smaller number.
 """
@@ -28,7 +32,7 @@ from torch import nn
 from . import activations as act
 from . import nn as dbnn
 from .operators import IdentityMap
-from .readers import LinearPart, UnsupportedOption, reader_for, supported_modules
+from .readers import LinearPart, UnsupportedOption, fold_channel_scale, reader_for, supported_modules
 
 __all__ = ["UnsupportedModelError", "read_layers"]
 
@@ -165,6 +169,16 @@ class _Reading:
         )  # fmt: skip
         self.shape = part.op.out_shape
 
+    def fold(self, part: LinearPart) -> LinearPart | None:
+        """The pending layer and ``part`` as one layer (:func:`~dbpaper.readers.fold_channel_scale`), else ``None``.
+
+        Only a pending layer without a skip connection folds: a sum ``z + x_a``
+        before a per-channel map would scale ``x_a`` too.
+        """
+        if self.pending is None or self.pending["adds"] or self.shape != self.pending["op"].out_shape:
+            return None
+        return fold_channel_scale(self.pending["part"], part)
+
     def sequence(self, modules, last: bool) -> None:
         """Read ``modules`` (``(name, module)`` pairs) in order; ``last``: they end the model."""
         modules = list(modules)
@@ -188,6 +202,11 @@ class _Reading:
             self.shape = part
             return
         if reader.kind == "linear":
+            folded = self.fold(part)
+            if folded is not None:  # BatchNorm (eval) after a dense layer or convolution: one layer
+                self.pending.update(weight=folded.weight, bias=folded.bias, part=folded)
+                self.pending["module_names"] += (name,)
+                return
             self.settle()
             self.open(part, (name,))
             return

@@ -56,7 +56,12 @@ def test_every_penalty_class_is_in_the_grid():
 def test_every_grid_network_runs_the_explicit_algorithms(network):
     """The grid's networks are read by dbpaper.Network (no autograd fallback), with every layer."""
     model, x, net = grid_network(network)
-    assert net.depth == sum(getattr(dbpaper.readers.reader_for(m), "kind", None) == "linear" for m in model)  # a layer per linear module
+    linear = [name for name, m in model.named_children() if getattr(dbpaper.readers.reader_for(m), "kind", None) == "linear"]
+    held = [name for layer in net.layers for name in layer.module_names if name in linear]
+    assert sorted(held) == sorted(linear)  # every linear module in exactly one layer
+    folded = [layer.module_names for layer in net.layers if len([n for n in layer.module_names if n in linear]) == 2]
+    assert all(isinstance(model[int(names[1])], torch.nn.modules.batchnorm._BatchNorm) for names in folded)  # a BatchNorm folded into its module
+    assert net.depth == len(linear) - len(folded)
     assert dbpaper.plan(model, x, P.JacobianFrobenius()).algorithm in REGISTRY
 
 

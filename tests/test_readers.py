@@ -105,8 +105,10 @@ def _shape_for(module: nn.Module) -> tuple[int, ...]:
         return (module.in_channels, 7)
     if isinstance(module, nn.Conv2d):
         return (module.in_channels, 6, 6)
-    if isinstance(module, nn.AvgPool2d | nn.PixelUnshuffle):
+    if isinstance(module, nn.AvgPool2d | nn.PixelUnshuffle | nn.MaxPool2d | nn.AdaptiveAvgPool2d):
         return (2, 6, 6)
+    if isinstance(module, nn.MaxPool1d):
+        return (2, 8)
     if isinstance(module, nn.BatchNorm2d):
         return (module.num_features, 6, 6)
     if isinstance(module, nn.BatchNorm1d):

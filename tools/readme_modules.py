@@ -37,6 +37,11 @@ def table() -> str:
         if reader.kind == "activation" and reader.example is not None and not reader.read(reader.example(), ()).output_invertible():
             role = "coordinate-wise `g` (hidden layers only)"
         rows.append(f"| `{name}` | {role} | {reader.description} |")
+    rows.append("| `nn.Sequential` | a sequence of the above (nested as deep as you like) | |")
+    rows.append(
+        "| `dbpaper.nn.Residual` | residual block `s(x) + F(x)`: layers that add a skip connection "
+        "| `F` and the shortcut `s` (identity, or e.g. a 1×1 convolution and BatchNorm) hold any supported modules |"
+    )
     return "\n".join(rows)
 
 

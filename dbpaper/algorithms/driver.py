@@ -11,15 +11,18 @@ from ..network import ForwardRecord, Network
 from ..penalties import Penalty
 from ..seeds import LossGradientSeed
 from .costs import eta_vanishes, layer_sums, power_iteration_flops
+from .algorithm4 import Accumulators, Context, chunk_pass
 from .passes import (
     BackwardPass,
     LayerGradients,
     backward_backward_pass,
     backward_pass,
     forward_backward_pass,
+    forward_backward_sweep,
     linearized_forward,
     standard_backprop,
 )
+from .shortcuts import PlainInput, SeedOutput
 from .registry import ALGORITHMS, REGISTRY, Estimate, register_algorithm
 
 __all__ = ["ALGORITHMS", "Linearization", "Result", "compute", "compute_objective", "general", "loss_gradients", "loss_seed", "minimal", "penalty_value", "register_algorithm"]
@@ -90,14 +93,13 @@ def general(
     *,
     scale: float = 1.0,
     extra_eta_L: torch.Tensor | None = None,
-    minimal: bool = False,
 ):
     """Algorithms 1–3 once per ``v`` of the penalty (class by class for the Jacobian penalty).
 
     Returns ``R``, the gradients of ``scale · R`` and the backward passes
     (kept only for a single seed, for the reuse of Section 4.5).
-    ``minimal=True`` (the registered ``"minimal"``) skips the work the paper's
-    count includes but nothing uses: ``h_L`` where ``η_L`` vanishes identically.
+    :func:`minimal` streams the same passes with less memory and skips ``h_L``
+    where ``η_L`` vanishes identically.
 
     ``extra_eta_L`` folds a loss into the forward-backward pass: Algorithm 3
     is linear in ``(q, η_L)``, so seeding it with ``scale · η_L + ∇_{z_L} ℓ``
@@ -118,7 +120,7 @@ def general(
         xi_0 = bp.xis[0]
         value = value + penalty.p.value(xi_0).sum() / n
         q_0 = penalty.p.grad(xi_0) * (scale / n)
-        bbp = backward_backward_pass(net, rec, q_0, need_h_L=not (minimal and seed.eta_is_zero))  # Algorithm 2
+        bbp = backward_backward_pass(net, rec, q_0)  # Algorithm 2
         eta_L = seed.eta_L(bbp.hs[net.depth])  # Appendix B (None where it vanishes identically)
         if extra is not None:
             eta_L = extra if eta_L is None else eta_L + extra
@@ -129,9 +131,32 @@ def general(
     return value, grads, passes
 
 
-def minimal(net: Network, rec: ForwardRecord, penalty, y, **kw):
-    """Algorithms 1–3 without unused work (``h_L`` skipped where ``η_L ≡ 0``); see :func:`general`."""
-    return general(net, rec, penalty, y, minimal=True, **kw)
+def minimal(net: Network, rec: ForwardRecord, penalty, y, *, scale: float = 1.0, extra_eta_L: torch.Tensor | None = None):
+    """Algorithms 1–3 streamed: the penalty's seeds one by one through Algorithms 1 and 2, one forward-backward pass.
+
+    Algorithm 3 is linear in ``(q, η_L)`` given the backward passes, so its
+    per-seed terms can be accumulated as Algorithm 4 does for the Jacobian
+    penalty (:mod:`dbpaper.algorithms.algorithm4`): per seed ``v``, Algorithm 1
+    from ``ζ_L``, the value, and Algorithm 2 with ``K_j□(q_{p(j)}, ζ_j)`` and the
+    source terms ``g''_j ⊙ h_j ⊙ ξ_j`` added to accumulators as they are formed
+    (each ``ζ_j``, ``q_j``, ``h_j`` released once used); ``h_L`` only where ``η_L``
+    does not vanish identically (Section 5.3); then one forward-backward pass
+    on ``η̂_L = Σ_v η_L``. For one seed the evaluations are those of
+    :func:`general` without the unused ``h_L``; the memory is one set of
+    ``ζ_j`` besides the forward record, not the ``ξ``, ``ζ``, ``q``, ``h`` of every
+    layer. ``scale`` and ``extra_eta_L`` fold a loss in (see :func:`general`).
+    """
+    net = net.at(rec)
+    ctx = Context.of(net, rec, scale, kmax=1)
+    penalty = penalty.bind(rec.xs[0], y)
+    first = PlainInput(ctx, penalty)
+    acc = Accumulators.empty(ctx, eta_L=False)
+    with torch.no_grad():
+        for seed in penalty.seeds(net, rec, y, Linearization(net, rec)):
+            chunk_pass(ctx, first, SeedOutput(ctx, seed), acc, range(1))
+        acc.fold_in(extra_eta_L)
+        grads = forward_backward_sweep(net, rec, acc.eta_L, lambda j: first.weight_term(acc, j), lambda j, gamma: acc.eta(rec, j, gamma))
+    return acc.value, grads, []
 
 
 def general_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
@@ -144,15 +169,22 @@ def general_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
 
 
 def minimal_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
-    """:func:`general_cost` without ``h_L`` (``2N S m_L``) where ``η_L`` vanishes, one call fewer per ``v``."""
-    base = general_cost(net, penalty, batch)
-    unused = net.layers[-1].op.macs if eta_vanishes(net, penalty) else 0
+    """``2N [F + S (2F + F□) + F' + F□]`` (the last two terms only where ``η`` does not vanish), less ``h_L`` where
+    ``η_L`` vanishes; ``6L + S (5L + 5)`` calls (one fewer per seed without ``h_L``): one forward-backward pass for all
+    ``S`` seeds."""
+    L, n = net.depth, batch
+    F, Fbox, Fprime = layer_sums(net)
     S = penalty.num_seeds(net)
-    return Estimate(base.flops - 2 * batch * S * unused, base.calls - S)
+    vanishes = eta_vanishes(net, penalty)
+    fb = 0 if vanishes else Fprime + Fbox
+    unused = net.layers[-1].op.macs if vanishes else 0
+    flops = 2 * n * (F + S * (2 * F + Fbox - unused) + fb) + power_iteration_flops(net, penalty, n)
+    return Estimate(flops, 6 * L + S * (5 * L + 5) - (S if vanishes else 0))
 
 
-register_algorithm("general", general, cost=general_cost)  # the paper's path: the loss backpropagated apart
+# "minimal" first: where the estimates tie (one seed) "auto" takes it, the same evaluations in less memory
 register_algorithm("minimal", minimal, cost=minimal_cost, folds_loss=True)
+register_algorithm("general", general, cost=general_cost)  # the paper's path: the loss backpropagated apart
 
 
 def penalty_value(net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None) -> torch.Tensor:

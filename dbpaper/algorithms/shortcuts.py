@@ -32,6 +32,7 @@ __all__ = [
     "OneHotOutput",
     "PlainInput",
     "PlainOutput",
+    "SeedOutput",
     "gram_is_stable",
     "input_end",
     "output_end",
@@ -129,7 +130,7 @@ class PlainInput:
         """The value, and ``chunk.q = q_{lowest-1}``, from which Algorithm 2 resumes."""
         n = self.ctx.n
         acc.add_value(self.penalty.p.value(xi_0).sum() / n)
-        chunk.q = self.penalty.p.grad(xi_0).mul_(self.ctx.scale / n)  # q_0 = scale · ∇p(ξ_0) / N (batch mean)
+        chunk.q = self.penalty.p.grad(xi_0) * (self.ctx.scale / n)  # q_0 = scale · ∇p(ξ_0) / N (batch mean); a user's ∇p may return a shared tensor
 
     def weight_term(self, acc: Accumulators, j: int) -> torch.Tensor | None:
         """``θ̂¹_j`` for the final pass."""
@@ -240,6 +241,43 @@ class PlainOutput:
 
     def finish(self, acc: Accumulators) -> None:
         """What the output end adds once all classes are done (nothing here)."""
+
+
+class SeedOutput:
+    """The output layer for one seed of any penalty (Appendix B): ``ζ_L`` from the seed, ``η̂_L += η_L`` from ``h_L``.
+
+    What streams Algorithms 1–3 through the accumulators of Algorithm 4 (the
+    registered ``"minimal"``): ``h_L`` is formed only where the seed's ``η_L``
+    does not vanish identically (Section 5.3).
+    """
+
+    def __init__(self, ctx: Context, seed):
+        self.ctx, self.seed = ctx, seed
+
+    def start(self, chunk: Chunk) -> None:
+        chunk.zetas[self.ctx.depth] = self.seed.zeta_L()  # ζ_L = (dx_L/dz_L)* v
+        return None
+
+    def end(self, chunk: Chunk, acc: Accumulators) -> None:
+        ctx, L = self.ctx, self.ctx.depth
+        q, h = chunk.take_q_h(ctx.net)
+        layer = ctx.net.layers[L - 1]
+        if q is not None:
+            if layer.weight is not None:
+                acc.add_weight_adjoint(layer, L, q, chunk.zetas[L])  # θ̂¹_L += K_L□(q_{p(L)}, ζ_L)
+            chunk.zetas[L] = None
+            if self.seed.eta_is_zero:  # η_L ≡ 0: h_L is never used
+                return
+            h = layer.K(ctx.thetas[L - 1], q)  # h_L = K_L(θ_L, q_{p(L)}) + Σ_a q_a
+            for a in ctx.net.adds[L]:
+                h = h + chunk.qs[a].reshape(h.shape)
+        chunk.qs = None
+        eta_L = self.seed.eta_L(h)
+        if eta_L is not None:
+            acc.eta_L = eta_L if acc.eta_L is None else acc.eta_L.add_(eta_L)
+
+    def finish(self, acc: Accumulators) -> None:
+        """Nothing to add once the seeds are done."""
 
 
 class OneHotOutput(PlainOutput):

@@ -175,10 +175,10 @@ class Method:
 
 
 def _flat_grads(net, grads) -> list[torch.Tensor]:
-    out = []
-    for layer, gw, gb in zip(net.layers, grads.weights, grads.biases):
-        out += [g for t, g in ((layer.weight, gw), (layer.bias, gb)) if t is not None]
-    return out
+    """The gradients of the model's own parameters (derived ``θ``, ``b`` sent back to their modules)."""
+    from .._precomputed import flat_gradients
+
+    return flat_gradients(net, grads)
 
 
 def _ours(algorithm: str) -> Callable:
@@ -492,6 +492,36 @@ def _cnn_cifar(channels: tuple[int, int, int], size: int, classes: int = 10, see
     )  # fmt: skip
 
 
+def _resnet(channels: tuple[int, int, int], size: int, classes: int = 10, seed: int = 0) -> nn.Sequential:
+    """A small ResNet on ``3 x size x size``: a stem convolution, three residual blocks (BatchNorm in eval mode; the
+    second and third halve the size, with a 1x1 convolution and BatchNorm on the shortcut), average pooling, a linear layer."""
+    from ..nn import Residual
+
+    torch.manual_seed(seed)
+    c1, c2, c3 = channels
+
+    def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+        shortcut = None if stride == 1 and cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        body = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]  # fmt: skip
+        return [Residual(*body, shortcut=shortcut), nn.ReLU()]
+
+    model = nn.Sequential(
+        nn.Conv2d(3, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
+        *block(c1, c1, 1), *block(c1, c2, 2), *block(c2, c3, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c3, classes), nn.Softmax(dim=-1),
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():  # trained-looking running statistics and affine parameters, read in eval mode
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
 def _leaky() -> nn.Module:
     return nn.LeakyReLU(0.2)
 
@@ -568,6 +598,17 @@ def workloads(quick: bool = False) -> list[Workload]:
             lambda: (_cnn_cifar(cifar_ch, cifar_size), (3, cifar_size, cifar_size), cifar_batch, 10), ALL,
         )
     )  # fmt: skip
+    res_ch, res_size, res_batch = ((2, 4, 4), 8, 4) if quick else ((16, 32, 64), 32, 32)
+    for name, what, task in (("resnet", "Jacobian penalty", Task("jacobian")), ("resnet-classical", "classical double backpropagation, NLL", Task("classical-nll"))):
+        out.append(
+            Workload(
+                name, "realistic",
+                f"ResNet stem conv{res_ch[0]}, residual blocks {res_ch[0]}-{res_ch[1]}-{res_ch[2]} with BatchNorm (eval), average pooling, "
+                f"linear, softmax on 3x{res_size}x{res_size}, {what}, batch {res_batch}",
+                {"channels": list(res_ch), "size": res_size, "batch": res_batch, "classes": 10, "penalty": task.penalty},
+                lambda: (_resnet(res_ch, res_size), (3, res_size, res_size), res_batch, 10), ALL, task,
+            )
+        )  # fmt: skip
     others = [
         ("logits", "Jacobian penalty of the logits (identity output)", Task("jacobian"), False),
         ("classical-nll", "classical double backpropagation, NLL", Task("classical-nll"), True),

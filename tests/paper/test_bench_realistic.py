@@ -42,12 +42,34 @@ def test_the_realistic_workloads_build(quick):
         assert model(torch.zeros(2, *in_shape)).shape == (2, classes)
 
 
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_resnet_workload_is_the_issue_s_model(quick):
+    """A stem convolution, three residual blocks with BatchNorm in eval mode, average pooling, a linear layer; read
+    by the explicit algorithms (no fallback); the Jacobian and the classical penalty."""
+    ws = {w.name: w for w in bench.workloads(quick)}
+    jac, classical = ws["resnet"], ws["resnet-classical"]
+    assert jac.task.jacobian and classical.task.penalty == "classical-nll"
+    model, in_shape, batch, classes = jac.make()
+    mods = list(model)
+    assert isinstance(mods[0], torch.nn.Conv2d) and sum(isinstance(m, dbpaper.nn.Residual) for m in mods) == 3
+    assert all(not m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in mods) and isinstance(mods[-2], torch.nn.Linear)
+    if not quick:
+        assert in_shape == (3, 32, 32) and batch == 32 and classes == 10
+    net = dbpaper.Network.from_sequential(model, in_shape)
+    assert not net.is_chain
+    x = torch.randn(2, *in_shape)
+    torch.testing.assert_close(net(x), model(x), rtol=1e-5, atol=1e-6)
+
+
 def test_only_applicable_methods_run_and_agree_with_autograd(realistic):
     by = {w["name"]: w for w in realistic["workloads"]}
-    assert set(by) == {"critic-gp", "cnn-cifar"}
-    # the gradient penalty has one v: no per-class or Jacobian-only peers; the CNN runs every Jacobian method
-    assert set(by["critic-gp"]["results"]) == {"default", "alg1-3", "minimal", "autograd-summed"}
-    assert set(by["cnn-cifar"]["results"]) == set(bench.ALL) - {"minimal"}
+    assert set(by) == {"critic-gp", "cnn-cifar", "resnet", "resnet-classical"}
+    # one v (gradient penalty, classical): no per-class or Jacobian-only peers; the CNNs run every Jacobian method
+    for name in ("critic-gp", "resnet-classical"):
+        assert set(by[name]["results"]) == {"default", "alg1-3", "minimal", "autograd-summed"}
+    for name in ("cnn-cifar", "resnet"):
+        assert set(by[name]["results"]) == set(bench.ALL) - {"minimal"}
     assert by["critic-gp"]["task"]["penalty"] == "gradient-norm"
     for w in realistic["workloads"]:
         for m, r in w["results"].items():
