@@ -28,10 +28,11 @@ from torch import nn
 from . import activations as act
 from . import counting
 from .operators import BilinearOperator, Dense
-from .reading import UnsupportedModelError, read_layers
 from .readers import SUPPORTED_MODULES, LinearPart, output_map_of, unwrap
+from .reading import UnsupportedModelError, read_layers
+from .record import ForwardRecord, relu_slope
 
-__all__ = ["ForwardRecord", "Layer", "Network", "SUPPORTED_MODULES", "UnsupportedModelError", "output_map_of", "unwrap"]
+__all__ = ["ForwardRecord", "Layer", "Network", "SUPPORTED_MODULES", "UnsupportedModelError", "output_map_of", "relu_slope", "unwrap"]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Layer:
@@ -136,40 +137,6 @@ class Layer:
         return self.add_bias(self.K(theta, x))
 
 
-@dataclasses.dataclass(eq=False)
-class ForwardRecord:
-    """What one forward pass leaves for the algorithms.
-
-    ``xs[j]`` is ``x_j`` (``j = 0..L``); ``dg[j]`` is ``g'_j(z_j)`` and
-    ``d2g[j]`` is ``g''_j(z_j)`` (``None`` where it is identically zero) for the
-    hidden layers ``j = 1..L-1``; index 0 and ``L`` hold ``None``. ``z_L`` is
-    kept only for the identity output (where it equals ``x_L``). ``unit[j]`` is
-    ``True`` where ``g_j`` is the identity (``g'_j ≡ 1``, stored as a broadcast
-    view of one ``1``): :meth:`slope` then returns its argument instead of
-    multiplying by ones (pooling layers between convolutions).
-    """
-
-    xs: list[torch.Tensor]
-    dg: list[torch.Tensor | None]
-    d2g: list[torch.Tensor | None]
-    unit: list[bool] | None = None
-    #: ``z_L`` where the output map is the softmax (for a stable ``log_softmax`` in the loss), else ``None``
-    logits: torch.Tensor | None = None
-    #: layer ``j`` -> the linear map its operator selected on this pass (max-pooling), else ``None``
-    selections: dict | None = None
-
-    def slope(self, j: int, t: torch.Tensor) -> torch.Tensor:
-        """``M(g'_j(z_j), t) = g'_j(z_j) ⊙ t`` (``t`` itself where ``g_j`` is the identity)."""
-        if self.unit is not None and self.unit[j]:
-            return t
-        return self.dg[j] * t
-
-    @property
-    def output(self) -> torch.Tensor:
-        """``x_L``."""
-        return self.xs[-1]
-
-
 class Network:
     """An ``L``-layer network in the form of eq. (8), sharing a torch model's parameters."""
 
@@ -237,6 +204,11 @@ class Network:
         if unread:
             raise ValueError(f"Network: the nodes {unread} are read by no layer")
         self.is_chain = all(self.sources[j] == j - 1 and not self.adds[j] for j in range(1, L + 1))
+        # the nodes the algorithms never read after the forward pass: not x_0 or x_L, not the input of a layer
+        # with a weight (K□), not a ReLU's output (its g'); dropped from the record of a network with skip connections
+        kept = {0, L} | {self.sources[j] for j in range(1, L + 1) if self.layers[j - 1].weight is not None}
+        kept |= {j for j in range(1, L) if type(self.layers[j - 1].activation) is act.ReLU}
+        self.unread_after_forward = () if self.is_chain else tuple(i for i in range(L + 1) if i not in kept)
 
     def plain_edge(self, j: int) -> bool:
         """Whether layer ``j`` is a link of a chain: it reads ``x_{j-1}``, adds nothing, and no other layer reads ``x_{j-1}``."""
@@ -342,7 +314,7 @@ class Network:
         if check:
             self.check_input(x)
         L = self.depth
-        xs, dg, d2g, unit = [x], [None] * (L + 1), [None] * (L + 1), [False] * (L + 1)
+        xs, dg, d2g, unit, relu = [x], [None] * (L + 1), [None] * (L + 1), [False] * (L + 1), [False] * (L + 1)
         selections = {}
         for j, layer in enumerate(self.layers, start=1):
             if layer.op.selects:  # max-pooling: the value, and the linear map S_x it selected
@@ -359,6 +331,8 @@ class Network:
                 if type(g) is act.Identity:  # g' ≡ 1, g'' ≡ 0: nothing to store or multiply
                     dg[j] = torch.ones((), dtype=z.dtype, device=z.device).expand(z.shape)
                     unit[j] = True
+                elif type(g) is act.ReLU:  # g' = sign(x_j), formed where it is used: nothing stored
+                    relu[j] = True
                 elif g.derivatives_from_output:  # tanh, sigmoid: g' and g'' from x_j, no second evaluation of g
                     dg[j] = g.df_from_output(xs[-1])
                     d2g[j] = g.d2f_from_output(xs[-1])
@@ -366,7 +340,9 @@ class Network:
                     dg[j] = g.df(z)
                     d2g[j] = None if g.locally_linear else g.d2f(z)
         logits = z if isinstance(self.output_map, act.Softmax) else None
-        return ForwardRecord(xs=xs, dg=dg, d2g=d2g, unit=unit, logits=logits, selections=selections or None)
+        for i in self.unread_after_forward:  # x_i only fed a parameter-free operator or a skip connection
+            xs[i] = None
+        return ForwardRecord(xs=xs, dg=dg, d2g=d2g, unit=unit, logits=logits, selections=selections or None, relu=relu)
 
     def at(self, rec: ForwardRecord) -> Network:
         """This network linearised at the recorded point: every max-pooling layer's selection ``S_x`` fixed.

@@ -32,7 +32,17 @@ from torch import nn
 
 from . import activations as act
 from . import nn as dbnn
-from .operators import AvgPool2d, BilinearOperator, ChannelScale, Conv1d, Conv2d, Dense, InvertibleDownsampling, MaxPool1d, MaxPool2d
+from .operators import (
+    AvgPool2d,
+    BilinearOperator,
+    ChannelScale,
+    Conv1d,
+    Conv2d,
+    Dense,
+    InvertibleDownsampling,
+    MaxPool1d,
+    MaxPool2d,
+)
 
 __all__ = [
     "READERS",

@@ -176,7 +176,7 @@ def test_importing_the_library_loads_no_paper_module():
 # the library's layers, lowest first; a module may import (at module level) only from its own layer or below
 LAYERS = [
     ["dbpaper.counting", "dbpaper.activations", "dbpaper.operators", "dbpaper.diagnostics", "dbpaper.numdiff"],
-    ["dbpaper.nn", "dbpaper.readers", "dbpaper.reading", "dbpaper.network"],
+    ["dbpaper.nn", "dbpaper.readers", "dbpaper.reading", "dbpaper.record", "dbpaper.network"],
     ["dbpaper.losses", "dbpaper.seeds"],
     ["dbpaper.penalties"],
     ["dbpaper.algorithms"],

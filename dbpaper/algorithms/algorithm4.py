@@ -26,7 +26,7 @@ import dataclasses
 
 import torch
 
-from ..network import ForwardRecord, Layer, Network
+from ..network import ForwardRecord, Layer, Network, relu_slope
 
 __all__ = [
     "Accumulators",
@@ -206,6 +206,8 @@ def chunk_backward(ctx: Context, chunk: Chunk, xi: torch.Tensor | None, lowest: 
             slots[j - 1] = xi  # the closed form stands in for K_Lᵀ(θ_L, ζ_L) (a plain last layer)
         else:
             _send_back(ctx, j, zetas[j], slots)
+            if j < ctx.depth and net.layers[j - 1].weight is None:
+                zetas[j] = None  # no K_j□ to feed: ζ_j has done its work
         if j > 1:
             xi, slots[j - 1] = slots[j - 1], None
             if rec.d2g[j - 1] is None:
@@ -268,6 +270,13 @@ def _mul_(t: torch.Tensor, dg: torch.Tensor, k: int) -> torch.Tensor:
 def _slope_(rec: ForwardRecord, j: int, t: torch.Tensor, k: int) -> torch.Tensor:
     """``M(g'_j(z_j), t)`` in place for ``k`` stacked classes; ``t`` unchanged where ``g_j`` is the identity."""
     if rec.unit is not None and rec.unit[j]:
+        return t
+    if rec.relu is not None and rec.relu[j]:  # t where x_j > 0, in place
+        if not t.is_contiguous():
+            t = t.contiguous()
+        x = rec.xs[j]
+        view = t.view(k, *x.shape)
+        relu_slope(view, x, out=view)
         return t
     return _mul_(t, rec.dg[j], k)
 

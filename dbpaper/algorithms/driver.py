@@ -10,8 +10,8 @@ from ..losses import loss_for, loss_value
 from ..network import ForwardRecord, Network
 from ..penalties import Penalty
 from ..seeds import LossGradientSeed
-from .costs import eta_vanishes, layer_sums, power_iteration_flops
 from .algorithm4 import Accumulators, Context, chunk_pass
+from .costs import eta_vanishes, layer_sums, power_iteration_flops
 from .passes import (
     BackwardPass,
     LayerGradients,
@@ -22,8 +22,8 @@ from .passes import (
     linearized_forward,
     standard_backprop,
 )
-from .shortcuts import PlainInput, SeedOutput
 from .registry import ALGORITHMS, REGISTRY, Estimate, register_algorithm
+from .shortcuts import PlainInput, SeedOutput
 
 __all__ = ["ALGORITHMS", "Linearization", "Result", "compute", "compute_objective", "general", "loss_gradients", "loss_seed", "minimal", "penalty_value", "register_algorithm"]
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch.nn import grad as nn_grad
 
 from .base import BilinearOperator
 
-__all__ = ["Conv1d", "Conv2d"]
+__all__ = ["Conv1d", "Conv2d", "SLICE_BYTES"]
 
 
 def _tuple(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
@@ -87,6 +88,35 @@ class _ConvNd(BilinearOperator):
     def _kw(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
 
+    # On the CPU the three maps run on slices of the batch (every map acts example by example; K□ sums
+    # over the examples): oneDNN's kernels copy their operands into blocked layouts, and on slices of
+    # about SLICE_BYTES these copies stay in cache and small. On large batches this is 1-3x faster than
+    # one call and bounds the kernels' working memory; on a GPU one call is made.
+    def _apply(self, theta, x):
+        return self._by_slices(lambda t: self._conv(theta, t), x, self.out_shape)
+
+    def _transpose(self, theta, y):
+        return self._by_slices(lambda t: self._conv_t(theta, t), y, self.in_shape)
+
+    def _weight_adjoint(self, x, y):
+        rows = _slice_rows(x, self.in_numel + self.out_numel)
+        if rows is None:
+            return self._filter_grad(x, y)
+        acc = None
+        for a in range(0, x.shape[0], rows):
+            g = self._filter_grad(x[a : a + rows], y[a : a + rows])
+            acc = g if acc is None else acc.add_(g)
+        return acc
+
+    def _by_slices(self, fn, t, out_shape):
+        rows = _slice_rows(t, self.in_numel + self.out_numel)
+        if rows is None:
+            return fn(t)
+        out = t.new_empty((t.shape[0], *out_shape))
+        for a in range(0, t.shape[0], rows):
+            out[a : a + rows] = fn(t[a : a + rows])
+        return out
+
     def _transpose_kw(self):
         """Keywords of ``conv_transposeNd`` that give back exactly ``in_shape`` (the ``output_padding``)."""
         out_pad = tuple(
@@ -109,13 +139,13 @@ class Conv1d(_ConvNd):
 
     _dim = 1
 
-    def _apply(self, theta, x):
+    def _conv(self, theta, x):
         return F.conv1d(x, theta, **self._kw())
 
-    def _transpose(self, theta, y):
+    def _conv_t(self, theta, y):
         return F.conv_transpose1d(y, theta, **self._tkw)
 
-    def _weight_adjoint(self, x, y):
+    def _filter_grad(self, x, y):
         return nn_grad.conv1d_weight(x, self.param_shape, y, **self._kw())
 
 
@@ -124,13 +154,25 @@ class Conv2d(_ConvNd):
 
     _dim = 2
 
-    def _apply(self, theta, x):
+    def _conv(self, theta, x):
         return F.conv2d(x, theta, **self._kw())
 
-    def _transpose(self, theta, y):
+    def _conv_t(self, theta, y):
         if self._flip_pad is not None:
             return F.conv2d(y, theta.flip((2, 3)).transpose(0, 1), padding=self._flip_pad, dilation=self.dilation)
         return F.conv_transpose2d(y, theta, **self._tkw)
 
-    def _weight_adjoint(self, x, y):
+    def _filter_grad(self, x, y):
         return nn_grad.conv2d_weight(x, self.param_shape, y, **self._kw())
+
+
+#: Bytes of one slice of the batch (input plus output of the slice) on which the CPU runs a convolution.
+SLICE_BYTES = 1 << 20
+
+
+def _slice_rows(t, per_row: int) -> int | None:
+    """Examples per slice on the CPU (``None``: one call; on a GPU, under ``torch.compile``, or a small batch)."""
+    if t.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    rows = max(1, SLICE_BYTES // (per_row * t.element_size()))
+    return rows if rows < t.shape[0] else None
