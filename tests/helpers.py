@@ -393,3 +393,93 @@ def assert_same_gradients(model, x, ours, ref, with_x=True, rtol=1e-10):
 
 
 assert_close = assert_same_gradients  # the former name
+
+
+# -- random residual networks ----------------------------------------------------------------------
+
+
+def random_residual_model(seed, *, classes=CLASSES, dtype=torch.float64):
+    """A random network with residual blocks (``dbpaper.nn.Residual``): ``(model, per-example input shape)``.
+
+    Drawn from one seed: dense, 1-D or 2-D convolutional; 1-3 blocks whose branch ``F`` has 1-3 layers
+    (a linear module, sometimes BatchNorm in eval mode, an activation of every kind the readers know),
+    ending with a linear module or with an activation (the sum then needs an identity layer of its own);
+    an identity shortcut or a linear one (1x1 convolution or dense, sometimes with BatchNorm), a block
+    nested in a branch, a block as the very first module (``x_0`` read twice), an activation or none
+    after a block, max- or average pooling between convolutional blocks, a softmax or identity output.
+    """
+    from dbpaper.nn import Residual
+
+    g = torch.Generator().manual_seed(10_000 + seed)
+    r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
+    coin = lambda p: float(torch.rand((), generator=g)) < p  # noqa: E731
+    acts = sorted(TORCH_ACT_FACTORIES)
+    act = lambda: TORCH_ACT_FACTORIES[acts[r(0, len(acts) - 1)]]()  # noqa: E731
+    nn = torch.nn
+    kind = ("dense", "conv1d", "conv2d")[r(0, 2)]
+    c = r(2, 4)
+    if kind == "dense":
+        in_shape = (c,)
+        lin = lambda a, b, k=None: nn.Linear(a, b, bias=coin(0.7))  # noqa: E731
+        bn = lambda b: nn.BatchNorm1d(b)  # noqa: E731
+    elif kind == "conv1d":
+        in_shape = (c, r(6, 9))
+        lin = lambda a, b, k=3: nn.Conv1d(a, b, k, padding=k // 2, bias=coin(0.7))  # noqa: E731
+        bn = lambda b: nn.BatchNorm1d(b)  # noqa: E731
+    else:
+        in_shape = (c, r(5, 7), r(5, 7))
+        lin = lambda a, b, k=3: nn.Conv2d(a, b, k, padding=k // 2, bias=coin(0.7))  # noqa: E731
+        bn = lambda b: nn.BatchNorm2d(b)  # noqa: E731
+
+    def branch(width: int, depth: int) -> list:
+        mods = []
+        for i in range(depth):
+            mods.append(lin(width, width))
+            if coin(0.4):
+                mods.append(bn(width))
+            if i < depth - 1 or coin(0.4):  # the last layer of F: sometimes an activation before the sum
+                mods.append(act())
+        if depth >= 1 and coin(0.2):  # a block nested in the branch
+            mods.append(Residual(lin(width, width), act()))
+        return mods
+
+    def block(width: int) -> list:
+        shortcut = None
+        if coin(0.35):
+            shortcut = nn.Sequential(lin(width, width, 1), *([bn(width)] if coin(0.5) else []))
+        mods = [Residual(*branch(width, r(1, 3)), shortcut=shortcut)]
+        if coin(0.7):
+            mods.append(act())
+        return mods
+
+    mods = []
+    width = c
+    if coin(0.15):  # the model starts with a block: x_0 is read by the branch and the skip connection
+        mods += block(width)
+    width = r(2, 4)
+    mods += [lin(c, width), act()]
+    for b in range(r(1, 3)):
+        mods += block(width)
+        if kind == "conv2d" and b == 0 and coin(0.5):
+            mods.append(nn.MaxPool2d(2) if coin(0.5) else nn.AvgPool2d(2))
+        if kind == "conv1d" and b == 0 and coin(0.4):
+            mods.append(nn.MaxPool1d(2, stride=1))
+    if kind != "dense":
+        mods.append(nn.Flatten())
+    with torch.no_grad():
+        flat = nn.Sequential(*mods).eval()(torch.zeros(1, *in_shape)).shape[1]
+    mods.append(nn.Linear(flat, classes))
+    if coin(0.5):
+        mods.append(nn.Softmax(dim=-1))
+    model = nn.Sequential(*mods)
+    for p in model.parameters():  # scaled to keep pre-activations O(1)
+        fan_in = max(1, p[0].numel() if p.ndim > 1 else 1)
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=g) * (1.2 / fan_in**0.5 if p.ndim > 1 else 0.4))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval().to(dtype), in_shape

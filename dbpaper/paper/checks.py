@@ -43,6 +43,7 @@ def _rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
 
 def section_4_checks(net: Network, x: torch.Tensor, penalty, y: torch.Tensor | None = None) -> list[Check]:
     """Check eqs. (14)–(16), (20)–(22), (28), (30), (31) and Appendix B on one network (single-``v`` penalties)."""
+    net.require_chain("section_4_checks")
     gen = getattr(penalty, "generator", None)
     state = gen.get_state() if gen is not None else torch.get_rng_state()
     t = traced_quantities(net, x, penalty, y)

@@ -73,6 +73,7 @@ def algorithm_4(net, x, fixes=()):
     Returns ``(R, gradients)`` (weights and biases, layer by layer); ``fixes`` switches on the corrections
     named in :data:`FIXES` (errata E11–E15). Without them the printed program uses deleted variables.
     """
+    net.require_chain("algorithm_4 (the printed program)")
     unknown = set(fixes) - set(FIXES)
     if unknown:
         raise ValueError(f"algorithm_4: unknown corrections {sorted(unknown)}; known: {FIXES}")
