@@ -324,7 +324,7 @@ class Network:
             else:
                 z = layer.affine(layer.theta(x), xs[self.sources[j]])
             for a in self.adds[j]:  # the skip connections: z_j += x_a
-                z = z + xs[a].reshape(z.shape)
+                z = z.add_(xs[a].reshape(z.shape))  # z is this layer's own fresh tensor
             g = layer.activation
             xs.append(g.f(z))
             if j < L:

@@ -200,33 +200,48 @@ def chunk_backward(ctx: Context, chunk: Chunk, xi: torch.Tensor | None, lowest: 
     ``lowest = 2``: the Gram shortcut never forms it).
     """
     rec, net, zetas, k = ctx.rec, ctx.net, chunk.zetas, chunk.k
-    slots: list[torch.Tensor | None] = [None] * (ctx.depth + 1)  # ξ_i, summed over the layers that read or add x_i
+    slots = _Sums(ctx.depth)  # ξ_i, summed over the layers that read or add x_i
     for j in range(ctx.depth, lowest - 1, -1):
         if j == ctx.depth and xi is not None:
-            slots[j - 1] = xi  # the closed form stands in for K_Lᵀ(θ_L, ζ_L) (a plain last layer)
+            slots.add(j - 1, xi, owned=True)  # the closed form stands in for K_Lᵀ(θ_L, ζ_L) (a plain last layer)
         else:
-            _send_back(ctx, j, zetas[j], slots)
-            if j < ctx.depth and net.layers[j - 1].weight is None:
+            layer = net.layers[j - 1]
+            slots.add(net.sources[j], layer.KT(ctx.thetas[j - 1], zetas[j]), owned=True)  # ξ_{p(j)} += K_jᵀ(θ_j, ζ_j)
+            for a in net.adds[j]:  # ξ_a += ζ_j (ζ_j is kept: borrowed, not copied)
+                slots.add(a, zetas[j].reshape(zetas[j].shape[0], *net.node_shapes[a]), owned=False)
+            if j < ctx.depth and layer.weight is None:
                 zetas[j] = None  # no K_j□ to feed: ζ_j has done its work
         if j > 1:
-            xi, slots[j - 1] = slots[j - 1], None
+            xi = slots.take(j - 1)
             if rec.d2g[j - 1] is None:
                 zetas[j - 1] = _slope_(rec, j - 1, xi, k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
             else:  # the source term needs ξ_{j-1} as well
                 zetas[j - 1] = _mul_into(xi, rec.dg[j - 1], k, ctx.zeta_buffer(j - 1, xi))
                 chunk.xis[j - 1] = xi
-    return slots[0]
+    return slots.take(0) if lowest == 1 else None
 
 
-def _send_back(ctx: Context, j: int, zeta: torch.Tensor, slots: list) -> None:
-    """``ξ_{p(j)} += K_jᵀ(θ_j, ζ_j)`` and ``ξ_a += ζ_j`` for the nodes layer ``j`` adds (a copy: ``ζ_j`` is kept)."""
-    net = ctx.net
-    t = net.layers[j - 1].KT(ctx.thetas[j - 1], zeta)
-    p = net.sources[j]
-    slots[p] = t if slots[p] is None else slots[p].add_(t)
-    for a in net.adds[j]:
-        t = zeta.reshape(zeta.shape[0], *net.node_shapes[a])
-        slots[a] = t.clone() if slots[a] is None else slots[a].add_(t)
+class _Sums:
+    """Per-node sums of Algorithm 1 in a chunk, without copies: a term the caller keeps (``ζ_j`` across a skip
+    connection) is *borrowed* and copied only if nothing else is added to it before it is taken."""
+
+    def __init__(self, depth: int):
+        self.slots: list[torch.Tensor | None] = [None] * (depth + 1)
+        self.borrowed = [False] * (depth + 1)
+
+    def add(self, i: int, t: torch.Tensor, owned: bool) -> None:
+        s = self.slots[i]
+        if s is None:
+            self.slots[i], self.borrowed[i] = t, not owned
+        elif not self.borrowed[i]:
+            s.add_(t)
+        else:
+            self.slots[i], self.borrowed[i] = (t.add_(s) if owned else s + t), False
+
+    def take(self, i: int) -> torch.Tensor | None:
+        """``ξ_i``, the caller's to change in place."""
+        s, self.slots[i] = self.slots[i], None
+        return s.clone() if s is not None and self.borrowed[i] else s
 
 
 def chunk_backward_backward(ctx: Context, acc: Accumulators, chunk: Chunk, lowest: int) -> None:
@@ -248,7 +263,7 @@ def chunk_backward_backward(ctx: Context, acc: Accumulators, chunk: Chunk, lowes
         zetas[j] = None
         h = layer.K(ctx.thetas[j - 1], q)  # h_j = K_j(θ_j, q_{p(j)}) + Σ_a q_a
         for a in net.adds[j]:
-            h = h + qs[a].reshape(h.shape)
+            h = h.add_(qs[a].reshape(h.shape))  # h_j is K_j's fresh output
         for i in (net.sources[j], *net.adds[j]):
             if ctx.last_use[i] == j:
                 qs[i] = None

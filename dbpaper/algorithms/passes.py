@@ -104,7 +104,7 @@ def accumulate(slots: list, i: int, t: torch.Tensor, owned: bool = True) -> None
     if slots[i] is None:
         slots[i] = t if owned else t.clone()
     else:
-        slots[i] = slots[i] + t.reshape(slots[i].shape)
+        slots[i].add_(t.reshape(slots[i].shape))  # a slot is its own tensor (see above)
 
 
 def send_back(net: Network, j: int, t: torch.Tensor, slots: list, *, skip_input_op: bool = False) -> None:
@@ -125,7 +125,7 @@ def send_back(net: Network, j: int, t: torch.Tensor, slots: list, *, skip_input_
 def gather(net: Network, j: int, ts: list, t: torch.Tensor) -> torch.Tensor:
     """``t + Σ_{a ∈ A(j)} ts[a]``: the skip connections of layer ``j`` added to ``K_j(θ_j, ·)``'s value ``t``."""
     for a in net.adds[j]:
-        t = t + ts[a].reshape(t.shape)
+        t = t.add_(ts[a].reshape(t.shape))  # t: the caller's fresh K_j(θ_j, ·)
     return t
 
 

@@ -233,7 +233,7 @@ class PlainOutput:
             chunk.zetas[L] = None
             h = layer.K(ctx.thetas[L - 1], q)  # h_L = K_L(θ_L, q_{L-1}) (+ Σ_a q_a across a skip connection)
             for a in ctx.net.adds[L]:
-                h = h + chunk.qs[a].reshape(h.shape)
+                h = h.add_(chunk.qs[a].reshape(h.shape))
             q = chunk.qs = None
         if self.softmax:  # η̂_L += Σ_i η_L^{(i)} with the corrected Appendix B.1 formula
             out = ctx.rec.output
@@ -270,11 +270,11 @@ class SeedOutput:
                 return
             h = layer.K(ctx.thetas[L - 1], q)  # h_L = K_L(θ_L, q_{p(L)}) + Σ_a q_a
             for a in ctx.net.adds[L]:
-                h = h + chunk.qs[a].reshape(h.shape)
+                h = h.add_(chunk.qs[a].reshape(h.shape))
         chunk.qs = None
         eta_L = self.seed.eta_L(h)
         if eta_L is not None:
-            acc.eta_L = eta_L if acc.eta_L is None else acc.eta_L.add_(eta_L)
+            acc.eta_L = eta_L.clone() if acc.eta_L is None else acc.eta_L.add_(eta_L)  # a user's v_vjp may return a shared tensor
 
     def finish(self, acc: Accumulators) -> None:
         """Nothing to add once the seeds are done."""

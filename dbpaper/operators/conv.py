@@ -109,7 +109,8 @@ class _ConvNd(BilinearOperator):
         return acc
 
     def _by_slices(self, fn, t, out_shape):
-        rows = _slice_rows(t, self.in_numel + self.out_numel)
+        per_row = self.in_numel + self.out_numel
+        rows = _slice_rows(t, per_row) if t.shape[0] * per_row * t.element_size() > MAP_SLICE_MIN_BYTES else None
         if rows is None:
             return fn(t)
         out = t.new_empty((t.shape[0], *out_shape))
@@ -168,6 +169,9 @@ class Conv2d(_ConvNd):
 
 #: Bytes of one slice of the batch (input plus output of the slice) on which the CPU runs a convolution.
 SLICE_BYTES = 1 << 20
+#: ``K`` and ``Kᵀ`` are sliced only on batches larger than this (Algorithm 4's stacked classes): on a plain batch
+#: the copy of the slices into one output costs more than the slices save.
+MAP_SLICE_MIN_BYTES = 8 << 20
 
 
 def _slice_rows(t, per_row: int) -> int | None:
