@@ -212,7 +212,8 @@ def chunk_backward(ctx: Context, chunk: Chunk, xi: torch.Tensor | None, lowest: 
             if j < ctx.depth and layer.weight is None:
                 zetas[j] = None  # no K_j□ to feed: ζ_j has done its work
         if j > 1:
-            xi = slots.take(j - 1)
+            unit = rec.unit is not None and rec.unit[j - 1]
+            xi = slots.take(j - 1, copy=not unit)  # g_{j-1} = id: ζ_{j-1} = ξ_{j-1} is only read, a borrowed ζ serves
             if rec.d2g[j - 1] is None:
                 zetas[j - 1] = _slope_(rec, j - 1, xi, k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
             else:  # the source term needs ξ_{j-1} as well
@@ -238,10 +239,10 @@ class _Sums:
         else:
             self.slots[i], self.borrowed[i] = (t.add_(s) if owned else s + t), False
 
-    def take(self, i: int) -> torch.Tensor | None:
-        """``ξ_i``, the caller's to change in place."""
+    def take(self, i: int, copy: bool = True) -> torch.Tensor | None:
+        """``ξ_i``, the caller's to change in place (``copy=False``: a borrowed term as it is, to be read only)."""
         s, self.slots[i] = self.slots[i], None
-        return s.clone() if s is not None and self.borrowed[i] else s
+        return s.clone() if copy and s is not None and self.borrowed[i] else s
 
 
 def chunk_backward_backward(ctx: Context, acc: Accumulators, chunk: Chunk, lowest: int) -> None:
@@ -274,9 +275,14 @@ def chunk_backward_backward(ctx: Context, acc: Accumulators, chunk: Chunk, lowes
     chunk.qs, chunk.h = qs, h
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """Contiguous in the standard or the channels-last layout (convolutions on the CPU run channels-last)."""
+    return t.is_contiguous() or (t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
 def _mul_(t: torch.Tensor, dg: torch.Tensor, k: int) -> torch.Tensor:
     """``M(g'(z), t) = g'(z) ⊙ t`` in place, for ``k`` classes stacked along the batch (``dg`` broadcast)."""
-    if not t.is_contiguous():
+    if not _dense(t):
         t = t.contiguous()
     t.view(k, *dg.shape).mul_(dg)
     return t
@@ -287,7 +293,7 @@ def _slope_(rec: ForwardRecord, j: int, t: torch.Tensor, k: int) -> torch.Tensor
     if rec.unit is not None and rec.unit[j]:
         return t
     if rec.relu is not None and rec.relu[j]:  # t where x_j > 0, in place
-        if not t.is_contiguous():
+        if not _dense(t):
             t = t.contiguous()
         x = rec.xs[j]
         view = t.view(k, *x.shape)
@@ -316,7 +322,7 @@ def _source_(acc: torch.Tensor | None, xi: torch.Tensor, h: torch.Tensor) -> tor
     (:func:`_sum_chunk`), so no temporary of the stacked size is formed per pass.
     """
     if acc is None:
-        return xi.mul_(h.reshape(xi.shape)) if xi.is_contiguous() else torch.mul(xi, h.reshape(xi.shape))
+        return xi.mul_(h.reshape(xi.shape)) if _dense(xi) else torch.mul(xi, h.reshape(xi.shape))
     acc[: xi.shape[0]].addcmul_(xi, h.reshape(xi.shape))
     return acc
 
