@@ -212,7 +212,8 @@ def run_recorded(model, net: Network, x, xc, pen, y, name: str, lam: float | Non
         res = compute(net, rec, pen, y, name=name)
     else:
         res = compute_objective(net, rec, pen, y, lam, loss=loss, name=name)
-    grads = flat_gradients(net, res.gradients)
+    with torch.no_grad():  # a reader's adjoint of derived parameters computes with the module's own tensors
+        grads = flat_gradients(net, res.gradients)
     if is_ddp(model):
         grads = average_over_ranks(grads, model.process_group)
     grad_x = input_gradient(net.at(rec), res.gradients) if x.requires_grad else None  # ∇_{x_0} = K_1ᵀ(θ_1, η_1) + ...
