@@ -6,7 +6,7 @@ landscapes of Section 6) lives in :mod:`dbpaper.paper`, which imports this
 library and is never imported by it.
 """
 
-from . import activations, algorithms, counting, fallback, numdiff, operators, oracles, penalties, planning, readers
+from . import activations, algorithms, counting, fallback, nn, numdiff, operators, oracles, penalties, planning, readers
 from .activations import (
     ELU,
     Activation,
@@ -40,7 +40,7 @@ from .operators import (
 )
 from .planning import ALGORITHM_NAMES, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "ALGORITHM_NAMES",
@@ -62,6 +62,7 @@ __all__ = [
     "fallback",
     "counting",
     "readers",
+    "nn",
     "ELU",
     "Activation",
     "CoordinatewiseOutput",
