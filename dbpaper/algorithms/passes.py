@@ -53,7 +53,7 @@ class BackwardBackwardPass:
 class LayerGradients:
     """Per-layer gradients (``None`` where a layer has no such parameter) and what gives ``∇_{x_0}``.
 
-    ``∇_{x_0} = K_1ᵀ(θ_1, η_1) + input_extra`` (:func:`input_gradient`):
+    ``∇_{x_0} = K_1ᵀ(θ_1, η_1) + input_extra`` (``input_gradient``):
     ``input_extra`` collects what the other layers that read or add ``x_0``
     send back (``None`` in a chain, where layer 1 alone reads ``x_0``).
     """
@@ -113,7 +113,7 @@ def send_back(net: Network, j: int, t: torch.Tensor, slots: list, *, skip_input_
     ``K_jᵀ(θ_j, t)`` goes to the node ``x_{p(j)}`` it reads and ``t`` itself to
     every node ``x_a`` it adds (Algorithm 1's ``ξ`` and Algorithm 3's ``γ``
     across a skip connection). ``skip_input_op``: layer 1's ``K_1ᵀ`` to ``x_0``
-    is left to :func:`input_gradient` (formed only where ``∇_{x_0}`` is wanted).
+    is left to ``input_gradient`` (formed only where ``∇_{x_0}`` is wanted).
     """
     layer, p = net.layers[j - 1], net.sources[j]
     if not (skip_input_op and p == 0 and j == 1):
@@ -135,7 +135,7 @@ def backward_pass(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor) -> Bac
     Starts from ``ζ_L = (dx_L/dz_L)* v`` (computed by the seed, Appendix B);
     ``L`` evaluations of ``Kᵀ``. ``ξ_0`` is the input gradient whose penalty
     ``p(ξ_0)`` is ``R``. With residual blocks ``ξ_i`` sums what every layer
-    that reads or adds ``x_i`` sends back (:func:`send_back`): ``K_jᵀ(θ_j, ζ_j)``
+    that reads or adds ``x_i`` sends back (``send_back``): ``K_jᵀ(θ_j, ζ_j)``
     through an operator, ``ζ_j`` itself across a skip connection.
     """
     L = net.depth
