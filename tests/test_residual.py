@@ -197,3 +197,45 @@ def test_paper_wing_refuses_residual_networks():
     net = dbpaper.Network.from_sequential(model, (3,))
     with pytest.raises(ValueError, match="chains"):
         dbpaper.oracles.traced_quantities(net, torch.randn(2, 3, dtype=torch.float64), dbpaper.penalties.JacobianFrobenius())
+
+
+@pytest.mark.parametrize("seed", range(0, RESIDUAL_NETWORKS, 24))
+def test_float32_residual_networks_against_the_float64_oracle(seed):
+    """float32 runs of every applicable algorithm stay within a float32 tolerance of the float64 oracle."""
+    model, in_shape = random_residual_model(seed, dtype=torch.float32)
+    x = random_input(in_shape, batch=3, seed=seed, dtype=torch.float32)
+    net = dbpaper.Network.from_sequential(model, in_shape)
+    for pen_name in ("jacobian", "cdb-nll", "node"):
+        make = PENALTIES[pen_name][0]
+        y = penalty_targets(pen_name, x, seed)
+        want = oracle(model, x, make(), y)
+        for alg in applicable_algorithms(net, make()):
+            res = dbpaper.double_backprop(net, x, make(), y, algorithm=alg)
+            assert res.value.dtype == torch.float32
+            assert_matches((res.value, flat_gradients(net, res.gradients)), want, rtol=2e-4, what=(seed, pen_name, alg))
+
+
+def test_degenerate_blocks():
+    """An empty branch (2x with the identity shortcut), a branch of one activation (outside eq. (8): the fallback)."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), Residual(), nn.Linear(4, 2)).double()
+    net = dbpaper.Network.from_sequential(model, (4,))
+    torch.testing.assert_close(net(x), model(x))
+    pen = dbpaper.penalties.JacobianFrobenius()
+    res = dbpaper.double_backprop(net, x, pen)
+    assert_matches((res.value, flat_gradients(net, res.gradients)), oracle(model, x, pen))
+    odd = nn.Sequential(nn.Linear(4, 4), Residual(nn.ReLU()), nn.Linear(4, 2)).double()
+    with pytest.raises(dbpaper.UnsupportedModelError, match="activation must follow a linear module"):
+        dbpaper.Network.from_sequential(odd, (4,))
+    with pytest.warns(dbpaper.FallbackWarning):
+        assert torch.isfinite(dbpaper.penalty(odd, x, pen))
+
+
+def test_batchnorm_in_training_mode_inside_a_block_falls_back_with_its_warning():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Residual(nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2)),
+                          nn.Flatten(), nn.Linear(2 * 16, 3)).double()  # fmt: skip
+    model.train()
+    x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    with pytest.warns(dbpaper.BatchMixingWarning):
+        value = dbpaper.penalty(model, x, dbpaper.penalties.JacobianFrobenius())
+    assert torch.isfinite(value)
