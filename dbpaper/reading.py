@@ -235,7 +235,7 @@ class _Reading:
             op = IdentityMap(self.shape)
             self.open(LinearPart(op, None, None), (f"{name}.sum",))
         out = self.pending["op"].out_shape
-        if math.prod(s_shape) != math.prod(out):
+        if tuple(s_shape) != tuple(out):  # torch would broadcast or fail; eq. (8) adds like shapes only
             raise ValueError(
                 f"Network: module {name} (Residual): the shortcut gives shape {tuple(s_shape)} but the branch {tuple(out)}; "
                 "they must agree to be added"
