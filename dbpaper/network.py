@@ -17,7 +17,6 @@ and its gradient is summed over the positions.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -210,6 +209,13 @@ class Network:
         kept |= {j for j in range(1, L) if type(self.layers[j - 1].activation) is act.ReLU}
         self.unread_after_forward = () if self.is_chain else tuple(i for i in range(L + 1) if i not in kept)
 
+    def _with_layers(self, layers) -> Network:
+        """This network with other layer objects of the same wiring (derived parameters, fixed selections)."""
+        other = Network.__new__(Network)
+        other.__dict__.update(self.__dict__)
+        other.layers = tuple(layers)
+        return other
+
     def plain_edge(self, j: int) -> bool:
         """Whether layer ``j`` is a link of a chain: it reads ``x_{j-1}``, adds nothing, and no other layer reads ``x_{j-1}``."""
         return self.sources[j] == j - 1 and not self.adds[j] and self.consumers[j - 1] == [j]
@@ -290,9 +296,7 @@ class Network:
             for j in derived:
                 weight, bias = layers[j].part.derive()
                 layers[j] = dataclasses.replace(layers[j], weight=weight, bias=bias)
-        fresh = copy.copy(self)
-        fresh.layers = tuple(layers)
-        return fresh
+        return self._with_layers(layers)
 
     # -- forward -----------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:
@@ -355,9 +359,7 @@ class Network:
         layers = list(self.layers)
         for j, op in rec.selections.items():
             layers[j - 1] = dataclasses.replace(layers[j - 1], op=op)
-        fixed = copy.copy(self)
-        fixed.layers = tuple(layers)
-        return fixed
+        return self._with_layers(layers)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x).output

@@ -319,14 +319,14 @@ def fold_channel_scale(first: LinearPart, second: LinearPart) -> LinearPart | No
         s, t = second.derive()
         return W * along_out(s), (t if b is None else torch.addcmul(t, s, b))
 
-    @torch.no_grad()
     def param_grads(grad_theta, grad_bias):
-        s = second.derive()[0]
-        grad_s = (grad_theta * W).sum(dim=tuple(range(1, W.ndim)))
-        if b is not None:
-            grad_s = grad_s + grad_bias * b
-        own = [grad_theta * along_out(s)] + ([grad_bias * s] if b is not None else [])
-        return own + list(second.param_grads(grad_s, grad_bias))
+        with torch.no_grad():  # a context, not a decorator: torch.compile traces it
+            s = second.derive()[0]
+            grad_s = (grad_theta * W).sum(dim=tuple(range(1, W.ndim)))
+            if b is not None:
+                grad_s = grad_s + grad_bias * b
+            own = [grad_theta * along_out(s)] + ([grad_bias * s] if b is not None else [])
+            return own + list(second.param_grads(grad_s, grad_bias))
 
     with torch.no_grad():
         theta, bias = derive()

@@ -143,11 +143,11 @@ class _Reading:
     the shape of ``x_i`` as its layer produced it.
     """
 
-    def __init__(self, shape: tuple[int, ...], n_modules: int):
+    def __init__(self, shape: tuple[int, ...]):
         self.layers: list[dict] = []
         self.pending: dict | None = None  # the layer being assembled (its activation not yet known)
         self.node, self.shape, self.node_shapes = 0, shape, [shape]
-        self.total, self.index = n_modules, 0
+        self.index = 0  # modules read so far (for messages)
 
     def close(self, activation) -> None:
         """Finish the pending layer with ``activation``: it becomes the node ``x_j`` the next module reads."""
@@ -251,7 +251,7 @@ def read_layers(model: nn.Module, shape: tuple[int, ...]) -> list[dict]:
     the output map ``g_L``.
     """
     modules = list(_modules(model))
-    reading = _Reading(shape, len(modules))
+    reading = _Reading(shape)
     reading.sequence(modules, last=True)
     if reading.pending is not None:
         reading.close(act.IdentityOutput())

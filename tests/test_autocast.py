@@ -19,6 +19,13 @@ def _model(kind, seed=0, outputs=4):
     torch.manual_seed(seed)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, outputs))
+    if kind == "resnet":  # residual blocks, BatchNorm (eval), max-pooling
+        return nn.Sequential(
+            nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+            dbpaper.nn.Residual(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(), nn.Conv2d(3, 3, 3, padding=1)), nn.ReLU(),
+            dbpaper.nn.Residual(nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(), shortcut=nn.Conv2d(3, 4, 1)),
+            nn.Flatten(), nn.Linear(4 * 4 * 4, outputs),
+        ).eval()  # fmt: skip
     return nn.Sequential(
         nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(),
         nn.Flatten(), nn.Linear(4 * 4 * 4, outputs),
@@ -27,7 +34,7 @@ def _model(kind, seed=0, outputs=4):
 
 def _input(kind):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(8, 12, generator=g) if kind == "mlp" else torch.randn(8, 1, 8, 8, generator=g)
+    return torch.randn(8, 12, generator=g) if kind == "mlp" else torch.randn(8, 1, 8, 8, generator=g)  # cnn, resnet
 
 
 def _run(model, x, case, y, algorithm):
@@ -40,7 +47,7 @@ def _run(model, x, case, y, algorithm):
     return vector([r, *g])
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet"])
 @pytest.mark.parametrize("case", ["jacobian", "classical", "gradient-norm", "objective"])
 def test_autocast_bfloat16_error_within_10x_of_autograd(kind, case):
     outputs = 1 if case == "gradient-norm" else 4

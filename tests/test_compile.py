@@ -86,13 +86,25 @@ def _cnn():
     )
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def _resnet():
+    """Residual blocks (identity and 1x1-convolution shortcuts), BatchNorm in eval mode, max-pooling."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2),
+        dbpaper.nn.Residual(nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1)), nn.ReLU(),
+        dbpaper.nn.Residual(nn.Conv2d(2, 3, 3, padding=1), nn.GELU(), shortcut=nn.Conv2d(2, 3, 1)),
+        nn.Flatten(), nn.Linear(3 * 4 * 4, 3), nn.Softmax(dim=-1),
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet"])
 @pytest.mark.parametrize("case", ["jacobian", "classical", "objective"])
 @pytest.mark.parametrize("cache", ["cold", "warm"])
-def test_the_default_call_traces_without_a_graph_break(kind, case, cache):
+def test_the_default_call_traces_without_a_graph_break(kind, case, cache, request):
     """torch._dynamo.explain of a step that returns ℓ + λR: one graph, no break (the reading and the
     plan are traced on a cold cache, looked up on a warm one)."""
-    model, x = (_model(), torch.randn(16, 8)) if kind == "mlp" else (_cnn(), torch.randn(4, 1, 8, 8))
+    model, x = {"mlp": (_model, (16, 8)), "cnn": (_cnn, (4, 1, 8, 8)), "resnet": (_resnet, (4, 1, 8, 8))}[kind]
+    model, x = model(), torch.randn(*x)
     y = torch.randint(0, 3, (x.shape[0],))
 
     def step(x, y):
@@ -105,8 +117,31 @@ def test_the_default_call_traces_without_a_graph_break(kind, case, cache):
     torch._dynamo.reset()
     dbpaper.pipeline.clear_cache()
     dbpaper.planning._CHOICES.clear()
+    if kind == "resnet" and cache == "cold":
+        # derived parameters (folded BatchNorm) and max-pooling's selection make a network per call, which
+        # dynamo cannot rebuild in a cold trace: it breaks the graph, and the step still runs and matches
+        # eager (test_a_compiled_training_step_on_a_residual_network). Strict: a fix makes this test fail.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="a cold trace with folded BatchNorm or max-pooling breaks the graph"))
     if cache == "warm":
         step(x, y)
     explanation = torch._dynamo.explain(step)(x, y)
     assert explanation.graph_break_count == 0, [str(b.reason)[:300] for b in explanation.break_reasons]
     assert explanation.graph_count == 1
+
+
+def test_a_compiled_training_step_on_a_residual_network():
+    """The compiled step on a network with residual blocks, BatchNorm (eval) and max-pooling matches eager."""
+    torch._dynamo.reset()
+    model = _resnet()
+    params = list(model.parameters())
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))
+
+    def step(x, y):
+        return torch.autograd.grad(dbpaper.objective(model, x, JacobianFrobenius(), y, 0.1), params)
+
+    eager = step(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dbpaper.FallbackWarning)
+        got = torch.compile(step, backend="aot_eager")(x, y)
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
