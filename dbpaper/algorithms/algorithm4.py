@@ -27,6 +27,7 @@ import dataclasses
 import torch
 
 from ..network import ForwardRecord, Layer, Network, relu_slope
+from .passes import NodeSums
 
 __all__ = [
     "Accumulators",
@@ -200,7 +201,7 @@ def chunk_backward(ctx: Context, chunk: Chunk, xi: torch.Tensor | None, lowest: 
     ``lowest = 2``: the Gram shortcut never forms it).
     """
     rec, net, zetas, k = ctx.rec, ctx.net, chunk.zetas, chunk.k
-    slots = _Sums(ctx.depth)  # ξ_i, summed over the layers that read or add x_i
+    slots = NodeSums(ctx.depth)  # ξ_i, summed over the layers that read or add x_i
     for j in range(ctx.depth, lowest - 1, -1):
         if j == ctx.depth and xi is not None:
             slots.add(j - 1, xi, owned=True)  # the closed form stands in for K_Lᵀ(θ_L, ζ_L) (a plain last layer)
@@ -220,29 +221,6 @@ def chunk_backward(ctx: Context, chunk: Chunk, xi: torch.Tensor | None, lowest: 
                 zetas[j - 1] = _mul_into(xi, rec.dg[j - 1], k, ctx.zeta_buffer(j - 1, xi))
                 chunk.xis[j - 1] = xi
     return slots.take(0) if lowest == 1 else None
-
-
-class _Sums:
-    """Per-node sums of Algorithm 1 in a chunk, without copies: a term the caller keeps (``ζ_j`` across a skip
-    connection) is *borrowed* and copied only if nothing else is added to it before it is taken."""
-
-    def __init__(self, depth: int):
-        self.slots: list[torch.Tensor | None] = [None] * (depth + 1)
-        self.borrowed = [False] * (depth + 1)
-
-    def add(self, i: int, t: torch.Tensor, owned: bool) -> None:
-        s = self.slots[i]
-        if s is None:
-            self.slots[i], self.borrowed[i] = t, not owned
-        elif not self.borrowed[i]:
-            s.add_(t)
-        else:
-            self.slots[i], self.borrowed[i] = (t.add_(s) if owned else s + t), False
-
-    def take(self, i: int, copy: bool = True) -> torch.Tensor | None:
-        """``ξ_i``, the caller's to change in place (``copy=False``: a borrowed term as it is, to be read only)."""
-        s, self.slots[i] = self.slots[i], None
-        return s.clone() if copy and s is not None and self.borrowed[i] else s
 
 
 def chunk_backward_backward(ctx: Context, acc: Accumulators, chunk: Chunk, lowest: int) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "BackwardPass",
     "BackwardBackwardPass",
     "LayerGradients",
+    "NodeSums",
     "backward_pass",
     "backward_backward_pass",
     "forward_backward_pass",
@@ -94,21 +95,37 @@ def input_gradient(net: Network, grads: LayerGradients) -> torch.Tensor | None:
     return sum(terms[1:], terms[0]) if terms else None
 
 
-def accumulate(slots: list, i: int, t: torch.Tensor, owned: bool = True) -> None:
-    """``slots[i] += t``; the first term is stored as is where ``owned`` (the caller's fresh tensor), else copied.
+class NodeSums:
+    """``Σ`` over the layers that read or add each node ``x_i`` (the sum rule of residual networks), without copies.
 
-    The sums over the layers that read or add a node (residual blocks). A
-    slot never aliases a tensor its caller still holds, so that it may later
-    be updated in place.
+    A term the caller keeps (``ζ_j`` or ``η_j`` sent across a skip connection)
+    is *borrowed*: it is added to, never written into, and copied by
+    :meth:`take` only where the taker will write into it. In a chain every
+    node has one term, the fresh output of one ``Kᵀ``, and nothing is copied.
     """
-    if slots[i] is None:
-        slots[i] = t if owned else t.clone()
-    else:
-        slots[i].add_(t.reshape(slots[i].shape))  # a slot is its own tensor (see above)
+
+    def __init__(self, depth: int):
+        self.slots: list[torch.Tensor | None] = [None] * (depth + 1)
+        self.borrowed = [False] * (depth + 1)
+
+    def add(self, i: int, t: torch.Tensor, owned: bool) -> None:
+        """``slots[i] += t``; ``owned``: ``t`` is the caller's fresh tensor, free to be written into."""
+        s = self.slots[i]
+        if s is None:
+            self.slots[i], self.borrowed[i] = t, not owned
+        elif not self.borrowed[i]:
+            s.add_(t.reshape(s.shape))
+        else:
+            self.slots[i], self.borrowed[i] = (t.add_(s.reshape(t.shape)) if owned else s + t.reshape(s.shape)), False
+
+    def take(self, i: int, copy: bool = True) -> torch.Tensor | None:
+        """The sum at ``x_i``, no longer held; ``copy=False``: a borrowed term as it is (to be read only)."""
+        s, self.slots[i] = self.slots[i], None
+        return s.clone() if copy and s is not None and self.borrowed[i] else s
 
 
-def send_back(net: Network, j: int, t: torch.Tensor, slots: list, *, skip_input_op: bool = False) -> None:
-    """The adjoint of layer ``j``'s inputs applied to ``t`` (``ζ_j`` or ``η_j``), added to ``slots``.
+def send_back(net: Network, j: int, t: torch.Tensor, sums: NodeSums, *, skip_input_op: bool = False) -> None:
+    """The adjoint of layer ``j``'s inputs applied to ``t`` (``ζ_j`` or ``η_j``), added to ``sums``.
 
     ``K_jᵀ(θ_j, t)`` goes to the node ``x_{p(j)}`` it reads and ``t`` itself to
     every node ``x_a`` it adds (Algorithm 1's ``ξ`` and Algorithm 3's ``γ``
@@ -117,9 +134,9 @@ def send_back(net: Network, j: int, t: torch.Tensor, slots: list, *, skip_input_
     """
     layer, p = net.layers[j - 1], net.sources[j]
     if not (skip_input_op and p == 0 and j == 1):
-        accumulate(slots, p, layer.KT(layer.theta(t), t))
+        sums.add(p, layer.KT(layer.theta(t), t), owned=True)
     for a in net.adds[j]:
-        accumulate(slots, a, t.reshape(t.shape[0], *net.node_shapes[a]), owned=False)
+        sums.add(a, t.reshape(t.shape[0], *net.node_shapes[a]), owned=False)
 
 
 def gather(net: Network, j: int, ts: list, t: torch.Tensor) -> torch.Tensor:
@@ -142,10 +159,13 @@ def backward_pass(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor) -> Bac
     xis: list[torch.Tensor | None] = [None] * (L + 1)
     zetas: list[torch.Tensor | None] = [None] * (L + 1)
     zetas[L] = zeta_L
+    sums = NodeSums(L)
     for j in range(L, 0, -1):
         if j < L:
+            xis[j] = sums.take(j, copy=False)  # complete: every layer that reads or adds x_j comes after it
             zetas[j] = rec.slope(j, xis[j])  # M(g'_j(z_j), ξ_j)
-        send_back(net, j, zetas[j], xis)  # ξ_{p(j)} += K_jᵀ(θ_j, ζ_j); ξ_a += ζ_j
+        send_back(net, j, zetas[j], sums)  # ξ_{p(j)} += K_jᵀ(θ_j, ζ_j); ξ_a += ζ_j
+    xis[0] = sums.take(0, copy=False)
     return BackwardPass(xis, zetas)
 
 
@@ -244,11 +264,10 @@ def forward_backward_sweep(
     grads = LayerGradients.zeros(L)
     if trace is not None:
         trace["eta"], trace["gamma"] = [None] * (L + 1), [None] * (L + 1)
-    gammas: list[torch.Tensor | None] = [None] * (L + 1)  # γ_i, summed over the layers that read or add x_i
+    gammas = NodeSums(L)  # γ_i, summed over the layers that read or add x_i
     for j in range(L, 0, -1):
         layer = net.layers[j - 1]
-        eta_j = eta_L if j == L else eta(j, gammas[j])
-        gammas[j] = None
+        eta_j = eta_L if j == L else eta(j, gammas.take(j))  # eta may form η_j in place of γ_j
         p = net.sources[j]
         if layer.weight is not None:
             g = weight_term(j)
@@ -262,10 +281,10 @@ def forward_backward_sweep(
         if trace is not None:
             trace["eta"][j] = eta_j
             if j > 1:
-                trace["gamma"][j - 1] = gammas[j - 1]
+                trace["gamma"][j - 1] = gammas.slots[j - 1]
         if j == 1:
             grads.eta_1 = eta_j
-    grads.input_extra = gammas[0]
+    grads.input_extra = gammas.take(0, copy=False)
     return grads
 
 
@@ -279,14 +298,13 @@ def standard_backprop(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor, xi
     """
     L = net.depth
     grads = LayerGradients.zeros(L)
-    xis: list[torch.Tensor | None] = [None] * (L + 1)
+    xis = NodeSums(L)
     for j in range(L, 0, -1):
         layer = net.layers[j - 1]
         if xis_reuse is not None:
             zeta = xis_reuse.zetas[j]
         else:
-            zeta = zeta_L if j == L else rec.slope(j, xis[j])
-            xis[j] = None
+            zeta = zeta_L if j == L else rec.slope(j, xis.take(j, copy=False))
         if layer.weight is not None:
             grads.weights[j - 1] = layer.Kbox(rec.xs[net.sources[j]], zeta)
         if layer.bias is not None:
@@ -295,12 +313,12 @@ def standard_backprop(net: Network, rec: ForwardRecord, zeta_L: torch.Tensor, xi
             send_back(net, j, zeta, xis, skip_input_op=True)  # ξ_{p(j)} += K_jᵀ(θ_j, ζ_j); ξ_a += ζ_j
         elif j > 1:  # reused: only what the other readers of x_0 send to it
             if net.sources[j] == 0:
-                accumulate(xis, 0, layer.KT(layer.theta(zeta), zeta))
+                xis.add(0, layer.KT(layer.theta(zeta), zeta), owned=True)
             for a in net.adds[j]:
                 if a == 0:
-                    accumulate(xis, 0, zeta, owned=False)
+                    xis.add(0, zeta, owned=False)
     grads.eta_1 = zeta  # ζ_1: ∇_{x_0} ℓ = K_1ᵀ(θ_1, ζ_1) + what the other readers of x_0 send back
-    grads.input_extra = xis[0]
+    grads.input_extra = xis.take(0, copy=False)
     return grads
 
 
