@@ -203,6 +203,8 @@ class Network:
         if unread:
             raise ValueError(f"Network: the nodes {unread} are read by no layer")
         self.is_chain = all(self.sources[j] == j - 1 and not self.adds[j] for j in range(1, L + 1))
+        #: ``last_use[i]``: the last layer that reads or adds ``x_i`` (``i + 1`` in a chain; ``L`` for ``x_L``)
+        self.last_use = [max(c, default=L) for c in self.consumers]
         # the nodes the algorithms never read after the forward pass: not x_0 or x_L, not the input of a layer
         # with a weight (K□), not a ReLU's output (its g'); dropped from the record of a network with skip connections
         kept = {0, L} | {self.sources[j] for j in range(1, L + 1) if self.layers[j - 1].weight is not None}

@@ -53,12 +53,6 @@ class ForwardRecord:
             return relu_slope(t, self.xs[j])
         return self.dg[j] * t
 
-    def derivative(self, j: int) -> torch.Tensor:
-        """``g'_j(z_j)``: stored, or for the ReLU formed from ``x_j`` (``x_j > 0`` exactly where ``z_j > 0``)."""
-        if self.relu is not None and self.relu[j]:
-            return self.xs[j].sign()
-        return self.dg[j]
-
     @property
     def output(self) -> torch.Tensor:
         """``x_L``."""

@@ -27,7 +27,7 @@ import dataclasses
 import torch
 
 from ..network import ForwardRecord, Layer, Network, relu_slope
-from .passes import NodeSums
+from .passes import NodeSums, gather
 
 __all__ = [
     "Accumulators",
@@ -77,15 +77,12 @@ class Context:
     scale: float
     kmax: int
     zeta_buffers: list[torch.Tensor | None]
-    #: ``last_use[i]``: the last layer that reads or adds ``x_i`` (``i + 1`` in a chain)
-    last_use: list[int] | None = None
 
     @classmethod
     def of(cls, net: Network, rec: ForwardRecord, scale: float, kmax: int) -> Context:
         x0 = rec.xs[0]
         thetas = [layer.theta(x0) for layer in net.layers]
-        last_use = [max(c, default=net.depth) for c in net.consumers]
-        return cls(net, rec, thetas, x0.shape[0], net.depth, scale, kmax, [None] * (net.depth + 1), last_use)
+        return cls(net, rec, thetas, x0.shape[0], net.depth, scale, kmax, [None] * (net.depth + 1))
 
     def zeta_buffer(self, j: int, like: torch.Tensor) -> torch.Tensor:
         """The buffer for ``ζ_j`` (allocated by the first, largest chunk)."""
@@ -240,11 +237,9 @@ def chunk_backward_backward(ctx: Context, acc: Accumulators, chunk: Chunk, lowes
         if layer.weight is not None:
             acc.add_weight_adjoint(layer, j, q, zetas[j])  # θ̂¹_j += K_j□(q_{p(j)}, ζ_j)
         zetas[j] = None
-        h = layer.K(ctx.thetas[j - 1], q)  # h_j = K_j(θ_j, q_{p(j)}) + Σ_a q_a
-        for a in net.adds[j]:
-            h = h.add_(qs[a].reshape(h.shape))  # h_j is K_j's fresh output
+        h = gather(net, j, qs, layer.K(ctx.thetas[j - 1], q))  # h_j = K_j(θ_j, q_{p(j)}) + Σ_a q_a
         for i in (net.sources[j], *net.adds[j]):
-            if ctx.last_use[i] == j:
+            if net.last_use[i] == j:
                 qs[i] = None
         if xis[j] is not None:  # the source term Σ_i h_j^{(i)} ⊙ ξ_j^{(i)}
             acc.add_source(j, xis[j], h)

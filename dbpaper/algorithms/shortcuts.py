@@ -23,6 +23,7 @@ from ..network import Network
 from ..operators import Dense
 from ..seeds import ConstantSeed
 from .algorithm4 import Accumulators, Chunk, Context, _slope_
+from .passes import gather
 
 __all__ = [
     "ELEMENTWISE_COST",
@@ -231,9 +232,7 @@ class PlainOutput:
             if not self.softmax:  # identity output: η_L ≡ 0, so h_L is never used
                 return
             chunk.zetas[L] = None
-            h = layer.K(ctx.thetas[L - 1], q)  # h_L = K_L(θ_L, q_{L-1}) (+ Σ_a q_a across a skip connection)
-            for a in ctx.net.adds[L]:
-                h = h.add_(chunk.qs[a].reshape(h.shape))
+            h = gather(ctx.net, L, chunk.qs, layer.K(ctx.thetas[L - 1], q))  # h_L = K_L(θ_L, q_{p(L)}) + Σ_a q_a
             q = chunk.qs = None
         if self.softmax:  # η̂_L += Σ_i η_L^{(i)} with the corrected Appendix B.1 formula
             out = ctx.rec.output
@@ -268,9 +267,7 @@ class SeedOutput:
             chunk.zetas[L] = None
             if self.seed.eta_is_zero:  # η_L ≡ 0: h_L is never used
                 return
-            h = layer.K(ctx.thetas[L - 1], q)  # h_L = K_L(θ_L, q_{p(L)}) + Σ_a q_a
-            for a in ctx.net.adds[L]:
-                h = h.add_(chunk.qs[a].reshape(h.shape))
+            h = gather(ctx.net, L, chunk.qs, layer.K(ctx.thetas[L - 1], q))  # h_L = K_L(θ_L, q_{p(L)}) + Σ_a q_a
         chunk.qs = None
         eta_L = self.seed.eta_L(h)
         if eta_L is not None:
