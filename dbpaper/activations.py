@@ -46,16 +46,39 @@ __all__ = [
 ]
 
 
+def _kernel(op, t: torch.Tensor, out: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
+    """One of aten's activation backward kernels, ``op(t, *args, **kwargs)``, into ``out`` where given.
+
+    The tensor among ``args`` (``x`` or ``z``) may broadcast over ``t`` (classes stacked along a
+    leading axis); it is expanded first, since some kernels (oneDNN's float32 ``gelu_backward``)
+    cannot broadcast.
+    """
+    args = tuple(a.expand_as(t) if isinstance(a, torch.Tensor) and a.shape != t.shape else a for a in args)
+    if out is None:
+        return op.default(t, *args, **kwargs)
+    return op.grad_input(t, *args, **kwargs, grad_input=out)
+
+
+_aten = torch.ops.aten
+
+
 class Activation(abc.ABC):
     """A coordinate-wise, twice (almost everywhere) differentiable ``g``."""
 
     #: ``True`` when ``g'' = 0`` almost everywhere (Section 5.2).
     locally_linear: bool = False
 
-    #: ``True`` when the forward pass should take ``g'`` and ``g''`` from the output ``g(z)`` (one
-    #: transcendental function per layer instead of three; torch's own backward of tanh and the
+    #: ``True`` when the forward pass should take ``g''`` from the output ``g(z)`` (one
+    #: transcendental function per layer instead of two; torch's own backward of tanh and the
     #: sigmoid uses the output too, so the values agree with autograd's).
     derivatives_from_output: bool = False
+
+    #: What :meth:`slope` reads besides its argument: ``"x"`` (the output ``g(z)``, which the forward
+    #: record keeps anyway) or ``"z"`` (the pre-activation, then kept for it).
+    slope_reads: str = "z"
+
+    #: The points where ``g`` is not twice differentiable (empty for a smooth ``g``); tests sample away from them.
+    kinks: tuple[float, ...] = ()
 
     @abc.abstractmethod
     def f(self, z: torch.Tensor) -> torch.Tensor:
@@ -68,6 +91,24 @@ class Activation(abc.ABC):
     def d2f(self, z: torch.Tensor) -> torch.Tensor:
         """``g''(z)``, so that ``G''(z) v = g''(z) ⊙ v``; zero for locally linear ``g``."""
         return torch.zeros_like(z)
+
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``M(g'(z), t) = g'(z) ⊙ t`` in one pass, ``a`` being ``x = g(z)`` or ``z`` as :attr:`slope_reads` says.
+
+        ``a`` broadcasts over ``t`` (several classes stacked along the batch);
+        ``out`` (which may be ``t`` itself) receives the result. The built-in
+        activations call the kernel of autograd's own backward
+        (``threshold_backward``, ``tanh_backward``, ...), so the product is
+        autograd's to the last bit; this default forms ``g'`` first (two passes).
+        """
+        d = self.df_from_output(a) if self.slope_reads == "x" else self.df(a)
+        return torch.mul(d, t) if out is None else torch.mul(d, t, out=out)
+
+    def second(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        """``g''(z)`` for the forward record (from ``x = g(z)`` where :attr:`derivatives_from_output`); ``None`` if locally linear."""
+        if self.locally_linear:
+            return None
+        return self.d2f_from_output(x) if self.derivatives_from_output else self.d2f(z)
 
     def df_from_output(self, x: torch.Tensor) -> torch.Tensor:
         """``g'(z)`` written in terms of the output ``x = g(z)`` (for a final coordinate-wise map)."""
@@ -98,6 +139,10 @@ class Identity(Activation):
     """``g(z) = z``."""
 
     locally_linear = True
+    slope_reads = "x"
+
+    def slope(self, t, a, out=None):
+        return t if out is None or out is t else out.copy_(t)
 
     def f(self, z):
         return z
@@ -113,9 +158,14 @@ class ReLU(Activation):
     """``g(z) = max(z, 0)``, with ``g'(0) = 0`` as in torch."""
 
     locally_linear = True
+    slope_reads = "x"
+    kinks = (0.0,)
 
     def f(self, z):
         return torch.relu(z)
+
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.threshold_backward, t, out, a, 0)
 
     def df(self, z):
         return (z > 0).to(z.dtype)
@@ -129,11 +179,20 @@ class LeakyReLU(Activation):
 
     locally_linear = True
 
+    kinks = (0.0,)
+
     def __init__(self, alpha: float = 0.01):
         self.alpha = float(alpha)
 
+    @property
+    def slope_reads(self) -> str:  # x > 0 iff z > 0 for alpha >= 0
+        return "x" if self.alpha >= 0 else "z"
+
     def f(self, z):
-        return torch.where(z > 0, z, self.alpha * z)
+        return torch.nn.functional.leaky_relu(z, self.alpha)
+
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.leaky_relu_backward, t, out, a, self.alpha, self.slope_reads == "x")
 
     def df(self, z):
         return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.alpha))
@@ -153,11 +212,19 @@ class Hardtanh(Activation):
     """
 
     locally_linear = True
+    slope_reads = "x"  # x lies strictly inside (lo, hi) exactly where z does
 
     def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
         if not min_val < max_val:
             raise ValueError(f"Hardtanh: min_val must be below max_val, got {min_val} and {max_val}")
         self.min_val, self.max_val = float(min_val), float(max_val)
+
+    @property
+    def kinks(self) -> tuple[float, ...]:
+        return (self.min_val, self.max_val)
+
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.hardtanh_backward, t, out, a, self.min_val, self.max_val)
 
     def f(self, z):
         return torch.clamp(z, self.min_val, self.max_val)
@@ -173,9 +240,16 @@ class Tanh(Activation):
     """``g = tanh``, ``g' = 1 - g^2``, ``g'' = -2 g g'``."""
 
     derivatives_from_output = True
+    slope_reads = "x"
 
     def f(self, z):
         return torch.tanh(z)
+
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.tanh_backward, t, out, a)  # t ⊙ (1 - x²)
+
+    def second(self, z, x):
+        return _aten.tanh_backward(x, x).mul_(-2)  # -2 x (1 - x²)
 
     def df(self, z):
         t = torch.tanh(z)
@@ -196,9 +270,13 @@ class Sigmoid(Activation):
     """``g = sigma``, ``g' = sigma (1 - sigma)``, ``g'' = g' (1 - 2 sigma)``."""
 
     derivatives_from_output = True
+    slope_reads = "x"
 
     def f(self, z):
         return torch.sigmoid(z)
+
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.sigmoid_backward, t, out, a)  # t ⊙ x (1 - x)
 
     def df(self, z):
         s = torch.sigmoid(z)
@@ -225,6 +303,9 @@ class Softplus(Activation):
     def f(self, z):
         return torch.nn.functional.softplus(z, beta=self.beta, threshold=self.threshold)
 
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.softplus_backward, t, out, a, self.beta, self.threshold)
+
     def df(self, z):
         bz = self.beta * z
         return torch.where(bz > self.threshold, torch.ones_like(z), torch.sigmoid(bz))
@@ -250,11 +331,20 @@ class Softplus(Activation):
 class ELU(Activation):
     """``g(z) = z`` for ``z > 0`` and ``alpha (exp(z) - 1)`` otherwise (``nn.ELU``)."""
 
+    kinks = (0.0,)
+
     def __init__(self, alpha: float = 1.0):
         self.alpha = float(alpha)
 
+    @property
+    def slope_reads(self) -> str:  # x > 0 iff z > 0, and alpha exp(z) = x + alpha for z <= 0, when alpha > 0
+        return "x" if self.alpha > 0 else "z"
+
     def f(self, z):
-        return torch.where(z > 0, z, self.alpha * torch.expm1(z))
+        return torch.nn.functional.elu(z, self.alpha)
+
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.elu_backward, t, out, self.alpha, 1.0, 1.0, self.slope_reads == "x", a)
 
     def df(self, z):
         return torch.where(z > 0, torch.ones_like(z), self.alpha * torch.exp(z))
@@ -296,6 +386,9 @@ class GELU(Activation):
     def f(self, z):
         return torch.nn.functional.gelu(z, approximate=self.approximate)
 
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.gelu_backward, t, out, a, approximate=self.approximate)
+
     def df(self, z):
         if self.approximate == "tanh":
             u, du, _ = self._u(z)
@@ -318,6 +411,9 @@ class SiLU(Activation):
 
     def f(self, z):
         return torch.nn.functional.silu(z)
+
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.silu_backward, t, out, a)
 
     def df(self, z):
         s = torch.sigmoid(z)

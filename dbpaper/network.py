@@ -206,9 +206,10 @@ class Network:
         #: ``last_use[i]``: the last layer that reads or adds ``x_i`` (``i + 1`` in a chain; ``L`` for ``x_L``)
         self.last_use = [max(c, default=L) for c in self.consumers]
         # the nodes the algorithms never read after the forward pass: not x_0 or x_L, not the input of a layer
-        # with a weight (K□), not a ReLU's output (its g'); dropped from the record of a network with skip connections
+        # with a weight (K□), not the output of an activation whose g' is read off it (ReLU, tanh, ...);
+        # dropped from the record of a network with skip connections
         kept = {0, L} | {self.sources[j] for j in range(1, L + 1) if self.layers[j - 1].weight is not None}
-        kept |= {j for j in range(1, L) if type(self.layers[j - 1].activation) is act.ReLU}
+        kept |= {j for j in range(1, L) if getattr(self.layers[j - 1].activation, "slope_reads", None) == "x"}
         self.unread_after_forward = () if self.is_chain else tuple(i for i in range(L + 1) if i not in kept)
 
     def _with_layers(self, layers) -> Network:
@@ -320,7 +321,7 @@ class Network:
         if check:
             self.check_input(x)
         L = self.depth
-        xs, dg, d2g, unit, relu = [x], [None] * (L + 1), [None] * (L + 1), [False] * (L + 1), [False] * (L + 1)
+        xs, d2g, acts, slope_in, unit = [x], [None] * (L + 1), [None] * (L + 1), [None] * (L + 1), [False] * (L + 1)
         selections = {}
         for j, layer in enumerate(self.layers, start=1):
             if layer.op.selects:  # max-pooling: the value, and the linear map S_x it selected
@@ -335,20 +336,15 @@ class Network:
             xs.append(g.f(z))
             if j < L:
                 if type(g) is act.Identity:  # g' ≡ 1, g'' ≡ 0: nothing to store or multiply
-                    dg[j] = torch.ones((), dtype=z.dtype, device=z.device).expand(z.shape)
                     unit[j] = True
-                elif type(g) is act.ReLU:  # g' = sign(x_j), formed where it is used: nothing stored
-                    relu[j] = True
-                elif g.derivatives_from_output:  # tanh, sigmoid: g' and g'' from x_j, no second evaluation of g
-                    dg[j] = g.df_from_output(xs[-1])
-                    d2g[j] = g.d2f_from_output(xs[-1])
-                else:
-                    dg[j] = g.df(z)
-                    d2g[j] = None if g.locally_linear else g.d2f(z)
+                else:  # g' is applied by g.slope from x_j or z_j; g'' stored where it is not zero
+                    acts[j] = g
+                    slope_in[j] = xs[-1] if g.slope_reads == "x" else z
+                    d2g[j] = g.second(z, xs[-1])
         logits = z if isinstance(self.output_map, act.Softmax) else None
         for i in self.unread_after_forward:  # x_i only fed a parameter-free operator or a skip connection
             xs[i] = None
-        return ForwardRecord(xs=xs, dg=dg, d2g=d2g, unit=unit, logits=logits, selections=selections or None, relu=relu)
+        return ForwardRecord(xs=xs, d2g=d2g, acts=acts, slope_in=slope_in, unit=unit, logits=logits, selections=selections or None)
 
     def at(self, rec: ForwardRecord) -> Network:
         """This network linearised at the recorded point: every max-pooling layer's selection ``S_x`` fixed.

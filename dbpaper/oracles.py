@@ -118,7 +118,7 @@ def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.
                 xj.retain_grad()
                 xs.append(xj)
                 dgs.append(layer.activation.df(z) if j < L else None)
-            rec = ForwardRecord(xs=xs, dg=[None] * (L + 1), d2g=[None] * (L + 1))
+            rec = ForwardRecord(xs=xs, d2g=[None] * (L + 1))
             (seed,) = list(penalty.seeds(net, rec, y))  # penalty bound to the batch above
             zetas: list = [None] * (L + 1)
             xis: list = [None] * (L + 1)

@@ -25,33 +25,36 @@ def relu_slope(t: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None
 class ForwardRecord:
     """What one forward pass leaves for the algorithms.
 
-    ``xs[j]`` is ``x_j`` (``j = 0..L``); ``dg[j]`` is ``g'_j(z_j)`` and
-    ``d2g[j]`` is ``g''_j(z_j)`` (``None`` where it is identically zero) for the
-    hidden layers ``j = 1..L-1``; index 0 and ``L`` hold ``None``. ``z_L`` is
-    kept only for the identity output (where it equals ``x_L``). ``unit[j]`` is
-    ``True`` where ``g_j`` is the identity (``g'_j ≡ 1``, stored as a broadcast
-    view of one ``1``): :meth:`slope` then returns its argument instead of
-    multiplying by ones (pooling layers between convolutions).
+    ``xs[j]`` is ``x_j`` (``j = 0..L``). For the hidden layers ``j = 1..L-1``:
+    ``acts[j]`` is ``g_j`` and ``slope_in[j]`` the tensor its fused derivative
+    product :meth:`dbpaper.Activation.slope` reads (``x_j`` itself, or ``z_j``
+    for an activation whose ``g'`` is not a function of its output: GELU,
+    SiLU, softplus), so that ``M(g'_j(z_j), t)`` is one pass of autograd's own
+    backward kernel and ``g'_j`` is never stored; ``d2g[j]`` is ``g''_j(z_j)``
+    (``None`` where it is identically zero). ``unit[j]`` is ``True`` where
+    ``g_j`` is the identity: :meth:`slope` then returns its argument (pooling
+    layers between convolutions). Index 0 and ``L`` hold ``None``.
     """
 
-    xs: list[torch.Tensor]
-    dg: list[torch.Tensor | None]
+    xs: list[torch.Tensor | None]
     d2g: list[torch.Tensor | None]
+    acts: list | None = None
+    slope_in: list[torch.Tensor | None] | None = None
     unit: list[bool] | None = None
-    #: ``relu[j]``: ``g_j`` is the ReLU, whose ``g'_j(z_j)`` is ``sign(x_j)`` (``0`` or ``1``) and is not stored
-    relu: list[bool] | None = None
     #: ``z_L`` where the output map is the softmax (for a stable ``log_softmax`` in the loss), else ``None``
     logits: torch.Tensor | None = None
     #: layer ``j`` -> the linear map its operator selected on this pass (max-pooling), else ``None``
     selections: dict | None = None
 
-    def slope(self, j: int, t: torch.Tensor) -> torch.Tensor:
-        """``M(g'_j(z_j), t) = g'_j(z_j) ⊙ t`` (``t`` itself where ``g_j`` is the identity)."""
+    def slope(self, j: int, t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``M(g'_j(z_j), t) = g'_j(z_j) ⊙ t`` in one pass (``t`` itself where ``g_j`` is the identity).
+
+        ``out`` (which may be ``t``) receives it; ``slope_in[j]`` broadcasts over
+        a ``t`` of several classes stacked along a leading dimension.
+        """
         if self.unit is not None and self.unit[j]:
-            return t
-        if self.relu is not None and self.relu[j]:
-            return relu_slope(t, self.xs[j])
-        return self.dg[j] * t
+            return t if out is None or out is t else out.copy_(t)
+        return self.acts[j].slope(t, self.slope_in[j], out)
 
     @property
     def output(self) -> torch.Tensor:

@@ -26,7 +26,7 @@ import dataclasses
 
 import torch
 
-from ..network import ForwardRecord, Layer, Network, relu_slope
+from ..network import ForwardRecord, Layer, Network
 from .passes import NodeSums, gather
 
 __all__ = [
@@ -138,8 +138,11 @@ class Accumulators:
         s, self.sources[j] = self.sources[j], None
         if s is None:
             return _slope_(rec, j, gamma, 1) if gamma is not None else None
-        s = _sum_chunk(s, rec.dg[j].shape).mul_(rec.d2g[j])
-        return s if gamma is None else s.addcmul_(gamma.reshape(s.shape), rec.dg[j])
+        d2g = rec.d2g[j]
+        s = _sum_chunk(s, d2g.shape)
+        if gamma is None:
+            return s.mul_(d2g)
+        return _slope_(rec, j, gamma, 1).view(d2g.shape).addcmul_(s, d2g)  # g'_j ⊙ γ_j in place, + g''_j ⊙ Σ_i h_j ⊙ ξ_j
 
 
 @dataclasses.dataclass(eq=False)
@@ -215,7 +218,7 @@ def chunk_backward(ctx: Context, chunk: Chunk, xi: torch.Tensor | None, lowest: 
             if rec.d2g[j - 1] is None:
                 zetas[j - 1] = _slope_(rec, j - 1, xi, k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
             else:  # the source term needs ξ_{j-1} as well
-                zetas[j - 1] = _mul_into(xi, rec.dg[j - 1], k, ctx.zeta_buffer(j - 1, xi))
+                zetas[j - 1] = _slope_into(rec, j - 1, xi, k, ctx.zeta_buffer(j - 1, xi))
                 chunk.xis[j - 1] = xi
     return slots.take(0) if lowest == 1 else None
 
@@ -253,36 +256,33 @@ def _dense(t: torch.Tensor) -> bool:
     return t.is_contiguous() or (t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last))
 
 
-def _mul_(t: torch.Tensor, dg: torch.Tensor, k: int) -> torch.Tensor:
-    """``M(g'(z), t) = g'(z) ⊙ t`` in place, for ``k`` classes stacked along the batch (``dg`` broadcast)."""
+def _slope_(rec: ForwardRecord, j: int, t: torch.Tensor, k: int) -> torch.Tensor:
+    """``M(g'_j(z_j), t)`` in place for ``k`` classes stacked along the batch; ``t`` unchanged where ``g_j`` is the identity.
+
+    One pass of the activation's own backward kernel (:meth:`dbpaper.Activation.slope`), the record's
+    ``x_j`` or ``z_j`` broadcast over the stacked classes.
+    """
+    if rec.unit is not None and rec.unit[j]:
+        return t
     if not _dense(t):
         t = t.contiguous()
-    t.view(k, *dg.shape).mul_(dg)
+    a = rec.slope_in[j]
+    view = t.view(k, *a.shape)
+    rec.acts[j].slope(view, a, out=view)
     return t
 
 
-def _slope_(rec: ForwardRecord, j: int, t: torch.Tensor, k: int) -> torch.Tensor:
-    """``M(g'_j(z_j), t)`` in place for ``k`` stacked classes; ``t`` unchanged where ``g_j`` is the identity."""
-    if rec.unit is not None and rec.unit[j]:
-        return t
-    if rec.relu is not None and rec.relu[j]:  # t where x_j > 0, in place
-        if not _dense(t):
-            t = t.contiguous()
-        x = rec.xs[j]
-        view = t.view(k, *x.shape)
-        relu_slope(view, x, out=view)
-        return t
-    return _mul_(t, rec.dg[j], k)
-
-
-def _mul_into(t: torch.Tensor, dg: torch.Tensor, k: int, buf: torch.Tensor) -> torch.Tensor:
-    """``g'(z) ⊙ t`` for ``k`` stacked classes, written into the leading rows of ``buf`` (``t`` is kept).
+def _slope_into(rec: ForwardRecord, j: int, t: torch.Tensor, k: int, buf: torch.Tensor) -> torch.Tensor:
+    """``M(g'_j(z_j), t)`` for ``k`` stacked classes, written into the leading rows of ``buf`` (``t`` is kept).
 
     ``buf`` holds the largest chunk and is reused by every pass over the
     classes, so that no fresh memory is touched per pass.
     """
     out = buf[: t.shape[0]]
-    torch.mul(t.reshape(k, *dg.shape), dg, out=out.view(k, *dg.shape))
+    a = rec.slope_in[j]
+    if rec.unit is not None and rec.unit[j]:
+        return out.copy_(t)
+    rec.acts[j].slope(t.reshape(k, *a.shape), a, out=out.view(k, *a.shape))
     return out
 
 
