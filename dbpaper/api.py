@@ -34,6 +34,8 @@ Guarantees (each one tested):
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -75,11 +77,21 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
             raise
         return run_fallback(model, x, pen, y, lam, loss, err)
     xc, precision = _checked_input(net, x, pen, y)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+    if not torch.compiler.is_compiling() and not _all_finite(x):
         # NaN or Inf in the batch: autograd's result, so that they propagate exactly as autograd propagates them
         return autograd_value(model, x, pen, y, lam, loss)
     name = resolve_in(plans, net, pen, algorithm, x.shape[0])
     return run_explicit(model, net, x, xc, precision, pen, y, name, lam, loss)
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds no NaN or Inf, by one reduction: the sum of a batch with a NaN or an Inf is not finite.
+
+    A batch whose sum overflows (beyond about ``3e38``, summed in float32 at
+    least) reads as not finite too and takes the exact autograd path.
+    """
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+    return math.isfinite(float(x.sum(dtype=acc)))
 
 
 def _checked_input(net: Network, x: torch.Tensor, pen: Penalty, y):
@@ -113,7 +125,7 @@ def _value_only(model, x, pen, y, algorithm: str, lam: float | None, loss: str |
             explicit = False
     if explicit:
         xc, precision = _checked_input(net, x, pen, y)
-        explicit = bool(torch.isfinite(x).all())
+        explicit = _all_finite(x)
     if explicit:
         with precision:
             rec = record(net, xc)

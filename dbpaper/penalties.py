@@ -71,6 +71,28 @@ __all__ = [
 ]
 
 
+def value_and_grad(p, xi: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ_n p(ξ_n), scale · ∇p(ξ))``: the value summed over the batch and the scaled gradient, in as few passes as ``p`` allows.
+
+    A ``p`` with its own ``value_and_grad(xi, scale)`` (the built-in ones: one
+    norm per example, one pass over ``ξ`` for the gradient) is asked for it;
+    any other ``p`` gives ``p.value(ξ).sum()`` and ``p.grad(ξ) * scale``.
+    """
+    fused = getattr(p, "value_and_grad", None)
+    if fused is not None:
+        return fused(xi, scale)
+    return p.value(xi).sum(), p.grad(xi) * scale
+
+
+def _flat(xi: torch.Tensor) -> torch.Tensor:
+    return xi.reshape(xi.shape[0], -1)
+
+
+def _rows(c: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+    """A per-example ``(N,)`` tensor shaped to broadcast against ``xi``."""
+    return c.reshape((-1,) + (1,) * (xi.ndim - 1))
+
+
 class SquaredNorm:
     """``p(u) = ‖u‖²`` per example, ``∇p(u) = 2u``."""
 
@@ -79,6 +101,10 @@ class SquaredNorm:
 
     def grad(self, xi: torch.Tensor) -> torch.Tensor:
         return 2 * xi
+
+    def value_and_grad(self, xi: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = xi.reshape(-1)
+        return torch.dot(flat, flat), xi * (2.0 * scale)
 
     def __repr__(self) -> str:
         return "SquaredNorm()"
@@ -93,6 +119,11 @@ class Norm:
     def grad(self, xi: torch.Tensor) -> torch.Tensor:
         n = self.value(xi).reshape((-1,) + (1,) * (xi.ndim - 1))
         return torch.where(n > 0, xi / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(xi))
+
+    def value_and_grad(self, xi: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        n = torch.linalg.vector_norm(_flat(xi), dim=1)
+        c = torch.where(n > 0, scale / n, 0.0)  # ∇‖u‖ = u/‖u‖, 0 at u = 0
+        return n.sum(), xi * _rows(c, xi)
 
     def __repr__(self) -> str:
         return "Norm()"
@@ -131,6 +162,14 @@ class GradientNorm:
         e = self._excess(xi).reshape((-1,) + (1,) * (xi.ndim - 1))
         return 2 * e * _unit_direction(xi)
 
+    def value_and_grad(self, xi: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        n = torch.linalg.vector_norm(_flat(xi), dim=1)
+        e = n - self.target
+        if self.one_sided:
+            e = torch.relu(e)
+        c = torch.where(n > 0, e * (2.0 * scale) / n, 0.0)  # 2 (‖u‖ − t) u/‖u‖, u/‖u‖ := 0 at u = 0
+        return torch.dot(e, e), xi * _rows(c, xi)
+
     def __repr__(self) -> str:
         return f"GradientNorm(target={self.target}, one_sided={self.one_sided})"
 
@@ -147,6 +186,11 @@ class SquaredDistance:
 
     def grad(self, xi):
         return 2 * (xi - self.target)
+
+    def value_and_grad(self, xi: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        d = xi - self.target
+        flat = d.reshape(-1)
+        return torch.dot(flat, flat), d.mul_(2.0 * scale)
 
     def __repr__(self) -> str:
         return f"SquaredDistance(target of shape {tuple(self.target.shape)})"
@@ -586,9 +630,12 @@ def _check_index(index: int, outputs: int, who: str) -> None:
 
 
 def _unit(like: torch.Tensor, index: int) -> torch.Tensor:
-    v = torch.zeros_like(like).reshape(like.shape[0], -1)
-    v[:, index] = 1
-    return v.reshape(like.shape)
+    """``e^{(index)}`` for every example, shaped like ``like``."""
+    if like[0].numel() == 1:  # one output: the ones
+        return torch.ones_like(like)
+    v = torch.zeros_like(like)
+    v.view(like.shape[0], -1).select(1, index).fill_(1)
+    return v
 
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:

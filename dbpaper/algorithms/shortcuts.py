@@ -21,6 +21,7 @@ from .. import counting
 from ..activations import Softmax
 from ..network import Network
 from ..operators import Dense
+from ..penalties import value_and_grad
 from ..seeds import ConstantSeed
 from .algorithm4 import Accumulators, Chunk, Context, _slope_
 from .passes import gather
@@ -130,8 +131,8 @@ class PlainInput:
     def start(self, chunk: Chunk, xi_0: torch.Tensor, acc: Accumulators) -> None:
         """The value, and ``chunk.q = q_{lowest-1}``, from which Algorithm 2 resumes."""
         n = self.ctx.n
-        acc.add_value(self.penalty.p.value(xi_0).sum() / n)
-        chunk.q = self.penalty.p.grad(xi_0) * (self.ctx.scale / n)  # q_0 = scale · ∇p(ξ_0) / N (batch mean); a user's ∇p may return a shared tensor
+        total, chunk.q = value_and_grad(self.penalty.p, xi_0, self.ctx.scale / n)  # q_0 = scale · ∇p(ξ_0) / N (batch mean)
+        acc.add_value(total / n)
 
     def weight_term(self, acc: Accumulators, j: int) -> torch.Tensor | None:
         """``θ̂¹_j`` for the final pass."""
