@@ -84,6 +84,7 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
     return run_explicit(model, net, x, xc, precision, pen, y, name, lam, loss)
 
 
+@torch.compiler.disable  # a scalar read: always eager (a caller that dynamo runs eagerly would otherwise trace it alone)
 def _all_finite(x: torch.Tensor) -> bool:
     """Whether ``x`` holds no NaN or Inf, by one reduction: the sum of a batch with a NaN or an Inf is not finite.
 
