@@ -461,7 +461,7 @@ class Workload:
     """A model, an input batch, what to compute and the methods to run on it."""
 
     name: str
-    group: str  # "main", "realistic", "penalties", "classes", "depth" or "batch"
+    group: str  # "main", "realistic", "overhead", "penalties", "classes", "depth" or "batch"
     description: str
     params: dict
     make: Callable  # () -> (model, in_shape, batch, classes)
@@ -588,6 +588,16 @@ def workloads(quick: bool = False) -> list[Workload]:
             Task("gradient-norm"),
         )
     )  # fmt: skip
+    # per-call overhead: a tiny critic, where the products cost next to nothing
+    for b in (1, 8):
+        out.append(
+            Workload(
+                f"overhead-b{b}", "overhead", f"16-16-1 LeakyReLU(0.2) critic, gradient penalty (|grad| - 1)^2, batch {b}: per-call overhead",
+                {"widths": [16, 16, 1], "batch": b, "classes": 1, "activation": "leaky_relu(0.2)", "penalty": "gradient-norm", "target": 1.0},
+                (lambda b=b: (_mlp([16, 16, 1], act=_leaky, softmax=False), (16,), b, 1)), ("default", "minimal", "alg1-3", "autograd-summed"),
+                Task("gradient-norm"),
+            )
+        )  # fmt: skip
     cifar_ch, cifar_size, cifar_batch = ((2, 2, 4), 8, 4) if quick else ((16, 32, 64), 32, 32)
     out.append(
         Workload(
@@ -656,6 +666,7 @@ def measure_peak_memory(fn: Callable, device: torch.device | str = "cpu") -> int
         _sync(device)
         peak = torch.cuda.max_memory_allocated(device) - base
         del result
+        measure_peak_memory.allocated = None
         return int(peak)
     from torch.profiler import ProfilerActivity, profile
 
@@ -668,6 +679,7 @@ def measure_peak_memory(fn: Callable, device: torch.device | str = "cpu") -> int
     for e in events:
         running += e.nbytes()
         peak = max(peak, running)
+    measure_peak_memory.allocated = int(sum(e.nbytes() for e in events if e.nbytes() > 0))
     return int(peak)
 
 
@@ -696,6 +708,60 @@ def _flops(fn: Callable) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
+
+
+#: The products the floor replays: matrix products and convolutions (what FlopCounterMode counts).
+_PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "addbmm", "convolution", "convolution_backward", "_convolution", "mkldnn_convolution", "dot", "mv", "addmv")
+
+
+def record_products(fn: Callable) -> tuple[list, int]:
+    """The matrix products and convolutions of one call of ``fn`` (op, cloned arguments) and the number of aten ops it ran.
+
+    Recorded with a ``TorchDispatchMode``: every op that reaches the dispatcher is counted (views included),
+    and the products are kept with copies of their arguments, strides preserved, for :func:`replay_floor`.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops, self.products = 0, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            self.ops += 1
+            if func.__name__.split(".")[0] in _PRODUCTS:
+                keep = lambda a: a.detach().clone() if isinstance(a, torch.Tensor) else a  # noqa: E731
+                replay = func.overloadpacket.default if "out" in kwargs else func  # an out= product replayed into a fresh output
+                self.products.append((replay, [keep(a) for a in args], {k: keep(v) for k, v in kwargs.items() if k != "out"}))
+            return func(*args, **kwargs)
+
+    with Recorder() as rec:
+        fn()
+    return rec.products, rec.ops
+
+
+def replay_floor(products: list, device: torch.device, rounds: int = 15) -> float:
+    """Seconds the recorded products take replayed alone, in their order, with nothing between them (median of ``rounds``).
+
+    The *floor* of a call: what it would cost if every other operation (elementwise work, allocation, Python) were free.
+    """
+    if not products:
+        return 0.0
+
+    def seq():
+        for func, args, kwargs in products:
+            func(*args, **kwargs)
+
+    seq()
+    _sync(device)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        seq()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _rel_diff(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
@@ -849,16 +915,26 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
             bar.update(1)
             continue
         results[m]["working_mib"] = max(0.0, results[m]["peak_mib"] - grad_mib)  # minus the returned gradients
+        if measure_peak_memory.allocated is not None:
+            results[m]["allocated_mib_per_call"] = measure_peak_memory.allocated / 2**20
+        try:  # the floor: this call's products and convolutions replayed alone (a compiled peer: its eager computation's)
+            products, ops = record_products(getattr(fn, "eager", fn))
+            results[m]["floor_ms"] = replay_floor(products, device) * 1e3
+            results[m]["aten_ops"] = ops
+            results[m]["products"] = len(products)
+            if METHODS[m].compiled:
+                results[m]["floor_of"] = "the uncompiled peer"
+            del products
+        except Exception as exc:  # noqa: BLE001
+            fail(m, "floor", exc, compile_s=results[m].get("compile_s"))
         bar.update(1)
     # timing: round-robin, as many rounds as the budget allows (at least min_repeats, at most repeats);
     # a compiled peer counts with its second call, not its compilation
     slowest = sum(r.get("second_call_s", r["warmup_s"]) for r in results.values())
     rounds = max(min_repeats, min(repeats, int(budget_s / max(slowest, 1e-9))))
-    bar.total += rounds - min_repeats
-    bar.refresh()
     samples: dict[str, list[float]] = {m: [] for m in calls}
     faults: dict[str, int] = {m: 0 for m in calls}
-    for _ in range(rounds):
+    for r in range(rounds):
         for m, fn in calls.items():
             f0 = _minor_faults()
             _sync(device)
@@ -867,7 +943,8 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
             _sync(device)
             samples[m].append(time.perf_counter() - t0)
             faults[m] += _minor_faults() - f0
-        bar.update(1)
+        if r < min_repeats:  # the bar counts the rounds every workload runs (its total is known up front)
+            bar.update(1)
     for m, s in samples.items():
         results[m]["time_ms"] = statistics.median(s) * 1e3
         results[m]["time_ms_samples"] = [round(v * 1e3, 4) for v in s]
@@ -875,6 +952,8 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
         results[m]["time_ms_iqr"] = [q[0] * 1e3, q[2] * 1e3]
         results[m]["gflops_per_s"] = results[m]["flops"] / (results[m]["time_ms"] * 1e-3) / 1e9
         results[m]["minor_faults_per_call"] = faults[m] / len(s)
+        if "floor_ms" in results[m]:
+            results[m]["efficiency"] = results[m]["floor_ms"] / results[m]["time_ms"]  # the floor's share of the call
     pen = w.task.make()
     chosen = dbpaper.plan(model, x, pen, y if pen.needs_y else None)
     out = {
@@ -899,6 +978,28 @@ def _measure_workload(w: Workload, device, dtype, repeats: int, min_repeats: int
 
 class BenchUsageError(ValueError):
     """Settings the benchmark cannot run with (unknown workloads, no CUDA, ...): one line for the user."""
+
+
+def _version() -> str:
+    import dbpaper
+
+    return dbpaper.__version__
+
+
+def _commit() -> str | None:
+    """The git commit of the checkout the package was imported from (``+dirty`` with uncommitted changes), else ``None``."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "dbpaper"], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def _device(device: str) -> torch.device:
@@ -959,7 +1060,9 @@ def _run_all(*, quick: bool, dev: torch.device, only, repeats: int, min_repeats:
     bar = tqdm(total=total, desc="bench", unit="step", disable=not progress)
     started = time.perf_counter()
     out = {
-        "schema": 2,
+        "schema": 3,
+        "version": _version(),
+        "commit": _commit(),
         "targets": TARGETS,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine_info(dev), "matmul_gflops_per_s": matmul_rate(dev, dtype, seconds=0.2 if quick else 1.0)},
@@ -981,6 +1084,7 @@ def _run_all(*, quick: bool, dev: torch.device, only, repeats: int, min_repeats:
         out["workloads"].append(_measure_workload(w, dev, dtype, repeats, min_rounds, budget_s / (4 if quick else 1), bar, compile))
     bar.close()
     out["elapsed_s"] = round(time.perf_counter() - started, 1)
+    out["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return out
 
 

@@ -193,3 +193,27 @@ def test_quick_runs_on_one_thread_and_restores_the_setting(realistic):
     before = torch.get_num_threads()
     _run(only=["critic-gp"], threads=max(1, before - 1) if before > 1 else 2)
     assert torch.get_num_threads() == before
+
+
+def test_every_method_has_its_floor_ops_and_allocations(realistic):
+    """The floor (the call's products replayed alone) is positive and at most the call's time up to noise; aten ops
+    and allocated bytes are recorded for every method."""
+    for w in realistic["workloads"]:
+        for m, r in w["results"].items():
+            assert r["products"] > 0 and r["floor_ms"] > 0, (w["name"], m)
+            assert r["aten_ops"] >= r["products"], (w["name"], m)
+            assert r["efficiency"] == pytest.approx(r["floor_ms"] / r["time_ms"])
+            assert r["allocated_mib_per_call"] >= 0
+    assert realistic["version"] == dbpaper.__version__
+    assert "load_average_at_end" in realistic["machine"]
+
+
+def test_the_overhead_workloads_run_the_single_output_methods():
+    result = _run(only=["overhead"], compile=False)
+    by = {w["name"]: w for w in result["workloads"]}
+    assert set(by) == {"overhead-b1", "overhead-b8"}
+    for w in by.values():
+        assert set(w["results"]) == {"default", "minimal", "alg1-3", "autograd-summed"}
+        assert w["params"]["batch"] in (1, 8)
+        for m, r in w["results"].items():
+            assert r["max_rel_diff"] < 1e-4, (w["name"], m)
