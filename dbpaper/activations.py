@@ -40,6 +40,8 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "SiLU",
+    "Mish",
+    "Hardswish",
     "Softplus",
     "Tanh",
     "IdentityOutput",
@@ -422,6 +424,59 @@ class SiLU(Activation):
     def d2f(self, z):
         s = torch.sigmoid(z)
         return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+    def output_invertible(self):
+        return False
+
+
+class Mish(Activation):
+    """``g(z) = z tanh(softplus(z))`` (``nn.Mish``). With ``t = tanh(softplus(z))`` and ``s = σ(z)``:
+    ``g' = t + z s (1 − t²)``, ``g'' = s (1 − t²) (2 + z (1 − s) − 2 z s t)``; smooth, not monotone, no output map.
+    """
+
+    def f(self, z):
+        return torch.nn.functional.mish(z)
+
+    def slope(self, t, a, out=None):  # mish_backward has no out= overload
+        r = _aten.mish_backward(t, a.expand_as(t) if a.shape != t.shape else a)
+        return r if out is None else out.copy_(r)
+
+    def _parts(self, z):
+        return torch.tanh(torch.nn.functional.softplus(z)), torch.sigmoid(z)
+
+    def df(self, z):
+        t, s = self._parts(z)
+        return t + z * s * (1 - t * t)
+
+    def d2f(self, z):
+        t, s = self._parts(z)
+        return s * (1 - t * t) * (2 + z * (1 - s) - 2 * z * s * t)
+
+    def output_invertible(self):
+        return False
+
+
+class Hardswish(Activation):
+    """``g(z) = z · min(max(z + 3, 0), 6) / 6`` (``nn.Hardswish``): ``0`` below ``−3``, ``z`` above ``3``, ``z (z + 3) / 6`` between.
+
+    ``g' = z/3 + 1/2`` strictly inside ``(−3, 3)``, ``0`` from ``−3`` down, ``1`` from ``3`` up (torch's convention at the kinks);
+    ``g'' = 1/3`` strictly inside ``(−3, 3)``, ``0`` elsewhere (as torch's double backward).
+    """
+
+    kinks = (-3.0, 3.0)
+
+    def f(self, z):
+        return torch.nn.functional.hardswish(z)
+
+    def slope(self, t, a, out=None):  # hardswish_backward's out= overload is named "out"
+        a = a.expand_as(t) if a.shape != t.shape else a
+        return _aten.hardswish_backward(t, a) if out is None else _aten.hardswish_backward.out(t, a, out=out)
+
+    def df(self, z):
+        return torch.where(z <= -3, torch.zeros_like(z), torch.where(z < 3, z / 3 + 0.5, torch.ones_like(z)))
+
+    def d2f(self, z):
+        return ((z > -3) & (z < 3)).to(z.dtype) / 3
 
     def output_invertible(self):
         return False

@@ -12,7 +12,7 @@ example under ``torch.compile``'s AOT autograd).
 Guarantees (each one tested):
 
 * **Any model.** A model outside the framework of eq. (8) (residual blocks,
-  BatchNorm in training mode, max-pooling, Mish, custom modules, hooks, an overridden
+  BatchNorm in training mode, max-pooling, a module no reader knows, hooks, an overridden
   ``forward``) is evaluated by autograd under ``algorithm="auto"``, with one
   :class:`~dbpaper.planning.FallbackWarning` naming the first module outside
   the framework; an explicitly named explicit algorithm raises instead.
@@ -77,7 +77,7 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
             raise
         return run_fallback(model, x, pen, y, lam, loss, err)
     xc, precision = _checked_input(net, x, pen, y)
-    if not torch.compiler.is_compiling() and not _all_finite(x):
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
         # NaN or Inf in the batch: autograd's result, so that they propagate exactly as autograd propagates them
         return autograd_value(model, x, pen, y, lam, loss)
     name = resolve_in(plans, net, pen, algorithm, x.shape[0])

@@ -61,9 +61,10 @@ def reference_gradients(
     net = Network.from_sequential(model, x.shape[1:])
     params = net.parameters()
     if mode == "func":
-        if not penalty.sums_unit_outputs:
-            raise ValueError("mode='func' is implemented for JacobianFrobenius only")
-        value = func_jacobian_frobenius(model, x)
+        c = penalty.squared_norm_scale
+        if not penalty.sums_unit_outputs or c is None:
+            raise ValueError("mode='func' is implemented for c ‖J‖_F² (the Jacobian penalty, R1 of a one-output critic) only")
+        value = func_jacobian_frobenius(model, x) * c
         return value.detach(), [g.detach() for g in torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)]
     terms = autograd_penalty(model, x, penalty, y)
     if mode == "summed":

@@ -14,6 +14,7 @@ penalty                                ``v``                                    
 :class:`OperatorNorm`                  random unit ``v`` after power iterations      ``‖·‖``
 :class:`GradientNormPenalty`           ``e^{(i)}``                                   ``(‖·‖ − t)²`` or ``max(0, ‖·‖ − t)²``
 :class:`Sobolev`                       ``e^{(i)}``                                   ``‖· − t_n‖²``
+:class:`R1`                            ``e^{(i)}`` (one output: every unit output)   ``(γ/2) ‖·‖²``
 :class:`GeneralPenalty`                constant, index, labels, or ``v(x_L, y)``     any ``p``
 =====================================  ============================================  =================
 
@@ -65,6 +66,7 @@ __all__ = [
     "OutputNodeGradient",
     "PFunction",
     "Penalty",
+    "R1",
     "Sobolev",
     "SquaredDistance",
     "SquaredNorm",
@@ -94,24 +96,43 @@ def _rows(c: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
 
 
 class SquaredNorm:
-    """``p(u) = ‖u‖²`` per example, ``∇p(u) = 2u``."""
+    """``p(u) = c ‖u‖²`` per example (``c = scale``, default 1), ``∇p(u) = 2c u``.
+
+    Declares :attr:`squared_norm_scale` ``= c``: the algorithms that need a
+    squared norm (Algorithm 4 and its Gram shortcut) read it, not the class.
+    """
+
+    def __init__(self, scale: float = 1.0):
+        scale = float(scale)
+        if not (scale > 0 and scale < float("inf")):
+            raise ValueError(f"SquaredNorm: scale must be a positive finite number, got {scale}")
+        self.scale = scale
+
+    @property
+    def squared_norm_scale(self) -> float:
+        """``c`` in ``p(u) = c ‖u‖²``."""
+        return self.scale
 
     def value(self, xi: torch.Tensor) -> torch.Tensor:
-        return torch.sum(xi * xi, dim=tuple(range(1, xi.ndim)))
+        v = torch.sum(xi * xi, dim=tuple(range(1, xi.ndim)))
+        return v if self.scale == 1.0 else v * self.scale
 
     def grad(self, xi: torch.Tensor) -> torch.Tensor:
-        return 2 * xi
+        return (2 * self.scale) * xi
 
     def value_and_grad(self, xi: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         flat = xi.reshape(-1)
-        return torch.dot(flat, flat), xi * (2.0 * scale)
+        total = torch.dot(flat, flat)
+        return (total if self.scale == 1.0 else total * self.scale), xi * (2.0 * self.scale * scale)
 
     def __repr__(self) -> str:
-        return "SquaredNorm()"
+        return "SquaredNorm()" if self.scale == 1.0 else f"SquaredNorm(scale={self.scale})"
 
 
 class Norm:
     """``p(u) = ‖u‖`` per example, ``∇p(u) = u / ‖u‖`` (0 where ``u = 0``)."""
+
+    squared_norm_scale = None
 
     def value(self, xi: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(xi.reshape(xi.shape[0], -1), dim=1)
@@ -147,6 +168,8 @@ class GradientNorm:
     with ``u/‖u‖ := 0`` at ``u = 0`` as torch autograd's norm does.
     """
 
+    squared_norm_scale = None
+
     def __init__(self, target: float = 1.0, one_sided: bool = False):
         self.target = float(target)
         self.one_sided = bool(one_sided)
@@ -177,6 +200,8 @@ class GradientNorm:
 class SquaredDistance:
     """``p(u) = ‖u − t_n‖²`` per example for per-example targets ``t`` (shaped like ``ξ_0``); ``∇p(u) = 2(u − t)``."""
 
+    squared_norm_scale = None
+
     def __init__(self, target: torch.Tensor):
         self.target = target
 
@@ -205,6 +230,8 @@ class PFunction:
     fallback differentiates ``fn`` through the network, so ``fn`` must be
     differentiable torch code for it in any case.
     """
+
+    squared_norm_scale = None
 
     def __init__(self, fn, grad=None, name: str | None = None):
         if not callable(fn) or (grad is not None and not callable(grad)):
@@ -257,7 +284,8 @@ class Penalty(abc.ABC):
     needs_y: bool = False
     #: whether every ``v`` is independent of the network (then ``η`` vanishes with an identity output, Section 5.3)
     constant_v: bool = True
-    #: whether the ``v``'s are all the unit vectors ``e^{(1)}, ..., e^{(C)}`` with ``p = ‖·‖²`` (the Jacobian penalty)
+    #: whether the ``v``'s are all the unit vectors ``e^{(1)}, ..., e^{(C)}`` (the Jacobian penalty; Algorithm 4 applies
+    #: where moreover ``p`` declares a ``squared_norm_scale``, ``p = c ‖·‖²``)
     sums_unit_outputs: bool = False
     #: the loss ``ℓ`` whose gradient ``v`` is (classical double backpropagation), else ``None``: its backward
     #: pass then serves the loss's own gradient (Section 4.5)
@@ -279,6 +307,11 @@ class Penalty(abc.ABC):
     def num_seeds(self, net: Network) -> int:
         """How many ``v``'s (backward passes) the penalty needs."""
         return 1
+
+    @property
+    def squared_norm_scale(self) -> float | None:
+        """``c`` where ``p(u) = c ‖u‖²`` (declared by ``p``), else ``None``; the squared-norm algorithms read it."""
+        return getattr(self.p, "squared_norm_scale", None)
 
     @property
     def extra_passes(self) -> int:
@@ -572,6 +605,54 @@ class GradientNormPenalty(GeneralPenalty):
 
     def __repr__(self) -> str:
         return f"GradientNormPenalty(target={self.target}, one_sided={self.one_sided}, index={self.index})"
+
+
+class R1(Penalty):
+    """The R1 penalty ``(γ/2) mean_n ‖∇_x D(x_n)‖²`` of a critic ``D`` (Mescheder et al. 2018; StyleGAN2).
+
+    ``v = e^{(i)}`` with ``i = index`` and ``p = (γ/2) ‖·‖²``
+    (:class:`SquaredNorm` with ``scale = γ/2``). Without ``index`` the model
+    must have one output; its one ``v`` is then every unit output, so the
+    penalty is ``γ/2`` times the Jacobian penalty and gets every algorithm and
+    shortcut of that one (Algorithm 4, the Gram shortcut) by its declared
+    properties. With ``index`` on a model of several outputs it is a
+    single-``v`` penalty (``γ/2`` times :class:`OutputNodeGradient`).
+    """
+
+    def __init__(self, gamma: float = 10.0, index: int | None = None):
+        gamma = float(gamma)
+        if not (gamma > 0 and gamma < float("inf")):
+            raise ValueError(f"R1: gamma must be a positive finite number, got {gamma}")
+        self.gamma = gamma
+        self.index = None if index is None else _index(index, "R1")
+        self.p = SquaredNorm(gamma / 2)
+
+    @property
+    def sums_unit_outputs(self) -> bool:  # one output: its one unit vector is all of them
+        return self.index is None
+
+    def check_outputs(self, outputs: int) -> None:
+        """Raise unless the model has one output or ``index`` is in range."""
+        if self.index is None:
+            if outputs != 1:
+                raise ValueError(
+                    f"R1: the model has {outputs} outputs per example; R1 takes the gradient of one output: "
+                    "pass index=i (e.g. R1(gamma, index=0))"
+                )
+        else:
+            _check_index(self.index, outputs, "R1")
+
+    def num_seeds(self, net):
+        return 1
+
+    def seeds(self, net, rec, y, linear=None):
+        yield ConstantSeed(net.output_map, rec.output, _unit(rec.output, self.index or 0))
+
+    def autograd_terms(self, model, xin, out, y):
+        return self._vjp_terms(xin, out, [_unit(out, self.index or 0)])
+
+    def __repr__(self) -> str:
+        return f"R1(gamma={self.gamma:g}" + ("" if self.index is None else f", index={self.index}") + ")"
 
 
 class Sobolev(GeneralPenalty):

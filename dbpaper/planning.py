@@ -105,14 +105,14 @@ def estimate(net: Network, penalty: Penalty, batch: int, algorithm: str) -> Esti
     """The cost model's prediction for ``algorithm`` (a registered name with a cost, or ``"autograd"``)."""
     if algorithm == "autograd":
         return autograd_cost(net, penalty, batch)
-    spec = REGISTRY.get(algorithm)
-    if spec is None:
+    alg = REGISTRY.get(algorithm)
+    if alg is None:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose from {sorted(set(REGISTRY) | set(ALGORITHM_NAMES))}")
-    return spec.cost(net, penalty, batch)
+    return alg.cost(net, penalty, batch)
 
 
 def _applicable(net: Network, penalty: Penalty) -> list[str]:
-    return [name for name, spec in REGISTRY.items() if spec.applies_to(net, penalty)]
+    return [name for name, alg in REGISTRY.items() if alg.applies(net, penalty)]
 
 
 _CHOICES: dict[tuple, tuple[str, dict[str, Estimate]]] = {}
@@ -186,15 +186,21 @@ class ExecutionPlan:
         if rest:
             lines.append("settings      " + ", ".join(f"{k}={v}" for k, v in rest.items()))
         if self.predicted_flops is not None and self.autograd_flops:
-            ratio = self.predicted_flops / self.autograd_flops
-            lines.append(
-                f"FLOPs         {self.predicted_flops / 1e9:.4g} G predicted; autograd (summed): "
-                f"{self.autograd_flops / 1e9:.4g} G ({ratio:.2f}x)"
-            )
+            lines.append(f"FLOPs         {self.predicted_flops / 1e9:.4g} G predicted; autograd (summed): {self.autograd_flops / 1e9:.4g} G")
+            lines.append(f"              {_flop_comparison(self.predicted_flops, self.autograd_flops)}")
         if self.candidates:
             parts = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in sorted(self.candidates.items(), key=lambda kv: kv[1]))
             lines.append(f"candidates    {parts} (predicted)")
         return "\n".join(lines)
+
+
+def _flop_comparison(predicted: int, autograd: int) -> str:
+    """``"predicted 1.66× fewer FLOPs than autograd"`` (or ``more``, or ``as many``), the direction spelled out."""
+    if predicted == autograd:
+        return "predicted as many FLOPs as autograd"
+    if predicted < autograd:
+        return f"predicted {autograd / max(predicted, 1):.2f}× fewer FLOPs than autograd"
+    return f"predicted {predicted / autograd:.2f}× more FLOPs than autograd"
 
 
 def read(model, x: torch.Tensor) -> Network:
@@ -255,11 +261,12 @@ def resolve(net: Network, penalty: Penalty, algorithm: str, batch: int | None = 
         return choose(net, penalty, batch if batch is not None else 1)[0]
     if algorithm == "autograd":
         raise ValueError("algorithm='autograd' is provided by dbpaper.penalty and dbpaper.objective, not by the explicit algorithms")
-    spec = REGISTRY.get(algorithm)
-    if spec is None:
+    alg = REGISTRY.get(algorithm)
+    if alg is None:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose from {sorted(set(REGISTRY) | set(ALGORITHM_NAMES))}")
-    if not spec.applies_to(net, penalty):
-        raise ValueError(f"algorithm {algorithm!r} does not apply: {spec.reason(net, penalty)}")
+    reason = alg.why_not(net, penalty)
+    if reason is not None:
+        raise ValueError(f"algorithm {algorithm!r} does not apply: {reason}")
     return algorithm
 
 

@@ -385,6 +385,8 @@ register_reader(nn.Hardtanh, "activation", lambda m, shape: act.Hardtanh(m.min_v
                 description="locally linear; nn.ReLU6 too")  # fmt: skip
 register_reader(nn.GELU, "activation", lambda m, shape: act.GELU(m.approximate), example=lambda: nn.GELU(), description="smooth; exact or tanh approximation")
 register_reader(nn.SiLU, "activation", lambda m, shape: act.SiLU(), example=lambda: nn.SiLU(), description="smooth (swish)")
+register_reader(nn.Mish, "activation", lambda m, shape: act.Mish(), example=lambda: nn.Mish(), description="smooth")
+register_reader(nn.Hardswish, "activation", lambda m, shape: act.Hardswish(), example=lambda: nn.Hardswish(), description="kinks at ±3")
 register_reader(nn.Softmax, "output", _softmax, example=lambda: nn.Softmax(dim=-1), description="final module only, dim=-1")
 
 #: The supported modules, for messages (derived from :data:`READERS` when this module is imported).

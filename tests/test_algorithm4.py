@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import dbpaper
 from dbpaper import penalties as P
-from dbpaper.algorithms import ALGORITHMS
+from dbpaper.algorithms import REGISTRY as ALGORITHMS
 from dbpaper.algorithms import jacobian as J
 from dbpaper.paper.bench import measure_peak_memory
 

@@ -17,7 +17,7 @@ import dbpaper
 from dbpaper import penalties as P
 from dbpaper.planning import FallbackWarning, estimate
 
-from .helpers import ARCHITECTURES, assert_same_gradients, random_input, random_model
+from .helpers import ARCHITECTURES, assert_same_gradients, random_input, random_model, unsupported_activation
 
 # -- an independent autograd oracle --------------------------------------------------------------
 
@@ -155,7 +155,7 @@ def _outside_models():
         "residual": (nn.Sequential(nn.Linear(6, 5), Residual(5), nn.Linear(5, 3)), "Residual"),
         "batchnorm-train": (nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)), "BatchNorm1d"),
         "maxpool": (conv, "Unflatten"),
-        "mish": (nn.Sequential(nn.Linear(6, 5), nn.Mish(), nn.Linear(5, 3)), "Mish"),
+        "unsupported-activation": (nn.Sequential(nn.Linear(6, 5), unsupported_activation(), nn.Linear(5, 3)), type(unsupported_activation()).__name__),
         "custom-module": (Residual(6), "Residual"),
         "forward-hook": (hooked, "forward hook"),
         "pre-hook": (pre, "forward pre-hook"),

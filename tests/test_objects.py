@@ -68,16 +68,22 @@ def test_a_sobolev_penalty_matches_autograd_with_its_targets():
     assert abs(float(ref) - float(((g - t) ** 2).sum() / 5)) <= 1e-12 * abs(float(ref))
 
 
-@pytest.mark.parametrize("path", ["dbpaper/algorithms/costs.py", "dbpaper/planning.py", "dbpaper/fallback.py", "dbpaper/oracles.py"])
-def test_nothing_above_the_penalties_asks_a_penalty_class(path):
-    """The cost model, the planner, the fallback and the oracles read the penalty's attributes, not its class."""
+_LIBRARY = sorted(str(f.relative_to(ROOT)) for f in (ROOT / "dbpaper").rglob("*.py") if "paper" not in f.relative_to(ROOT / "dbpaper").parts[:1]
+                  and f.name != "penalties.py")  # fmt: skip
+
+
+@pytest.mark.parametrize("path", _LIBRARY)
+def test_no_library_module_asks_a_penalty_class(path):
+    """Every module of the library but the penalties' own reads a penalty's (and its ``p``'s) declared properties, never its class."""
     tree = ast.parse((ROOT / path).read_text())
-    classes = {n for n in P.__all__ if isinstance(getattr(P, n), type) and issubclass(getattr(P, n), P.Penalty)} - {"Penalty"}  # the base: a type check
+    kinds = (P.Penalty, P.SquaredNorm, P.Norm, P.GradientNorm, P.SquaredDistance, P.PFunction)
+    classes = {n for n in P.__all__ if isinstance(getattr(P, n), type) and issubclass(getattr(P, n), kinds)} - {"Penalty"}  # the base: a type check
     asked = [
         ast.unparse(node)
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance"
-        and any(isinstance(n, ast.Name | ast.Attribute) and (getattr(n, "id", None) or getattr(n, "attr", None)) in classes for n in ast.walk(node.args[1]))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("isinstance", "issubclass", "type")
+        and any(isinstance(n, ast.Name | ast.Attribute) and (getattr(n, "id", None) or getattr(n, "attr", None)) in classes
+                for a in node.args for n in ast.walk(a))
     ]  # fmt: skip
     assert not asked, f"{path} asks a penalty's class: {asked}"
 

@@ -9,8 +9,9 @@ sits above this package and chooses among them, and the entry points
 
 from ..losses import loss_value
 from ..seeds import ConstantSeed, LossGradientSeed, Seed, softmax_jacobian_apply
-from . import jacobian, registry
-from .driver import Result, compute, compute_objective, loss_gradients
+from . import driver, jacobian, registry
+from .driver import General, Minimal, Result, compute, compute_objective, loss_gradients
+from .jacobian import Optimized
 from .passes import (
     BackwardBackwardPass,
     BackwardPass,
@@ -22,12 +23,20 @@ from .passes import (
     linearized_forward,
     standard_backprop,
 )
-from .registry import ALGORITHMS, REGISTRY, AlgorithmSpec, register_algorithm
+from .registry import REGISTRY, Algorithm, Estimate, FunctionAlgorithm, LossFold, Outcome, register, register_algorithm, unregister
 
 __all__ = [
-    "ALGORITHMS",
     "REGISTRY",
-    "AlgorithmSpec",
+    "Algorithm",
+    "Estimate",
+    "FunctionAlgorithm",
+    "General",
+    "LossFold",
+    "Minimal",
+    "Optimized",
+    "Outcome",
+    "register",
+    "unregister",
     "compute",
     "compute_objective",
     "registry",
@@ -51,3 +60,11 @@ __all__ = [
     "standard_backprop",
 ]
 
+
+def _register_builtin() -> None:
+    """The built-in algorithms, in the order ``"auto"`` breaks ties by: Algorithms 1–3, then Algorithm 4."""
+    driver.register_builtin()  # "minimal", "general"
+    jacobian.register_builtin()  # "optimized", "optimized-shortcuts", "optimized-chunked"
+
+
+_register_builtin()  # the one place the package registers its algorithms

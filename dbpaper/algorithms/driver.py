@@ -22,10 +22,10 @@ from .passes import (
     linearized_forward,
     standard_backprop,
 )
-from .registry import ALGORITHMS, REGISTRY, Estimate, register_algorithm
+from .registry import REGISTRY, Algorithm, Estimate, LossFold, Outcome, register
 from .shortcuts import PlainInput, SeedOutput
 
-__all__ = ["ALGORITHMS", "Linearization", "Result", "compute", "compute_objective", "general", "loss_gradients", "loss_seed", "minimal", "penalty_value", "register_algorithm"]
+__all__ = ["General", "Linearization", "Minimal", "Result", "compute", "compute_objective", "general", "loss_gradients", "loss_seed", "minimal", "penalty_value"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -182,9 +182,43 @@ def minimal_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
     return Estimate(flops, 6 * L + S * (5 * L + 5) - (S if vanishes else 0))
 
 
-# "minimal" first: where the estimates tie (one seed) "auto" takes it, the same evaluations in less memory
-register_algorithm("minimal", minimal, cost=minimal_cost, folds_loss=True)
-register_algorithm("general", general, cost=general_cost)  # the paper's path: the loss backpropagated apart
+class Minimal(Algorithm):
+    """``"minimal"``: Algorithms 1–3 streamed through Algorithm 4's accumulators (:func:`minimal`), the loss folded in."""
+
+    name = "minimal"
+    folds_loss = True
+
+    def run(self, net, rec, penalty, y, fold=None):
+        if fold is None:
+            value, grads, _ = minimal(net, rec, penalty, y)
+        else:
+            value, grads, _ = minimal(net, rec, penalty, y, scale=fold.scale, extra_eta_L=fold.eta_L)
+        return Outcome(value, grads)
+
+    def cost(self, net, penalty, batch):
+        return minimal_cost(net, penalty, batch)
+
+
+class General(Algorithm):
+    """``"general"``: Algorithms 1–3 once per ``v`` (:func:`general`), the paper's path; the loss backpropagated apart."""
+
+    name = "general"
+
+    def run(self, net, rec, penalty, y, fold=None):
+        if fold is not None:
+            raise ValueError("'general' does not fold a loss in (folds_loss is False)")
+        value, grads, passes = general(net, rec, penalty, y)
+        return Outcome(value, grads, tuple(passes))
+
+    def cost(self, net, penalty, batch):
+        return general_cost(net, penalty, batch)
+
+
+def register_builtin() -> None:
+    """Algorithms 1–3 in :data:`~dbpaper.algorithms.REGISTRY`; "minimal" first: where the estimates tie (one seed)
+    ``"auto"`` takes it, the same evaluations in less memory."""
+    register(Minimal(), replace=True)
+    register(General(), replace=True)
 
 
 def penalty_value(net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None) -> torch.Tensor:
@@ -217,7 +251,7 @@ def compute(
     """
     net = net.at(rec)  # max-pooling's selections fixed
     with torch.no_grad():
-        value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
+        value, grads, passes = REGISTRY[name].run(net, rec, penalty, y)
         result = Result(value=value, gradients=grads, algorithm=name)
         if with_loss:
             if y is None:
@@ -255,12 +289,12 @@ def compute_objective(
     with torch.no_grad():
         ell = loss_value(net.output_map, rec.output, y, loss, rec.logits)
         zeta_loss = loss_seed(net, rec, y, loss)  # ∇_{z_L} ℓ (batch mean)
-        spec = REGISTRY[name]
-        if spec.folds_loss and lam != 0.0:
+        algorithm = REGISTRY[name]
+        if algorithm.folds_loss and lam != 0.0:
             # the forward-backward pass is linear in (q, η_L): scale q_0 by λ and fold ∇_{z_L} ℓ into η_L
-            value, grads, _ = spec.run(net, rec, penalty, y, scale=lam, extra_eta_L=zeta_loss)
+            value, grads, _ = algorithm.run(net, rec, penalty, y, LossFold(lam, zeta_loss))
         else:
-            value, grads, passes = ALGORITHMS[name](net, rec, penalty, y)
+            value, grads, passes = algorithm.run(net, rec, penalty, y)
             grads = grads.scaled(lam)
             grads.add(loss_gradients(net, rec, y, loss, _reusable(penalty, loss, passes), zeta_L=zeta_loss))
     return Result(value=ell + lam * value, gradients=grads, loss=ell, algorithm=name)

@@ -111,10 +111,8 @@ registered in this order.
     :data:`DEFAULT_CHUNK_SIZE` classes at a time (read at call time), with both
     shortcuts on ``"auto"``: the fastest.
 
-Other combinations are built with the factory :func:`optimized_algorithm` and
-registered with :func:`dbpaper.algorithms.register_algorithm` under a name of
-your choice, e.g. ``register_algorithm("optimized-64", optimized_algorithm(chunk_size=64),
-cost=optimized_cost(chunk_size=64), why_not=why_not, folds_loss=True)``; or call
+Other combinations are registered as instances of :class:`Optimized`, e.g.
+``dbpaper.algorithms.register(Optimized("optimized-64", chunk_size=64, gram="auto"))``; or call
 :func:`jacobian_penalty_gradients` directly. The variant a call resolves to
 (classes per pass, shortcuts) is :func:`~dbpaper.algorithms.variants.choose_variant`'s. The
 penalty itself (:class:`~dbpaper.penalties.JacobianFrobenius`) stays the same
@@ -129,12 +127,11 @@ import torch
 
 from ..activations import Activation, IdentityOutput, Softmax
 from ..network import ForwardRecord, Network
-from ..penalties import JacobianFrobenius
 from . import shortcuts
 from .algorithm4 import Accumulators, Context, check_chunk_size, chunk_pass, class_chunks
 from .costs import eta_vanishes, layer_sums, power_iteration_flops
 from .passes import LayerGradients, forward_backward_sweep
-from .registry import Estimate, register_algorithm
+from .registry import Algorithm, Estimate, Outcome, register
 from .shortcuts import ELEMENTWISE_COST, GRAM_MAX_COND, GRAM_MAX_EPS_COND, gram_is_stable, shortcut_costs
 from .variants import TARGET_CHUNK_BYTES, Variant, auto_chunk_size, check_choice, choose_variant
 
@@ -145,6 +142,7 @@ __all__ = [
     "ELEMENTWISE_COST",
     "TARGET_CHUNK_BYTES",
     "Variant",
+    "Optimized",
     "applies",
     "auto_chunk_size",
     "gram_is_stable",
@@ -171,8 +169,11 @@ def why_not(net: Network, penalty) -> str | None:
     coordinate-wise (:class:`~dbpaper.activations.Activation`), locally linear
     or not, and the output map is the softmax or the identity.
     """
-    if not isinstance(penalty, JacobianFrobenius):
-        return f"Algorithm 4 computes the Jacobian penalty (JacobianFrobenius) only, got {penalty!r}"
+    if not getattr(penalty, "sums_unit_outputs", False) or getattr(penalty, "squared_norm_scale", None) is None:
+        return (
+            "Algorithm 4 computes the Jacobian penalty (JacobianFrobenius) and other sums of c ‖∇_{x_0} x_L^i‖² over every "
+            f"output i (R1 of a one-output critic), got {penalty!r}"
+        )
     if not isinstance(net, Network):
         return f"Algorithm 4 needs a dbpaper.Network, got {type(net).__name__}"
     bad = [
@@ -258,7 +259,7 @@ def jacobian_penalty_gradients(
     net = net.at(rec)  # max-pooling's selections fixed
     p = choose_variant(net, penalty, rec.xs[0].shape[0], chunk_size=chunk_size, gram=gram, onehot=onehot)
     chunks = class_chunks(net.layers[-1].op.out_numel, p.chunk_size)  # balanced, the largest first
-    ctx = Context.of(net, rec, scale, kmax=len(chunks[0]))
+    ctx = Context.of(net, rec, scale, kmax=len(chunks[0]))  # p = c ‖·‖²: the input end applies c
     first = shortcuts.input_end(ctx, penalty, p.gram, if_stable=p.gram_if_stable)  # layer 1: plain, or the Gram shortcut
     last = shortcuts.output_end(ctx, p.onehot)  # the output layer: plain, or the one-hot shortcut
     acc = Accumulators.empty(ctx, eta_L=isinstance(net.output_map, Softmax))  # η̂_L ≡ 0 for the identity output
@@ -329,14 +330,43 @@ def optimized_settings(*, chunk_size: int | str | None = 1, gram: bool | str = F
     return describe
 
 
-def _register(name: str, **options) -> None:
-    register_algorithm(
-        name, optimized_algorithm(**options), why_not=why_not, cost=optimized_cost(**options),
-        describe=optimized_settings(**options), folds_loss=True,
-    )  # fmt: skip
+class Optimized(Algorithm):
+    """Algorithm 4 with fixed options, registered as ``"optimized"``, ``"optimized-shortcuts"`` or ``"optimized-chunked"``.
+
+    ``chunk_size="default"`` reads :data:`DEFAULT_CHUNK_SIZE` at call time; the
+    options are validated now (``chunk_size`` and the choices) and against
+    the network at call time.
+    """
+
+    folds_loss = True
+
+    def __init__(self, name: str, *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False):
+        self.name = name
+        self.options = {"chunk_size": chunk_size, "gram": gram, "onehot": onehot}
+        self._run = optimized_algorithm(**self.options)
+        self._cost = optimized_cost(**self.options)
+        self._describe = optimized_settings(**self.options)
+
+    def run(self, net, rec, penalty, y, fold=None):
+        if fold is None:
+            value, grads, _ = self._run(net, rec, penalty, y)
+        else:
+            value, grads, _ = self._run(net, rec, penalty, y, scale=fold.scale, extra_eta_L=fold.eta_L)
+        return Outcome(value, grads)
+
+    def cost(self, net, penalty, batch):
+        return self._cost(net, penalty, batch)
+
+    def why_not(self, net, penalty):
+        return why_not(net, penalty)
+
+    def settings(self, net, penalty, batch):
+        return self._describe(net, penalty, batch)
 
 
-# "optimized" first: "auto" breaks ties by registration order.
-_register("optimized")
-_register("optimized-shortcuts", gram=_AUTO, onehot=_AUTO)
-_register("optimized-chunked", chunk_size="default", gram=_AUTO, onehot=_AUTO)
+def register_builtin() -> None:
+    """The three variants of Algorithm 4 in :data:`~dbpaper.algorithms.REGISTRY`; "optimized" first: ``"auto"`` breaks
+    ties by registration order."""
+    register(Optimized("optimized"), replace=True)
+    register(Optimized("optimized-shortcuts", gram=_AUTO, onehot=_AUTO), replace=True)
+    register(Optimized("optimized-chunked", chunk_size="default", gram=_AUTO, onehot=_AUTO), replace=True)

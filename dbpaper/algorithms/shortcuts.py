@@ -142,6 +142,9 @@ class PlainInput:
 class GramInput(PlainInput):
     """The Gram shortcut for a dense first layer: ``‖ξ_0‖² = ⟨ζ_1, G ζ_1⟩``, ``h_1 = (2/N) G ζ_1``, ``θ̂¹_1 = (2/N) A W_1``.
 
+    For ``p = c ‖·‖²`` (the penalty's :attr:`~dbpaper.penalties.Penalty.squared_norm_scale`)
+    the value, ``h_1`` and ``θ̂¹_1`` carry the factor ``c``.
+
     ``G2 = (2/N) W_1 W_1ᵀ`` is formed once (by symmetric blocks, counted as one
     ``K``); ``A = Σ_{i,n} ζ_1 ζ_1ᵀ`` is accumulated on its upper blocks and
     mirrored at the end.
@@ -152,6 +155,7 @@ class GramInput(PlainInput):
     def __init__(self, ctx: Context, penalty, G2: torch.Tensor):
         super().__init__(ctx, penalty)
         counting.record("apply")
+        self.c = penalty.squared_norm_scale  # p = c ‖·‖²
         self.G2 = G2.mul_(2.0 / ctx.n)  # the factor 2/N of q_0 = 2 ξ_0 / N folded in
         d1 = G2.shape[0]
         self.A = G2.new_zeros((d1, d1))  # Σ_{i,n} ζ_1 ζ_1ᵀ, upper blocks until the class loop ends
@@ -161,9 +165,9 @@ class GramInput(PlainInput):
         Z = chunk.zetas[1].reshape(k * ctx.n, -1)
         chunk.zetas[1] = None
         h = torch.mm(Z, self.G2)  # h_1 = K_1(θ_1, q_0) = (2/N) G ζ_1
-        acc.add_value(torch.dot(Z.reshape(-1), h.reshape(-1)) / 2)  # (1/N) Σ ⟨ζ_1, G ζ_1⟩ = (1/N) Σ ‖ξ_0‖²
-        if ctx.scale != 1.0:
-            h.mul_(ctx.scale)  # h_1 = K_1(θ_1, scale · q_0)
+        acc.add_value(torch.dot(Z.reshape(-1), h.reshape(-1)) * (self.c / 2))  # (c/N) Σ ⟨ζ_1, G ζ_1⟩ = (1/N) Σ c ‖ξ_0‖²
+        if ctx.scale * self.c != 1.0:
+            h.mul_(ctx.scale * self.c)  # h_1 = K_1(θ_1, scale · q_0)
         _gram_into(self.A, Z)  # A += Zᵀ Z (upper blocks)
         del Z
         h = h.reshape(k * ctx.n, *ctx.net.layers[0].op.out_shape)
@@ -177,7 +181,7 @@ class GramInput(PlainInput):
         if j != 1:
             return acc.take_weight(j)
         ctx = self.ctx
-        return ctx.net.layers[0].Kbox(ctx.thetas[0], _mirror_(self.A).mul_(2.0 * ctx.scale / ctx.n))  # θ̂¹_1 = (2/N) A W_1
+        return ctx.net.layers[0].Kbox(ctx.thetas[0], _mirror_(self.A).mul_(2.0 * self.c * ctx.scale / ctx.n))  # θ̂¹_1 = (2c/N) A W_1
 
 
 def input_end(ctx: Context, penalty, gram: bool, if_stable: bool = False) -> PlainInput:

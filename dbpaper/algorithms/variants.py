@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 
 from ..network import Network
-from ..penalties import SquaredNorm
 from .algorithm4 import check_chunk_size
 from .shortcuts import shortcut_costs
 
@@ -71,7 +70,7 @@ def choose_variant(net: Network, penalty, batch: int, *, chunk_size: int | str |
     check_choice(onehot, "onehot")
     c = net.layers[-1].op.out_numel
     costs = shortcut_costs(net, batch)
-    quadratic = isinstance(penalty.p, SquaredNorm)
+    quadratic = getattr(penalty, "squared_norm_scale", None) is not None  # p = c ‖·‖²
     if gram is True and ("gram" not in costs or not quadratic):
         raise ValueError(
             "gram=True needs a dense first layer (nn.Linear) and the squared norm p = ‖·‖²; "
