@@ -242,3 +242,56 @@ def test_gradgradcheck_reference_double_backward():
     model, in_shape = random_model("dense", "sigmoid", True, seed=8, classes=3)
     x = random_input(in_shape, batch=2, seed=8).requires_grad_(True)
     assert torch.autograd.gradgradcheck(lambda t: model(t), (x,), eps=1e-6, atol=1e-6)
+
+
+def test_a_user_algorithm_on_the_typed_interface_joins_every_entry_point_and_unregisters_cleanly():
+    """An ``Algorithm`` subclass (here: Algorithms 1–3 with a predicted cost of zero) is a candidate of ``"auto"``,
+    is shown by ``plan``, runs inside ``objective`` (the loss added by the entry point, since it does not fold it),
+    is counted by ``count_operations``; after ``unregister`` none of them knows it."""
+    from dbpaper.algorithms import REGISTRY, Algorithm, Estimate, Outcome, register, unregister
+
+    class Cheap(Algorithm):
+        name = "user-cheap"
+
+        def __init__(self):
+            self.runs = 0
+
+        def run(self, net, rec, penalty, y, fold=None):
+            assert fold is None  # folds_loss is False: the entry points never pass a loss
+            self.runs += 1
+            return Outcome(*REGISTRY["general"].run(net, rec, penalty, y))
+
+        def cost(self, net, penalty, batch):
+            return Estimate(flops=0, calls=0)
+
+        def why_not(self, net, penalty):
+            return None if penalty.num_seeds(net) == 1 else "single-v penalties only"
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3), torch.nn.Softmax(dim=-1)).double()
+    x, y = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 2, 1, 1])
+    pen = P.ClassicalDoubleBackprop("nll")
+    alg = register(Cheap())
+    try:
+        with pytest.raises(ValueError, match="registered already"):
+            register(Cheap())
+        assert dbpaper.plan(model, x, pen, y).algorithm == "user-cheap"
+        assert "user-cheap" in str(dbpaper.plan(model, x, pen, y))
+        assert dbpaper.plan(model, x, P.JacobianFrobenius()).algorithm != "user-cheap"  # why_not is asked
+        ref = dbpaper.objective(model, x, pen, y, 0.3, algorithm="autograd")
+        got = dbpaper.objective(model, x, pen, y, 0.3)
+        assert alg.runs == 1
+        torch.testing.assert_close(got, ref, rtol=1e-13, atol=0)
+        gr = torch.autograd.grad(ref, list(model.parameters()))
+        gg = torch.autograd.grad(dbpaper.objective(model, x, pen, y, 0.3), list(model.parameters()))
+        for a, b in zip(gg, gr):
+            torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-14)
+        assert dbpaper.count_operations(model, x, pen, y, algorithm="user-cheap") == dbpaper.count_operations(model, x, pen, y, algorithm="general")
+    finally:
+        assert unregister("user-cheap") is alg
+    assert "user-cheap" not in REGISTRY
+    assert dbpaper.plan(model, x, pen, y).algorithm != "user-cheap"
+    with pytest.raises(ValueError, match="user-cheap"):
+        dbpaper.penalty(model, x, pen, y, algorithm="user-cheap")
+    with pytest.raises(KeyError, match="user-cheap"):
+        unregister("user-cheap")
