@@ -40,6 +40,10 @@ from .operators import (
 )
 from .planning import ALGORITHM_NAMES, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
 
+# the one place the package registers its built-in layer readers and algorithms (importing a module registers nothing)
+readers.register_builtin()
+algorithms.register_builtin()
+
 __version__ = "0.4.0"
 
 __all__ = [

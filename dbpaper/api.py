@@ -40,12 +40,13 @@ import torch
 from torch import nn
 
 from . import counting
-from .algorithms.driver import Result, compute, compute_objective, loss_gradients, penalty_value
+from ._pipeline import compute_input, read_cached, read_with_plans, record, resolve_cached, resolve_in, run_explicit
+from .algorithms._dispatch import compute, compute_objective, penalty_value
+from .algorithms.general import Result, loss_gradients
 from .fallback import autograd_value, objective_by_autograd, run_fallback
 from .losses import LOSSES, loss_for, loss_value
 from .network import Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
-from .pipeline import compute_input, read_cached, read_with_plans, record, resolve_cached, resolve_in, run_explicit
 from .planning import validate_call, warn_fallback
 
 __all__ = ["LOSSES", "as_network", "count_operations", "double_backprop", "loss_for", "objective", "objective_gradients", "penalty"]
@@ -146,7 +147,7 @@ def penalty(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: to
     ----------
     model : nn.Module, DistributedDataParallel or Network
         Any model. An ``nn.Sequential`` of supported modules (see
-        ``dbpaper.network.SUPPORTED_MODULES``) runs the explicit algorithms;
+        ``dbpaper.readers.supported_modules()``) runs the explicit algorithms;
         anything else runs autograd with a :class:`~dbpaper.planning.FallbackWarning`.
     x : torch.Tensor
         The input batch ``(N, ...)``, ``N ≥ 1``.

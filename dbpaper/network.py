@@ -10,7 +10,7 @@ derivatives ``g'_j(z_j)`` (and ``g''_j(z_j)`` where it is not zero) for the
 hidden layers.
 
 The supported modules are those with a reader (:mod:`dbpaper.readers`,
-:data:`~dbpaper.readers.SUPPORTED_MODULES`). A bias applied to a convolution is shared by all
+:func:`~dbpaper.readers.supported_modules`). A bias applied to a convolution is shared by all
 positions: ``b_j`` in eq. (8) is then the broadcast of the module's bias,
 and its gradient is summed over the positions.
 """
@@ -26,12 +26,12 @@ from torch import nn
 
 from . import activations as act
 from . import counting
+from ._record import ForwardRecord, relu_slope
+from ._translate import UnsupportedModelError, read_layers
 from .operators import BilinearOperator, Dense
-from .readers import SUPPORTED_MODULES, LinearPart, output_map_of, unwrap
-from .reading import UnsupportedModelError, read_layers
-from .record import ForwardRecord, relu_slope
+from .readers import LinearPart, output_map_of, unwrap
 
-__all__ = ["ForwardRecord", "Layer", "Network", "SUPPORTED_MODULES", "UnsupportedModelError", "output_map_of", "relu_slope", "unwrap"]
+__all__ = ["ForwardRecord", "Layer", "Network", "UnsupportedModelError", "output_map_of", "relu_slope", "unwrap"]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Layer:

@@ -14,7 +14,7 @@ A *reader* says what a module contributes to a layer ``z_j = K_j(θ_j, x_{j-1}) 
 * ``"skip"`` — nothing (``Identity``).
 
 Everything that lists the supported modules is derived from :data:`READERS`:
-:data:`SUPPORTED_MODULES` (error messages), :func:`output_map_of` (how the
+:func:`supported_modules` (error messages), :func:`output_map_of` (how the
 autograd fallback reads a model's output), the README's table
 (``tools/readme_modules.py``) and the tests' random models (each reader's
 ``example``). Adding a layer type is an operator or activation (if new) and
@@ -46,7 +46,6 @@ from .operators import (
 
 __all__ = [
     "READERS",
-    "SUPPORTED_MODULES",
     "LinearPart",
     "Reader",
     "UnsupportedOption",
@@ -356,38 +355,38 @@ def _softmax(m, shape):
     return act.Softmax()
 
 
-register_reader(nn.Linear, "linear", _linear, example=lambda: nn.Linear(5, 4), description="dense layer")
-register_reader(nn.Conv1d, "linear", _conv, example=lambda: nn.Conv1d(2, 3, 3, padding=1), description="zero padding; any stride, dilation, groups")
-register_reader(nn.Conv2d, "linear", _conv, example=lambda: nn.Conv2d(2, 3, 3, padding=1), description="zero padding; any stride, dilation, groups")
-register_reader(dbnn.LocallyConnected2d, "linear", _locally_connected, description="unshared weights per position")
-register_reader(nn.BatchNorm1d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm1d),
-                description="eval mode: θ = γ/√(σ²+ε), b = β − θμ, folded into a dense layer or convolution right before it (train mode mixes examples: autograd)")  # fmt: skip
-register_reader(nn.BatchNorm2d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm2d),
-                description="eval mode, as BatchNorm1d")  # fmt: skip
-register_reader(nn.AvgPool2d, "linear", _avg_pool, example=lambda: nn.AvgPool2d(2), description="parameter-free; no divisor_override")
-register_reader(nn.AdaptiveAvgPool2d, "linear", _adaptive_avg_pool, example=lambda: nn.AdaptiveAvgPool2d(1),
-                description="parameter-free; output size dividing the input size")  # fmt: skip
-register_reader(nn.MaxPool1d, "linear", _max_pool, example=lambda: nn.MaxPool1d(2), description="locally linear: the forward pass selects")
-register_reader(nn.MaxPool2d, "linear", _max_pool, example=lambda: nn.MaxPool2d(2), description="locally linear: the forward pass selects; any stride, padding, dilation")
-register_reader(nn.PixelUnshuffle, "linear", lambda m, shape: LinearPart(InvertibleDownsampling(shape, m.downscale_factor), None, None),
-                example=lambda: nn.PixelUnshuffle(2), description="invertible downsampling, parameter-free")  # fmt: skip
-register_reader(nn.Flatten, "reshape", _flatten, example=lambda: nn.Flatten(), description="start_dim=1, end_dim=-1: a reshape")
-register_reader(nn.Identity, "skip", lambda m, shape: None, example=lambda: nn.Identity(), description="nothing")
-register_reader(nn.ReLU, "activation", lambda m, shape: act.ReLU(), example=lambda: nn.ReLU(), description="locally linear")
-register_reader(nn.LeakyReLU, "activation", lambda m, shape: act.LeakyReLU(m.negative_slope), example=lambda: nn.LeakyReLU(0.2),
-                description="locally linear")  # fmt: skip
-register_reader(nn.Tanh, "activation", lambda m, shape: act.Tanh(), example=lambda: nn.Tanh(), description="smooth")
-register_reader(nn.Sigmoid, "activation", lambda m, shape: act.Sigmoid(), example=lambda: nn.Sigmoid(), description="smooth")
-register_reader(nn.Softplus, "activation", lambda m, shape: act.Softplus(m.beta, m.threshold), example=lambda: nn.Softplus(beta=1.5),
-                description="smooth")  # fmt: skip
-register_reader(nn.ELU, "activation", lambda m, shape: act.ELU(m.alpha), example=lambda: nn.ELU(0.8), description="smooth except at 0")
-register_reader(nn.Hardtanh, "activation", lambda m, shape: act.Hardtanh(m.min_val, m.max_val), example=lambda: nn.Hardtanh(-0.5, 0.8),
-                description="locally linear; nn.ReLU6 too")  # fmt: skip
-register_reader(nn.GELU, "activation", lambda m, shape: act.GELU(m.approximate), example=lambda: nn.GELU(), description="smooth; exact or tanh approximation")
-register_reader(nn.SiLU, "activation", lambda m, shape: act.SiLU(), example=lambda: nn.SiLU(), description="smooth (swish)")
-register_reader(nn.Mish, "activation", lambda m, shape: act.Mish(), example=lambda: nn.Mish(), description="smooth")
-register_reader(nn.Hardswish, "activation", lambda m, shape: act.Hardswish(), example=lambda: nn.Hardswish(), description="kinks at ±3")
-register_reader(nn.Softmax, "output", _softmax, example=lambda: nn.Softmax(dim=-1), description="final module only, dim=-1")
+def register_builtin() -> None:
+    """The readers of the torch modules the package supports, in the order of the README's table (called once, by ``dbpaper``)."""
+    register_reader(nn.Linear, "linear", _linear, example=lambda: nn.Linear(5, 4), description="dense layer")
+    register_reader(nn.Conv1d, "linear", _conv, example=lambda: nn.Conv1d(2, 3, 3, padding=1), description="zero padding; any stride, dilation, groups")
+    register_reader(nn.Conv2d, "linear", _conv, example=lambda: nn.Conv2d(2, 3, 3, padding=1), description="zero padding; any stride, dilation, groups")
+    register_reader(dbnn.LocallyConnected2d, "linear", _locally_connected, description="unshared weights per position")
+    register_reader(nn.BatchNorm1d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm1d),
+                    description="eval mode: θ = γ/√(σ²+ε), b = β − θμ, folded into a dense layer or convolution right before it (train mode mixes examples: autograd)")  # fmt: skip
+    register_reader(nn.BatchNorm2d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm2d),
+                    description="eval mode, as BatchNorm1d")  # fmt: skip
+    register_reader(nn.AvgPool2d, "linear", _avg_pool, example=lambda: nn.AvgPool2d(2), description="parameter-free; no divisor_override")
+    register_reader(nn.AdaptiveAvgPool2d, "linear", _adaptive_avg_pool, example=lambda: nn.AdaptiveAvgPool2d(1),
+                    description="parameter-free; output size dividing the input size")  # fmt: skip
+    register_reader(nn.MaxPool1d, "linear", _max_pool, example=lambda: nn.MaxPool1d(2), description="locally linear: the forward pass selects")
+    register_reader(nn.MaxPool2d, "linear", _max_pool, example=lambda: nn.MaxPool2d(2), description="locally linear: the forward pass selects; any stride, padding, dilation")
+    register_reader(nn.PixelUnshuffle, "linear", lambda m, shape: LinearPart(InvertibleDownsampling(shape, m.downscale_factor), None, None),
+                    example=lambda: nn.PixelUnshuffle(2), description="invertible downsampling, parameter-free")  # fmt: skip
+    register_reader(nn.Flatten, "reshape", _flatten, example=lambda: nn.Flatten(), description="start_dim=1, end_dim=-1: a reshape")
+    register_reader(nn.Identity, "skip", lambda m, shape: None, example=lambda: nn.Identity(), description="nothing")
+    register_reader(nn.ReLU, "activation", lambda m, shape: act.ReLU(), example=lambda: nn.ReLU(), description="locally linear")
+    register_reader(nn.LeakyReLU, "activation", lambda m, shape: act.LeakyReLU(m.negative_slope), example=lambda: nn.LeakyReLU(0.2),
+                    description="locally linear")  # fmt: skip
+    register_reader(nn.Tanh, "activation", lambda m, shape: act.Tanh(), example=lambda: nn.Tanh(), description="smooth")
+    register_reader(nn.Sigmoid, "activation", lambda m, shape: act.Sigmoid(), example=lambda: nn.Sigmoid(), description="smooth")
+    register_reader(nn.Softplus, "activation", lambda m, shape: act.Softplus(m.beta, m.threshold), example=lambda: nn.Softplus(beta=1.5),
+                    description="smooth")  # fmt: skip
+    register_reader(nn.ELU, "activation", lambda m, shape: act.ELU(m.alpha), example=lambda: nn.ELU(0.8), description="smooth except at 0")
+    register_reader(nn.Hardtanh, "activation", lambda m, shape: act.Hardtanh(m.min_val, m.max_val), example=lambda: nn.Hardtanh(-0.5, 0.8),
+                    description="locally linear; nn.ReLU6 too")  # fmt: skip
+    register_reader(nn.GELU, "activation", lambda m, shape: act.GELU(m.approximate), example=lambda: nn.GELU(), description="smooth; exact or tanh approximation")
+    register_reader(nn.SiLU, "activation", lambda m, shape: act.SiLU(), example=lambda: nn.SiLU(), description="smooth (swish)")
+    register_reader(nn.Mish, "activation", lambda m, shape: act.Mish(), example=lambda: nn.Mish(), description="smooth")
+    register_reader(nn.Hardswish, "activation", lambda m, shape: act.Hardswish(), example=lambda: nn.Hardswish(), description="kinks at ±3")
+    register_reader(nn.Softmax, "output", _softmax, example=lambda: nn.Softmax(dim=-1), description="final module only, dim=-1")
 
-#: The supported modules, for messages (derived from :data:`READERS` when this module is imported).
-SUPPORTED_MODULES = supported_modules()

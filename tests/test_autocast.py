@@ -1,7 +1,7 @@
 """Under torch.autocast (CPU bfloat16 here) every algorithm runs, and the default's error against a
 float64 truth is within 10x of autograd's error under the same autocast (MLPs and CNNs; the Jacobian,
 classical, gradient-norm penalties and objective). The explicit algorithms compute in the parameters'
-dtype with autocast switched off (dbpaper.pipeline.compute_input)."""
+dtype with autocast switched off (dbpaper._pipeline.compute_input)."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def test_a_compiled_training_step(penalty):
         return torch.autograd.grad(ce + 0.1 * r, params)
 
     eager = step(x, y)
-    dbpaper.pipeline.clear_cache()  # the reading and planning run inside the compiled step too
+    dbpaper._pipeline.clear_cache()  # the reading and planning run inside the compiled step too
     dbpaper.planning._CHOICES.clear()
     collect = _Collect()
     dynamo_log = logging.getLogger("torch._dynamo")  # torch's loggers do not propagate to the root
@@ -115,7 +115,7 @@ def test_the_default_call_traces_without_a_graph_break(kind, case, cache, reques
         return ce + 0.1 * pen
 
     torch._dynamo.reset()
-    dbpaper.pipeline.clear_cache()
+    dbpaper._pipeline.clear_cache()
     dbpaper.planning._CHOICES.clear()
     if kind == "resnet" and cache == "cold":
         # derived parameters (folded BatchNorm) and max-pooling's selection make a network per call, which

@@ -12,6 +12,7 @@ from torch import nn
 import dbpaper
 from dbpaper.fallback import penalty_by_autograd
 from dbpaper.penalties import ClassicalDoubleBackprop, JacobianFrobenius, OperatorNorm
+
 from .helpers import unsupported_activation
 
 

@@ -2,7 +2,8 @@
 
 * no module of the library imports the paper wing (it imports the library, never the reverse);
 * no import cycle among the package's modules (module-level imports), and the library's layers
-  import one way only: operators ← network ← seeds ← penalties ← algorithms ← planning ← pipeline ← entry points;
+  import one way only: operators ← network ← seeds ← penalties ← algorithms ← planning ← _pipeline ← entry points;
+* no public module outside ``PUBLIC_MODULES``, and the built-ins are registered in one place (``dbpaper/__init__.py``);
 * no module is longer than ``MAX_LINES`` unless it is listed here with a reason;
 * every name of the library's ``__all__`` resolves, and the paper wing's names are not in it.
 * no function of the library is longer than ``MAX_FUNCTION_LINES`` (80).
@@ -176,12 +177,12 @@ def test_importing_the_library_loads_no_paper_module():
 # the library's layers, lowest first; a module may import (at module level) only from its own layer or below
 LAYERS = [
     ["dbpaper.counting", "dbpaper.activations", "dbpaper.operators", "dbpaper.diagnostics", "dbpaper.numdiff"],
-    ["dbpaper.nn", "dbpaper.readers", "dbpaper.reading", "dbpaper.record", "dbpaper.network"],
+    ["dbpaper.nn", "dbpaper.readers", "dbpaper._translate", "dbpaper._record", "dbpaper.network"],
     ["dbpaper.losses", "dbpaper.seeds"],
     ["dbpaper.penalties"],
     ["dbpaper.algorithms"],
     ["dbpaper.planning"],
-    ["dbpaper.pipeline", "dbpaper._precomputed"],
+    ["dbpaper._pipeline", "dbpaper._precomputed"],
     ["dbpaper.fallback"],
     ["dbpaper.api", "dbpaper.oracles", "dbpaper.__main__", "dbpaper"],
 ]
@@ -224,3 +225,32 @@ def test_library_functions_are_short(path):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, f"{path.relative_to(ROOT)}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+# the public surface: every module a user may import. Anything else is private (a leading underscore in its
+# path); the book's wing dbpaper.paper is public as a whole.
+PUBLIC_MODULES = {
+    "dbpaper", "dbpaper.__main__", "dbpaper.activations", "dbpaper.api", "dbpaper.counting", "dbpaper.diagnostics",
+    "dbpaper.fallback", "dbpaper.losses", "dbpaper.network", "dbpaper.nn", "dbpaper.numdiff", "dbpaper.oracles",
+    "dbpaper.penalties", "dbpaper.planning", "dbpaper.readers", "dbpaper.seeds",
+    "dbpaper.algorithms", *(f"dbpaper.algorithms.{m}" for m in ("algorithm4", "costs", "general", "jacobian", "passes", "registry", "shortcuts", "variants")),
+    "dbpaper.operators", *(f"dbpaper.operators.{m}" for m in ("base", "channel_scale", "conv", "dense", "hadamard", "locally_connected", "max_pool", "parameter_free")),
+}  # fmt: skip
+
+
+def test_no_public_module_outside_the_chosen_list():
+    public = {m for m in _modules() if not m.startswith("dbpaper.paper") and not any(part.startswith("_") and part != "__main__" for part in m.split("."))}
+    assert public - PUBLIC_MODULES == set(), f"public modules outside PUBLIC_MODULES (make them private or list them): {sorted(public - PUBLIC_MODULES)}"
+    assert PUBLIC_MODULES - public == set(), f"PUBLIC_MODULES names modules that do not exist or are private: {sorted(PUBLIC_MODULES - public)}"
+
+
+def test_importing_a_module_registers_nothing_the_package_registers_its_builtins_in_one_place():
+    """The built-in readers and algorithms are registered by ``dbpaper/__init__.py`` alone (one call each), not as a
+    side effect of importing ``readers`` or ``algorithms``."""
+    calls = {}
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module-level statements only
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+                calls.setdefault(name, []).append(ast.unparse(node.value))
+    assert calls == {"dbpaper": ["readers.register_builtin()", "algorithms.register_builtin()"]}, calls

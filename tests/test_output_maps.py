@@ -14,8 +14,8 @@ import dbpaper
 from dbpaper import activations as act
 from dbpaper import penalties as P
 from dbpaper.algorithms import ConstantSeed, LossGradientSeed
-from dbpaper.algorithms.initial_values import FunctionSeed
 from dbpaper.fallback import penalty_by_autograd
+from dbpaper.seeds import FunctionSeed
 
 from .helpers import ARCHITECTURES, assert_same_gradients, random_input, random_model
 

@@ -1,4 +1,4 @@
-"""Read → plan → run once per call, with the reading and the plan cached per model (dbpaper.pipeline).
+"""Read → plan → run once per call, with the reading and the plan cached per model (dbpaper._pipeline).
 
 The cache must never serve a stale reading: every structural change of the model is seen on the
 next call (a swapped module, a hook, a replaced parameter object, a changed hyperparameter,
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import dbpaper
-from dbpaper import pipeline
+from dbpaper import _pipeline as pipeline
 from dbpaper.fallback import penalty_by_autograd
 from dbpaper.penalties import ClassicalDoubleBackprop, JacobianFrobenius
 

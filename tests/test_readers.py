@@ -1,6 +1,6 @@
 """The layer readers (dbpaper.readers): one registry from which everything that lists modules is derived.
 
-* the README's table, SUPPORTED_MODULES and the fallback's output maps follow the registry;
+* the README's table, supported_modules() and the fallback's output maps follow the registry;
 * every reader's example module is read into a network and computed exactly;
 * a reader registered by a user, with a derived θ (weight normalisation, θ = g v/‖v‖), sends the
   algorithms' gradients back to the module's own parameters, with the current values on every call.
@@ -21,6 +21,7 @@ from dbpaper import readers
 from dbpaper.activations import CoordinatewiseOutput, IdentityOutput, Softmax
 from dbpaper.operators import Dense
 from dbpaper.penalties import ClassicalDoubleBackprop, JacobianFrobenius, OutputNodeGradient
+
 from .helpers import unsupported_activation
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ import torch
 
 import dbpaper
 from dbpaper import penalties as P
+
 from .helpers import unsupported_activation
 
 

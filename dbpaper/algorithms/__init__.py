@@ -9,8 +9,9 @@ sits above this package and chooses among them, and the entry points
 
 from ..losses import loss_value
 from ..seeds import ConstantSeed, LossGradientSeed, Seed, softmax_jacobian_apply
-from . import driver, jacobian, registry
-from .driver import General, Minimal, Result, compute, compute_objective, loss_gradients
+from . import general, jacobian, registry
+from ._dispatch import compute, compute_objective
+from .general import General, Minimal, Result, loss_gradients
 from .jacobian import Optimized
 from .passes import (
     BackwardBackwardPass,
@@ -23,7 +24,17 @@ from .passes import (
     linearized_forward,
     standard_backprop,
 )
-from .registry import REGISTRY, Algorithm, Estimate, FunctionAlgorithm, LossFold, Outcome, register, register_algorithm, unregister
+from .registry import (
+    REGISTRY,
+    Algorithm,
+    Estimate,
+    FunctionAlgorithm,
+    LossFold,
+    Outcome,
+    register,
+    register_algorithm,
+    unregister,
+)
 
 __all__ = [
     "REGISTRY",
@@ -61,10 +72,8 @@ __all__ = [
 ]
 
 
-def _register_builtin() -> None:
-    """The built-in algorithms, in the order ``"auto"`` breaks ties by: Algorithms 1–3, then Algorithm 4."""
-    driver.register_builtin()  # "minimal", "general"
+def register_builtin() -> None:
+    """The built-in algorithms, in the order ``"auto"`` breaks ties by: Algorithms 1–3, then Algorithm 4 (called once, by ``dbpaper``)."""
+    general.register_builtin()  # "minimal", "general"
     jacobian.register_builtin()  # "optimized", "optimized-shortcuts", "optimized-chunked"
 
-
-_register_builtin()  # the one place the package registers its algorithms

@@ -9,9 +9,9 @@ import torch
 
 import dbpaper
 from dbpaper import penalties as P
-from dbpaper.algorithms.initial_values import softmax_jacobian_apply
 from dbpaper.paper import printed
 from dbpaper.paper.checks import section_4_checks
+from dbpaper.seeds import softmax_jacobian_apply
 
 from ..helpers import ARCHITECTURES, TORCH_ACT_FACTORIES, random_input, random_model
 

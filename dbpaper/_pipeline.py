@@ -37,7 +37,7 @@ from torch import nn
 
 from ._precomputed import Precomputed, average_over_ranks, flat_gradients, guard_second_order, is_ddp
 from .algorithms import jacobian as J
-from .algorithms.driver import compute, compute_objective
+from .algorithms._dispatch import compute, compute_objective
 from .algorithms.passes import input_gradient
 from .algorithms.registry import REGISTRY
 from .network import ForwardRecord, Network, UnsupportedModelError, unwrap
