@@ -82,6 +82,10 @@ class Activation(abc.ABC):
     #: The points where ``g`` is not twice differentiable (empty for a smooth ``g``); tests sample away from them.
     kinks: tuple[float, ...] = ()
 
+    #: ``True`` when ``f``, ``df`` and ``d2f`` are complex-analytic torch code, so that the complex step
+    #: (:func:`dbpaper.numdiff.derivative` with ``"complex"``) checks ``g'`` and ``g''`` to rounding.
+    complex_analytic: bool = False
+
     @abc.abstractmethod
     def f(self, z: torch.Tensor) -> torch.Tensor:
         """``g(z)``."""
@@ -139,6 +143,8 @@ class Activation(abc.ABC):
 
 class Identity(Activation):
     """``g(z) = z``."""
+
+    complex_analytic = True
 
     locally_linear = True
     slope_reads = "x"
@@ -241,6 +247,8 @@ class Hardtanh(Activation):
 class Tanh(Activation):
     """``g = tanh``, ``g' = 1 - g^2``, ``g'' = -2 g g'``."""
 
+    complex_analytic = True
+
     derivatives_from_output = True
     slope_reads = "x"
 
@@ -270,6 +278,8 @@ class Tanh(Activation):
 
 class Sigmoid(Activation):
     """``g = sigma``, ``g' = sigma (1 - sigma)``, ``g'' = g' (1 - 2 sigma)``."""
+
+    complex_analytic = True
 
     derivatives_from_output = True
     slope_reads = "x"
@@ -410,6 +420,8 @@ class GELU(Activation):
 
 class SiLU(Activation):
     """``g(z) = z σ(z)`` (``nn.SiLU``, swish): ``g' = σ (1 + z (1 − σ))``, ``g'' = σ (1 − σ) (2 + z (1 − 2σ))``; not monotone, no output map."""
+
+    complex_analytic = True
 
     def f(self, z):
         return torch.nn.functional.silu(z)
