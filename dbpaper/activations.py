@@ -23,6 +23,7 @@ backward of sigmoid and tanh does.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 
 import torch
@@ -48,6 +49,12 @@ __all__ = [
 ]
 
 
+@functools.cache
+def _overloads(op) -> frozenset:
+    """The overload names of an aten op (looked up once per op)."""
+    return frozenset(op.overloads())
+
+
 def _kernel(op, t: torch.Tensor, out: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
     """One of aten's activation backward kernels, ``op(t, *args, **kwargs)``, into ``out`` where given.
 
@@ -58,7 +65,12 @@ def _kernel(op, t: torch.Tensor, out: torch.Tensor | None, *args, **kwargs) -> t
     args = tuple(a.expand_as(t) if isinstance(a, torch.Tensor) and a.shape != t.shape else a for a in args)
     if out is None:
         return op.default(t, *args, **kwargs)
-    return op.grad_input(t, *args, **kwargs, grad_input=out)
+    names = _overloads(op)
+    if "grad_input" in names:
+        return op.grad_input(t, *args, **kwargs, grad_input=out)
+    if "out" in names:  # hardswish_backward names its out= overload "out"
+        return op.out(t, *args, **kwargs, out=out)
+    return out.copy_(op.default(t, *args, **kwargs))  # no out= overload (mish_backward)
 
 
 _aten = torch.ops.aten
@@ -449,9 +461,8 @@ class Mish(Activation):
     def f(self, z):
         return torch.nn.functional.mish(z)
 
-    def slope(self, t, a, out=None):  # mish_backward has no out= overload
-        r = _aten.mish_backward(t, a.expand_as(t) if a.shape != t.shape else a)
-        return r if out is None else out.copy_(r)
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.mish_backward, t, out, a)
 
     def _parts(self, z):
         return torch.tanh(torch.nn.functional.softplus(z)), torch.sigmoid(z)
@@ -480,9 +491,8 @@ class Hardswish(Activation):
     def f(self, z):
         return torch.nn.functional.hardswish(z)
 
-    def slope(self, t, a, out=None):  # hardswish_backward's out= overload is named "out"
-        a = a.expand_as(t) if a.shape != t.shape else a
-        return _aten.hardswish_backward(t, a) if out is None else _aten.hardswish_backward.out(t, a, out=out)
+    def slope(self, t, a, out=None):
+        return _kernel(_aten.hardswish_backward, t, out, a)
 
     def df(self, z):
         return torch.where(z <= -3, torch.zeros_like(z), torch.where(z < 3, z / 3 + 0.5, torch.ones_like(z)))
