@@ -23,7 +23,6 @@ backward of sigmoid and tanh does.
 from __future__ import annotations
 
 import abc
-import functools
 import math
 
 import torch
@@ -49,31 +48,40 @@ __all__ = [
 ]
 
 
-@functools.cache
-def _overloads(op) -> frozenset:
-    """The overload names of an aten op (looked up once per op)."""
-    return frozenset(op.overloads())
+class _Kernel:
+    """One of aten's activation backward kernels, called as ``kernel(t, out, *args, **kwargs)``:
+    ``op(t, *args, **kwargs)``, written into ``out`` where given.
 
-
-def _kernel(op, t: torch.Tensor, out: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
-    """One of aten's activation backward kernels, ``op(t, *args, **kwargs)``, into ``out`` where given.
-
-    The tensor among ``args`` (``x`` or ``z``) may broadcast over ``t`` (classes stacked along a
-    leading axis); it is expanded first, since some kernels (oneDNN's float32 ``gelu_backward``)
-    cannot broadcast.
+    The overload that writes into ``out`` (``grad_input``, or ``out`` for ``hardswish_backward``, or
+    none for ``mish_backward``, then a copy) is looked up once, when the kernel is made at import, so
+    that a traced call (``torch.compile``) sees plain attributes. The tensor among ``args`` (``x`` or
+    ``z``) may broadcast over ``t`` (classes stacked along a leading axis); it is expanded first,
+    since some kernels (oneDNN's float32 ``gelu_backward``) cannot broadcast.
     """
-    args = tuple(a.expand_as(t) if isinstance(a, torch.Tensor) and a.shape != t.shape else a for a in args)
-    if out is None:
-        return op.default(t, *args, **kwargs)
-    names = _overloads(op)
-    if "grad_input" in names:
-        return op.grad_input(t, *args, **kwargs, grad_input=out)
-    if "out" in names:  # hardswish_backward names its out= overload "out"
-        return op.out(t, *args, **kwargs, out=out)
-    return out.copy_(op.default(t, *args, **kwargs))  # no out= overload (mish_backward)
+
+    __slots__ = ("default", "into", "keyword")
+
+    def __init__(self, op):
+        names = set(op.overloads())
+        self.default = op.default
+        self.keyword = next((k for k in ("grad_input", "out") if k in names), None)
+        self.into = getattr(op, self.keyword) if self.keyword else None
+
+    def __call__(self, t: torch.Tensor, out: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
+        args = tuple(a.expand_as(t) if isinstance(a, torch.Tensor) and a.shape != t.shape else a for a in args)
+        if out is None:
+            return self.default(t, *args, **kwargs)
+        if self.into is None:
+            return out.copy_(self.default(t, *args, **kwargs))
+        kwargs[self.keyword] = out
+        return self.into(t, *args, **kwargs)
 
 
 _aten = torch.ops.aten
+_K = {name: _Kernel(getattr(_aten, name)) for name in (
+    "threshold_backward", "leaky_relu_backward", "hardtanh_backward", "tanh_backward", "sigmoid_backward",
+    "softplus_backward", "elu_backward", "gelu_backward", "silu_backward", "mish_backward", "hardswish_backward",
+)}
 
 
 class Activation(abc.ABC):
@@ -185,7 +193,7 @@ class ReLU(Activation):
         return torch.relu(z)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.threshold_backward, t, out, a, 0)
+        return _K["threshold_backward"](t, out, a, 0)
 
     def df(self, z):
         return (z > 0).to(z.dtype)
@@ -212,7 +220,7 @@ class LeakyReLU(Activation):
         return torch.nn.functional.leaky_relu(z, self.alpha)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.leaky_relu_backward, t, out, a, self.alpha, self.slope_reads == "x")
+        return _K["leaky_relu_backward"](t, out, a, self.alpha, self.slope_reads == "x")
 
     def df(self, z):
         return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.alpha))
@@ -244,7 +252,7 @@ class Hardtanh(Activation):
         return (self.min_val, self.max_val)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.hardtanh_backward, t, out, a, self.min_val, self.max_val)
+        return _K["hardtanh_backward"](t, out, a, self.min_val, self.max_val)
 
     def f(self, z):
         return torch.clamp(z, self.min_val, self.max_val)
@@ -268,7 +276,7 @@ class Tanh(Activation):
         return torch.tanh(z)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.tanh_backward, t, out, a)  # t ⊙ (1 - x²)
+        return _K["tanh_backward"](t, out, a)  # t ⊙ (1 - x²)
 
     def second(self, z, x):
         return _aten.tanh_backward(x, x).mul_(-2)  # -2 x (1 - x²)
@@ -300,7 +308,7 @@ class Sigmoid(Activation):
         return torch.sigmoid(z)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.sigmoid_backward, t, out, a)  # t ⊙ x (1 - x)
+        return _K["sigmoid_backward"](t, out, a)  # t ⊙ x (1 - x)
 
     def df(self, z):
         s = torch.sigmoid(z)
@@ -328,7 +336,7 @@ class Softplus(Activation):
         return torch.nn.functional.softplus(z, beta=self.beta, threshold=self.threshold)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.softplus_backward, t, out, a, self.beta, self.threshold)
+        return _K["softplus_backward"](t, out, a, self.beta, self.threshold)
 
     def df(self, z):
         bz = self.beta * z
@@ -368,7 +376,7 @@ class ELU(Activation):
         return torch.nn.functional.elu(z, self.alpha)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.elu_backward, t, out, self.alpha, 1.0, 1.0, self.slope_reads == "x", a)
+        return _K["elu_backward"](t, out, self.alpha, 1.0, 1.0, self.slope_reads == "x", a)
 
     def df(self, z):
         return torch.where(z > 0, torch.ones_like(z), self.alpha * torch.exp(z))
@@ -411,7 +419,7 @@ class GELU(Activation):
         return torch.nn.functional.gelu(z, approximate=self.approximate)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.gelu_backward, t, out, a, approximate=self.approximate)
+        return _K["gelu_backward"](t, out, a, approximate=self.approximate)
 
     def df(self, z):
         if self.approximate == "tanh":
@@ -439,7 +447,7 @@ class SiLU(Activation):
         return torch.nn.functional.silu(z)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.silu_backward, t, out, a)
+        return _K["silu_backward"](t, out, a)
 
     def df(self, z):
         s = torch.sigmoid(z)
@@ -462,7 +470,7 @@ class Mish(Activation):
         return torch.nn.functional.mish(z)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.mish_backward, t, out, a)
+        return _K["mish_backward"](t, out, a)
 
     def _parts(self, z):
         return torch.tanh(torch.nn.functional.softplus(z)), torch.sigmoid(z)
@@ -492,7 +500,7 @@ class Hardswish(Activation):
         return torch.nn.functional.hardswish(z)
 
     def slope(self, t, a, out=None):
-        return _kernel(_aten.hardswish_backward, t, out, a)
+        return _K["hardswish_backward"](t, out, a)
 
     def df(self, z):
         return torch.where(z <= -3, torch.zeros_like(z), torch.where(z < 3, z / 3 + 0.5, torch.ones_like(z)))
