@@ -44,7 +44,7 @@ from .planning import ALGORITHM_NAMES, BatchMixingWarning, ExecutionPlan, Fallba
 readers.register_builtin()
 algorithms.register_builtin()
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "ALGORITHM_NAMES",
