@@ -134,7 +134,7 @@ class Activation(abc.ABC):
         return torch.zeros_like(z)
 
     def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``M(g'(z), t) = g'(z) ⊙ t`` in one pass, ``a`` being ``x = g(z)`` or ``z`` as :attr:`slope_reads` says.
+        """``M(g'(z), t) = g'(z) ⊙ t`` in one pass, ``a`` being ``x = g(z)`` or ``z`` as ``slope_reads`` says.
 
         ``a`` broadcasts over ``t`` (several classes stacked along the batch);
         ``out`` (which may be ``t`` itself) receives the result. The built-in

@@ -100,7 +100,7 @@ def general(
 
     Returns ``R``, the gradients of ``scale · R`` and the backward passes
     (kept only for a single seed, for the reuse of Section 4.5).
-    :func:`minimal` streams the same passes with less memory and skips ``h_L``
+    ``minimal`` streams the same passes with less memory and skips ``h_L``
     where ``η_L`` vanishes identically.
 
     ``extra_eta_L`` folds a loss into the forward-backward pass: Algorithm 3
@@ -144,9 +144,9 @@ def minimal(net: Network, rec: ForwardRecord, penalty, y, *, scale: float = 1.0,
     (each ``ζ_j``, ``q_j``, ``h_j`` released once used); ``h_L`` only where ``η_L``
     does not vanish identically (Section 5.3); then one forward-backward pass
     on ``η̂_L = Σ_v η_L``. For one seed the evaluations are those of
-    :func:`general` without the unused ``h_L``; the memory is one set of
+    ``general`` without the unused ``h_L``; the memory is one set of
     ``ζ_j`` besides the forward record, not the ``ξ``, ``ζ``, ``q``, ``h`` of every
-    layer. ``scale`` and ``extra_eta_L`` fold a loss in (see :func:`general`).
+    layer. ``scale`` and ``extra_eta_L`` fold a loss in (see ``general``).
     """
     net = net.at(rec)
     ctx = Context.of(net, rec, scale, kmax=1)
@@ -185,7 +185,7 @@ def minimal_cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
 
 
 class Minimal(Algorithm):
-    """``"minimal"``: Algorithms 1–3 streamed through Algorithm 4's accumulators (:func:`minimal`), the loss folded in."""
+    """``"minimal"``: Algorithms 1–3 streamed through Algorithm 4's accumulators (``minimal``), the loss folded in."""
 
     name = "minimal"
     folds_loss = True
@@ -202,7 +202,7 @@ class Minimal(Algorithm):
 
 
 class General(Algorithm):
-    """``"general"``: Algorithms 1–3 once per ``v`` (:func:`general`), the paper's path; the loss backpropagated apart."""
+    """``"general"``: Algorithms 1–3 once per ``v`` (``general``), the paper's path; the loss backpropagated apart."""
 
     name = "general"
 

@@ -108,7 +108,7 @@ registered in this order.
     One class at a time with ``gram="auto"`` and ``onehot="auto"``: ``O(1)``
     memory in ``C`` and the fewest FLOPs.
 ``"optimized-chunked"``
-    :data:`DEFAULT_CHUNK_SIZE` classes at a time (read at call time), with both
+    ``DEFAULT_CHUNK_SIZE`` classes at a time (read at call time), with both
     shortcuts on ``"auto"``: the fastest.
 
 Other combinations are registered as instances of :class:`Optimized`, e.g.
@@ -197,7 +197,7 @@ def applies(net: Network, penalty) -> bool:
 
 
 def resolve_chunk_size(chunk_size):
-    """``"default"`` (the registered ``"optimized-chunked"``) read as :data:`DEFAULT_CHUNK_SIZE` now; else unchanged."""
+    """``"default"`` (the registered ``"optimized-chunked"``) read as ``DEFAULT_CHUNK_SIZE`` now; else unchanged."""
     return DEFAULT_CHUNK_SIZE if chunk_size == "default" else chunk_size
 
 
@@ -276,7 +276,7 @@ def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = 
     """A registrable algorithm ``(net, rec, penalty, y) -> (R, gradients, [])`` with fixed options.
 
     ``chunk_size`` as in :func:`jacobian_penalty_gradients`; ``"default"``
-    reads :data:`DEFAULT_CHUNK_SIZE` at call time.
+    reads ``DEFAULT_CHUNK_SIZE`` at call time.
     The options are validated now (``chunk_size`` and the choices) and
     against the network at call time.
     """
@@ -333,7 +333,7 @@ def optimized_settings(*, chunk_size: int | str | None = 1, gram: bool | str = F
 class Optimized(Algorithm):
     """Algorithm 4 with fixed options, registered as ``"optimized"``, ``"optimized-shortcuts"`` or ``"optimized-chunked"``.
 
-    ``chunk_size="default"`` reads :data:`DEFAULT_CHUNK_SIZE` at call time; the
+    ``chunk_size="default"`` reads ``DEFAULT_CHUNK_SIZE`` at call time; the
     options are validated now (``chunk_size`` and the choices) and against
     the network at call time.
     """

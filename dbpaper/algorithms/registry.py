@@ -17,7 +17,7 @@ An explicit algorithm is a subclass of :class:`Algorithm` with
   settings it would run with (chunk size, shortcuts), shown by :func:`dbpaper.plan`.
 
 :func:`register` adds one under its :attr:`~Algorithm.name`,
-:func:`unregister` removes it; :data:`REGISTRY` is the one table the planner
+:func:`unregister` removes it; ``REGISTRY`` is the one table the planner
 reads (nothing here reads the planner). Every registered algorithm, a user's
 included, is a candidate of ``"auto"``, is shown by :func:`dbpaper.plan`,
 runs when named and is counted by :func:`dbpaper.count_operations`.
@@ -158,7 +158,7 @@ _RESERVED = ("auto", "autograd")
 
 
 def register(algorithm: Algorithm, *, replace: bool = False) -> Algorithm:
-    """Add ``algorithm`` to :data:`REGISTRY` under its :attr:`~Algorithm.name` (a name taken raises unless ``replace``)."""
+    """Add ``algorithm`` to ``REGISTRY`` under its :attr:`~Algorithm.name` (a name taken raises unless ``replace``)."""
     if not isinstance(algorithm, Algorithm):
         raise TypeError(f"register takes a dbpaper.algorithms.Algorithm, got {type(algorithm).__name__}")
     name = algorithm.name
@@ -173,7 +173,7 @@ def register(algorithm: Algorithm, *, replace: bool = False) -> Algorithm:
 
 
 def unregister(name: str) -> Algorithm:
-    """Remove the algorithm ``name`` from :data:`REGISTRY` and return it (a ``KeyError`` naming the registered ones if absent)."""
+    """Remove the algorithm ``name`` from ``REGISTRY`` and return it (a ``KeyError`` naming the registered ones if absent)."""
     try:
         return REGISTRY.pop(name)
     except KeyError:
