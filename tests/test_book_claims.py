@@ -181,6 +181,21 @@ def test_intro_speed_over_every_workload(bench):
         assert mlp["default"]["flops"] < mlp["autograd-summed"]["flops"]
 
 
+def test_intro_against_compiled_autograd(bench):
+    """Over every workload with compiled peers, in both files: the range of the default call's speed-up over
+    compiled autograd, and on how many of them compiling the default call makes it slower."""
+    numbers = bc.bench_numbers()
+    for t, name in ((1, "bench-cpu.json"), (2, "bench-cpu-2threads.json")):
+        compiled = bc.compiled_workloads(bench[name])
+        assert compiled and len(compiled) == numbers[f"compiled-count-{t}"] == numbers["compiled-count-1"]
+        c = [bc.speedup(w, base="autograd-compiled") for w in compiled]
+        assert (min(c), max(c)) == (numbers[f"compiled-min-{t}"], numbers[f"compiled-max-{t}"])
+        for w in compiled:  # compiled autograd is faster than eager autograd: the eager speed-up overstates
+            assert bc.speedup(w, base="autograd-compiled") < bc.speedup(w), w["name"]
+        slower = sum(bc.speedup(w, "default-compiled", "default") < 1 for w in compiled)
+        assert slower == numbers[f"compiled-default-slower-{t}"]
+
+
 def test_intro_single_vector_penalties(bench):
     """For single-vector penalties, over every such workload of both files: the range of speed-ups and the
     workloads where the default call is slower; at one thread the range of FLOPs and of working memory against

@@ -212,6 +212,11 @@ def single_vector_workloads(d: dict) -> list[dict]:
     return [w for w in d["workloads"] if w["task"]["penalty"] not in ("jacobian", None)]
 
 
+def compiled_workloads(d: dict) -> list[dict]:
+    """The workloads on which the compiled peers ran (``torch.compile`` of autograd and of the default call)."""
+    return [w for w in d["workloads"] if {"autograd-compiled", "default-compiled"} <= set(w["results"])]
+
+
 def _names(ws) -> str:
     return ", ".join(w["name"] for w in ws) or "none"
 
@@ -246,6 +251,12 @@ def bench_numbers(data: Path = DATA) -> dict:
         out[f"single-min-{t}"], out[f"single-max-{t}"] = min(s), max(s)
         out[f"single-slower-{t}"] = sum(v < 1 for v in s)
         out[f"single-slower-names-{t}"] = _names(w for w in single_vector_workloads(d) if speedup(w) < 1)
+        compiled = compiled_workloads(d)
+        out[f"compiled-count-{t}"] = len(compiled)
+        out[f"compiled-names-{t}"] = _names(compiled)
+        c = [speedup(w, base="autograd-compiled") for w in compiled]
+        out[f"compiled-min-{t}"], out[f"compiled-max-{t}"] = (min(c), max(c)) if c else (float("nan"),) * 2
+        out[f"compiled-default-slower-{t}"] = sum(speedup(w, "default-compiled", "default") < 1 for w in compiled)
         for name in ("resnet", "resnet-classical"):
             w = d["by_name"][name]
             out[f"{name}-speedup-{t}"] = speedup(w)
