@@ -434,8 +434,10 @@ def _summary(obj) -> str:
     import inspect
 
     doc = inspect.getdoc(obj) or ""
-    first = doc.strip().split("\n\n", 1)[0]
-    return " ".join(first.split()).replace("|", "\\|")
+    first = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    first = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", first)  # reST roles as code in the Markdown table
+    first = re.sub(r"``([^`]+)``", r"`\1`", first)
+    return first.replace("|", "\\|")
 
 
 def _role(name: str, obj) -> str:
