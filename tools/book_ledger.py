@@ -414,7 +414,7 @@ API_GROUPS: list[tuple[str, str, list[str]]] = [
     ("Penalties", "The penalty terms of Section 4.1 and the functions p they apply.", ["penalties"]),
     ("Registries and planning", "Where layers are read into the network model, where algorithms are "
      "registered, and how the default call chooses among them.",
-     ["ALGORITHM_NAMES", "readers", "algorithms", "planning", "BatchMixingWarning", "FallbackWarning"]),
+     ["ALGORITHM_NAMES", "AlgorithmName", "readers", "algorithms", "planning", "BatchMixingWarning", "FallbackWarning"]),
     ("Operators", "The bilinear operators of Section 2.1: K, its transpose and its weight-adjoint.",
      ["BilinearOperator", "Dense", "Conv1d", "Conv2d", "LocallyConnected2d", "AvgPool2d", "MaxPool1d",
       "MaxPool2d", "InvertibleDownsampling", "ChannelScale", "Hadamard", "IdentityMap", "operators"]),
@@ -430,9 +430,18 @@ API_GROUPS: list[tuple[str, str, list[str]]] = [
 ]
 
 
-def _summary(obj) -> str:
+# data and type aliases carry no docstring of their own (inspect.getdoc gives their type's)
+API_DATA_SUMMARIES = {
+    "ALGORITHM_NAMES": "The values the `algorithm` argument of the entry points accepts.",
+    "AlgorithmName": "The type of the `algorithm` argument: a `Literal` of `ALGORITHM_NAMES`.",
+}
+
+
+def _summary(obj, name: str = "") -> str:
     import inspect
 
+    if _kind(obj) == "data":
+        return API_DATA_SUMMARIES.get(name, "")
     doc = inspect.getdoc(obj) or ""
     first = " ".join(doc.strip().split("\n\n", 1)[0].split())
     first = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", first)  # reST roles as code in the Markdown table
@@ -440,17 +449,23 @@ def _summary(obj) -> str:
     return first.replace("|", "\\|")
 
 
-def _role(name: str, obj) -> str:
+def _kind(obj) -> str:
+    """How autodoc documents a public name: ``module``, ``class``, ``function`` or ``data`` (type aliases too)."""
     import inspect
     import types
 
     if isinstance(obj, types.ModuleType):
-        return f"{{py:mod}}`dbpaper.{name}`"
+        return "module"
     if inspect.isclass(obj):
-        return f"{{py:class}}`~dbpaper.{name}`"
-    if callable(obj):
-        return f"{{py:func}}`~dbpaper.{name}`"
-    return f"{{py:data}}`~dbpaper.{name}`"
+        return "class"
+    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
+        return "function"
+    return "data"
+
+
+def _role(name: str, obj) -> str:
+    role = {"module": "mod", "class": "class", "function": "func", "data": "data"}[_kind(obj)]
+    return f"{{py:{role}}}`{'' if role == 'mod' else '~'}dbpaper.{name}`"
 
 
 def api_directives() -> str:
@@ -460,8 +475,6 @@ def api_directives() -> str:
     ``dbpaper.X``, each submodule with its own members minus those already documented as ``dbpaper.X``.
     """
     import importlib
-    import inspect
-    import types
 
     pkg = importlib.import_module("dbpaper")
     public = list(pkg.__all__)
@@ -475,21 +488,22 @@ def api_directives() -> str:
     for title, _, names in API_GROUPS:
         out.append(f"| **{title}** | |")
         for name in names:
-            out.append(f"| {_role(name, getattr(pkg, name))} | {_summary(getattr(pkg, name))} |")
+            out.append(f"| {_role(name, getattr(pkg, name))} | {_summary(getattr(pkg, name), name)} |")
     out += ["", "````", ""]
     for title, intro, names in API_GROUPS:
         out += [f"## {title}", "", intro, "", "```{eval-rst}"]
         for name in names:
             obj = getattr(pkg, name)
-            if isinstance(obj, types.ModuleType):
+            kind = _kind(obj)
+            if kind == "module":
                 out += [f".. automodule:: dbpaper.{name}", "   :members:"]
                 # the names that dbpaper.__all__ re-exports are documented as dbpaper.X, once
                 shared = sorted(set(getattr(obj, "__all__", [])) & set(public))
                 if shared:
                     out += [f"   :exclude-members: {', '.join(shared)}"]
-            elif inspect.isclass(obj):
+            elif kind == "class":
                 out += [f".. autoclass:: dbpaper.{name}", "   :members:"]
-            elif callable(obj):
+            elif kind == "function":
                 out += [f".. autofunction:: dbpaper.{name}"]
             else:
                 out += [f".. autodata:: dbpaper.{name}", "   :annotation:"]
