@@ -167,6 +167,13 @@ def _check_link(check: str) -> str:
     return f"`{check}`"
 
 
+def _qualify_glue(text: str, page: str) -> str:
+    """A glue role of a chapter's own sentence names its key without the notebook; on the register's page it needs it."""
+    if not (BOOK / f"{page}.ipynb").is_file():
+        return text
+    return re.sub(r"\{glue(:\w+)?\}`(?![^`]*::)([^`]+)`", lambda m: f"{{glue{m[1] or ''}}}`{page}.ipynb::{m[2]}`", text)
+
+
 def render(rows: list[dict] | None = None) -> str:
     """The MyST tables of the register, one per page, in the order of the files."""
     rows = rows if rows is not None else load()
@@ -180,7 +187,8 @@ def render(rows: list[dict] | None = None) -> str:
                 "| id | claim | what it ranges over | checked by |", "|---|---|---|---|"]
         for row in rows:
             if row.get("page") == page:
-                out.append(f"| {row['id']} | {_cell(row['claim'])} | {_cell(row['scope'])} | {_check_link(row['check'])} |")
+                claim, scope = (_qualify_glue(_cell(row[k]), page) for k in ("claim", "scope"))
+                out.append(f"| {row['id']} | {claim} | {scope} | {_check_link(row['check'])} |")
         out += ["", "````", ""]
     return "\n".join(out)
 
@@ -215,6 +223,13 @@ def single_vector_workloads(d: dict) -> list[dict]:
 def compiled_workloads(d: dict) -> list[dict]:
     """The workloads on which the compiled peers ran (``torch.compile`` of autograd and of the default call)."""
     return [w for w in d["workloads"] if {"autograd-compiled", "default-compiled"} <= set(w["results"])]
+
+
+def resnet_workload(d: dict, name: str, threads: int, data: Path = DATA) -> dict:
+    """A ResNet workload: from the main file where it is there, else from ``bench-resnet-cpu*.json``."""
+    if name in d["by_name"]:
+        return d["by_name"][name]
+    return load_bench("bench-resnet-cpu.json" if threads == 1 else "bench-resnet-cpu-2threads.json", data)["by_name"][name]
 
 
 def _names(ws) -> str:
@@ -258,7 +273,7 @@ def bench_numbers(data: Path = DATA) -> dict:
         out[f"compiled-min-{t}"], out[f"compiled-max-{t}"] = (min(c), max(c)) if c else (float("nan"),) * 2
         out[f"compiled-default-slower-{t}"] = sum(speedup(w, "default-compiled", "default") < 1 for w in compiled)
         for name in ("resnet", "resnet-classical"):
-            w = d["by_name"][name]
+            w = resnet_workload(d, name, t, data)
             out[f"{name}-speedup-{t}"] = speedup(w)
             out[f"{name}-memory-{t}"] = w["results"]["default"]["working_mib"] / w["results"]["autograd-summed"]["working_mib"]
     mlp = one["by_name"]["mlp"]

@@ -490,6 +490,7 @@ def api_directives() -> str:
         for name in names:
             out.append(f"| {_role(name, getattr(pkg, name))} | {_summary(getattr(pkg, name), name)} |")
     out += ["", "````", ""]
+    documented: set[int] = set()
     for title, intro, names in API_GROUPS:
         out += [f"## {title}", "", intro, "", "```{eval-rst}"]
         for name in names:
@@ -497,8 +498,11 @@ def api_directives() -> str:
             kind = _kind(obj)
             if kind == "module":
                 out += [f".. automodule:: dbpaper.{name}", "   :members:"]
-                # the names that dbpaper.__all__ re-exports are documented as dbpaper.X, once
-                shared = sorted(set(getattr(obj, "__all__", [])) & set(public))
+                # the names that dbpaper.__all__ re-exports are documented as dbpaper.X, and a name two
+                # submodules share (planning and algorithms both export Estimate) with the first of them: once
+                members = list(getattr(obj, "__all__", []))
+                shared = sorted(m for m in members if m in public or id(getattr(obj, m, None)) in documented)
+                documented |= {id(getattr(obj, m, None)) for m in members if m not in public}
                 if shared:
                     out += [f"   :exclude-members: {', '.join(shared)}"]
             elif kind == "class":
