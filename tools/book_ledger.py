@@ -440,7 +440,7 @@ API_DATA_SUMMARIES = {
 def _summary(obj, name: str = "") -> str:
     import inspect
 
-    if _kind(obj) == "data":
+    if _kind(obj) in ("data", "alias"):
         return API_DATA_SUMMARIES.get(name, "")
     doc = inspect.getdoc(obj) or ""
     first = " ".join(doc.strip().split("\n\n", 1)[0].split())
@@ -460,11 +460,13 @@ def _kind(obj) -> str:
         return "class"
     if inspect.isfunction(obj) or inspect.isbuiltin(obj):
         return "function"
+    if type(obj).__module__ == "typing":
+        return "alias"  # a type alias (AlgorithmName): annotations name it as a class
     return "data"
 
 
 def _role(name: str, obj) -> str:
-    role = {"module": "mod", "class": "class", "function": "func", "data": "data"}[_kind(obj)]
+    role = {"module": "mod", "class": "class", "alias": "class", "function": "func", "data": "data"}[_kind(obj)]
     return f"{{py:{role}}}`{'' if role == 'mod' else '~'}dbpaper.{name}`"
 
 
@@ -509,6 +511,8 @@ def api_directives() -> str:
                 out += [f".. autoclass:: dbpaper.{name}", "   :members:"]
             elif kind == "function":
                 out += [f".. autofunction:: dbpaper.{name}"]
+            elif kind == "alias":
+                out += [f".. py:class:: {name}", "   :module: dbpaper", "", f"   {_summary(obj, name).replace('`', '``')} ``{obj!r}``."]
             else:
                 out += [f".. autodata:: dbpaper.{name}", "   :annotation:"]
             out.append("")
