@@ -232,6 +232,12 @@ def resnet_workload(d: dict, name: str, threads: int, data: Path = DATA) -> dict
     return load_bench("bench-resnet-cpu.json" if threads == 1 else "bench-resnet-cpu-2threads.json", data)["by_name"][name]
 
 
+def max_load(d: dict) -> float:
+    """The largest one-minute load average the file records (at the start and at the end of the run)."""
+    m = d["machine"]
+    return max(m.get(k, [0.0])[0] for k in ("load_average_at_start", "load_average_at_end"))
+
+
 def _names(ws) -> str:
     return ", ".join(w["name"] for w in ws) or "none"
 
@@ -247,6 +253,7 @@ def bench_numbers(data: Path = DATA) -> dict:
         "cpu": one["machine"]["cpu"],
         "torch": one["machine"]["torch"].split("+")[0],
         "device": one["machine"]["device"],
+        "cpu-count": one["machine"]["cpu_count"],
         "jacobian-workloads": len(jac),
         "autograd-same": sum(fl(w, "autograd-summed") == fl(w, "alg4") for w in jac),
         "autograd-more": _names(w for w in jac if fl(w, "autograd-summed") > fl(w, "alg4")),
@@ -254,6 +261,7 @@ def bench_numbers(data: Path = DATA) -> dict:
         "classes-max": one["by_name"]["classes-1000"]["params"]["classes"],
     }
     for t, d in ((1, one), (2, two)):
+        out[f"load-{t}"] = max_load(d)
         out[f"workloads-{t}"] = len(d["workloads"])
         out[f"slower-{t}"] = sum(speedup(w) < 1 for w in d["workloads"])
         out[f"faster-{t}"] = sum(speedup(w) > 1 for w in d["workloads"])
