@@ -272,9 +272,8 @@ def test_the_audit_uses_torch_not_the_package():
 def test_references_are_sorted_by_author():
     """The bibliography's sorting style orders the entries by their first author as the reader sees the name."""
     pytest.importorskip("pybtex")
-    from pybtex.database import parse_file
-
     import book_ledger
+    from pybtex.database import parse_file
 
     style = book_ledger._author_year_style()()
     entries = style.sort(list(parse_file(str(ROOT / "references.bib")).entries.values()))
