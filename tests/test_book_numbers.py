@@ -92,3 +92,9 @@ def test_a_markdown_page_has_no_code_so_every_number_must_be_glued(tmp_path):
     page = tmp_path / "intro.md"
     page.write_text("Speed-ups of {glue:text}`runtimes.ipynb::mlp-speedup-1:.2f`× (Section 5), and 1.6× unglued.\n")
     assert [f.number for f in book_numbers.check_markdown(page)] == ["1.6"]
+
+
+def test_a_build_time_substitution_is_a_computed_number(tmp_path):
+    page = tmp_path / "intro.md"
+    page.write_text("On {{ bench:single-count-1 }} workloads, {{ bench:mlp-speedup-1:.2f }}× (computed), and 1.6× typed.\n")
+    assert [f.number for f in book_numbers.check_markdown(page)] == ["1.6"]

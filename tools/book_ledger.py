@@ -400,47 +400,124 @@ def problems(ledger: dict | None = None, docs: dict[str, Document] | None = None
 
 # ---------------------------------------------------------------- Sphinx extension
 
-SUBSTITUTED_PAGES = ("book/intro", "book/ledger", "book/api", "book/references")
+SUBSTITUTED_PAGES = ("book/intro", "book/ledger", "book/api", "book/references", "book/claims")
 API_MARKER = "<!-- api: the autodoc directives below are generated from dbpaper.__all__ at build time -->"
-# modules documented besides dbpaper.__all__ and the submodules it names (none at present)
-API_EXTRA_MODULES: dict[str, list[str]] = {}
-API_TOP_ELSEWHERE: dict[str, list[str]] = {}
+
+
+# The API page in the order a reader needs it: the entry points, the penalties, the registries and the
+# planning, the operators, then the rest. Each group names dbpaper.__all__ members (documented as dbpaper.X)
+# and submodules (documented with their own members, minus those already documented as dbpaper.X).
+API_GROUPS: list[tuple[str, str, list[str]]] = [
+    ("Entry points", "What a training loop calls: the penalty or the whole objective, the plan the default "
+     "call follows, the explicit algorithms and the operation counts of Section 5.",
+     ["penalty", "objective", "plan", "ExecutionPlan", "double_backprop", "count_operations"]),
+    ("Penalties", "The penalty terms of Section 4.1 and the functions p they apply.", ["penalties"]),
+    ("Registries and planning", "Where layers are read into the network model, where algorithms are "
+     "registered, and how the default call chooses among them.",
+     ["ALGORITHM_NAMES", "AlgorithmName", "readers", "algorithms", "planning", "BatchMixingWarning", "FallbackWarning"]),
+    ("Operators", "The bilinear operators of Section 2.1: K, its transpose and its weight-adjoint.",
+     ["BilinearOperator", "Dense", "Conv1d", "Conv2d", "LocallyConnected2d", "AvgPool2d", "MaxPool1d",
+      "MaxPool2d", "InvertibleDownsampling", "ChannelScale", "Hadamard", "IdentityMap", "operators"]),
+    ("Activations and output maps", "Coordinate-wise activations (Definition 3.1) and the output maps of Appendix B.",
+     ["Activation", "ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh", "Softplus", "Identity", "OutputMap",
+      "Softmax", "IdentityOutput", "CoordinatewiseOutput", "activations"]),
+    ("The network model", "Eq. (8) and its residual extension, read from a torch model.",
+     ["Network", "UnsupportedModelError", "nn"]),
+    ("Counting, checks and references", "The operation counter, the adjoint checks of Section 2, finite "
+     "differences, the autograd references and the fallback.",
+     ["counting", "AdjointErrors", "adjoint_errors", "theorem_2_3_errors", "dtype_tolerance", "numdiff",
+      "oracles", "fallback"]),
+]
+
+
+# data and type aliases carry no docstring of their own (inspect.getdoc gives their type's)
+API_DATA_SUMMARIES = {
+    "ALGORITHM_NAMES": "The values the `algorithm` argument of the entry points accepts.",
+    "AlgorithmName": "The type of the `algorithm` argument: a `Literal` of `ALGORITHM_NAMES`.",
+}
+
+
+def _summary(obj, name: str = "") -> str:
+    import inspect
+
+    if _kind(obj) in ("data", "alias"):
+        return API_DATA_SUMMARIES.get(name, "")
+    doc = inspect.getdoc(obj) or ""
+    first = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    first = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", first)  # reST roles as code in the Markdown table
+    first = re.sub(r"``([^`]+)``", r"`\1`", first)
+    return first.replace("|", "\\|")
+
+
+def _kind(obj) -> str:
+    """How autodoc documents a public name: ``module``, ``class``, ``function`` or ``data`` (type aliases too)."""
+    import inspect
+    import types
+
+    if isinstance(obj, types.ModuleType):
+        return "module"
+    if inspect.isclass(obj):
+        return "class"
+    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
+        return "function"
+    if type(obj).__module__ == "typing":
+        return "alias"  # a type alias (AlgorithmName): annotations name it as a class
+    return "data"
+
+
+def _role(name: str, obj) -> str:
+    role = {"module": "mod", "class": "class", "alias": "class", "function": "func", "data": "data"}[_kind(obj)]
+    return f"{{py:{role}}}`{'' if role == 'mod' else '~'}dbpaper.{name}`"
 
 
 def api_directives() -> str:
-    """autodoc directives for ``dbpaper`` (its ``__all__``), the submodules named there, and the extra modules."""
+    """The API page's body: a summary table with links, then autodoc directives group by group (API_GROUPS).
+
+    Every name of ``dbpaper.__all__`` is documented exactly once: the functions, classes and data as
+    ``dbpaper.X``, each submodule with its own members minus those already documented as ``dbpaper.X``.
+    """
     import importlib
-    import importlib.util
-    import types
 
     pkg = importlib.import_module("dbpaper")
-    modules = [name for name in pkg.__all__ if isinstance(getattr(pkg, name, None), types.ModuleType)]
-    # objective and penalty are documented in their own module, where their docstrings' references resolve
-    top_exclude = [name for mod, names in API_TOP_ELSEWHERE.items() if importlib.util.find_spec(mod) for name in names]
-    lines = ["```{eval-rst}", ".. automodule:: dbpaper", "   :members:"]
-    lines += [f"   :exclude-members: {', '.join(top_exclude)}"] if top_exclude else []
-    lines.append("")
-    for name in modules:
-        lines += [f".. automodule:: dbpaper.{name}", "   :members:"]
-        # a submodule whose public names are all in dbpaper.__all__ (operators) is listed without index
-        # entries, and one with some of them (activations) leaves those out, so that a name like
-        # OutputMap has one target
-        sub_all = set(getattr(getattr(pkg, name), "__all__", []))
-        shared = sorted(sub_all & set(pkg.__all__))
-        if sub_all and sub_all <= set(pkg.__all__):
-            lines += ["   :no-index:"]
-        elif shared:
-            lines += [f"   :exclude-members: {', '.join(shared)}"]
-        lines.append("")
-    for mod, exclude in API_EXTRA_MODULES.items():
-        if mod.rsplit(".", 1)[1] in modules or importlib.util.find_spec(mod) is None:
-            continue
-        lines += [f".. automodule:: {mod}", "   :members:"]
-        lines += ["   :undoc-members:"] if mod == "dbpaper.network" else []
-        lines += [f"   :exclude-members: {', '.join(exclude)}"] if exclude else []
-        lines.append("")
-    lines.append("```")
-    return "\n".join(line for line in lines)
+    public = list(pkg.__all__)
+    grouped = [name for _, _, names in API_GROUPS for name in names]
+    missing = [name for name in public if name not in grouped]
+    unknown = [name for name in grouped if name not in public]
+    if missing or unknown or len(set(grouped)) != len(grouped):
+        raise ValueError(f"API_GROUPS out of date: not grouped {missing}, not public {unknown}")
+    out = ["```{eval-rst}", ".. automodule:: dbpaper", "```", "",
+           "## Summary", "", "````{container} ledger-table api-summary", "", "| name | what it is |", "|---|---|"]
+    for title, _, names in API_GROUPS:
+        out.append(f"| **{title}** | |")
+        for name in names:
+            out.append(f"| {_role(name, getattr(pkg, name))} | {_summary(getattr(pkg, name), name)} |")
+    out += ["", "````", ""]
+    documented: set[int] = set()
+    for title, intro, names in API_GROUPS:
+        out += [f"## {title}", "", intro, "", "```{eval-rst}"]
+        for name in names:
+            obj = getattr(pkg, name)
+            kind = _kind(obj)
+            if kind == "module":
+                out += [f".. automodule:: dbpaper.{name}", "   :members:"]
+                # the names that dbpaper.__all__ re-exports are documented as dbpaper.X, and a name two
+                # submodules share (planning and algorithms both export Estimate) with the first of them: once
+                members = list(getattr(obj, "__all__", []))
+                shared = sorted(m for m in members if m in public or id(getattr(obj, m, None)) in documented)
+                documented |= {id(getattr(obj, m, None)) for m in members if m not in public}
+                if shared:
+                    out += [f"   :exclude-members: {', '.join(shared)}"]
+            elif kind == "class":
+                out += [f".. autoclass:: dbpaper.{name}", "   :members:"]
+            elif kind == "function":
+                out += [f".. autofunction:: dbpaper.{name}"]
+            elif kind == "alias":
+                out += [f".. py:class:: {name}", "   :module: dbpaper", "", f"   {_summary(obj, name).replace('`', '``')} ``{obj!r}``."]
+            else:
+                out += [f".. autodata:: dbpaper.{name}", "   :annotation:"]
+            out.append("")
+        out += ["```", ""]
+    return "\n".join(out)
 
 
 def _author_year_style():
@@ -463,11 +540,31 @@ def _author_year_style():
                 who = who.replace("{", "").replace("}", "")
                 yield f"{who}, {entry.fields.get('year', 'n.d.')}"
 
+    class AuthorYearSorting(SortingStyle):
+        # by author as a reader sees the name: the braces that protect "{Anonymous}" from BibTeX's name
+        # parsing would otherwise sort it after every letter
+        def person_key(self, person):
+            return super().person_key(person).replace("{", "").replace("}", "")
+
     class AuthorYearStyle(UnsrtStyle):
         default_label_style = AuthorYearLabelStyle
-        default_sorting_style = SortingStyle
+        default_sorting_style = AuthorYearSorting
 
     return AuthorYearStyle
+
+
+def _logger():
+    from sphinx.util import logging
+
+    return logging.getLogger("book_ledger")
+
+
+class _LazyLogger:
+    def __getattr__(self, name):
+        return getattr(_logger(), name)
+
+
+_LOGGER = _LazyLogger()
 
 
 def _source_read(app, docname, source):
@@ -483,6 +580,18 @@ def _source_read(app, docname, source):
         text = text.replace(MARKER, render())
     if docname == "book/api" and API_MARKER in text:
         text = text.replace(API_MARKER, api_directives())
+    if "{{ bench:" in text or docname == "book/claims":
+        import book_claims
+
+        app.env.note_dependency(str(book_claims.CLAIMS))
+        for path in sorted(book_claims.DATA.glob("bench-*.json")):
+            app.env.note_dependency(str(path))
+        if docname == "book/claims" and book_claims.MARKER in text:
+            # the book's own claims: a claim without a resolving check fails the build (-W)
+            for problem in book_claims.problems():
+                _LOGGER.warning(f"claims register: {problem}", location=docname)
+            text = text.replace(book_claims.MARKER, book_claims.render())
+        text = book_claims.substitute_bench(text)
     source[0] = text
 
 

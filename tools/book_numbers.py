@@ -17,6 +17,8 @@ Every number in a chapter's Markdown must be one of
 
 The pages are the chapters (``book/*.ipynb``) and the Markdown pages in MARKDOWN_PAGES (the
 introduction, whose numbers are glued from the chapters with ``{glue:text}`chapter.ipynb::key:fmt```).
+* a build-time substitution, ``{{ bench:key:fmt }}``: computed from the committed benchmark data by
+  ``tools/book_claims.py`` when the book is built (the introduction's benchmark findings);
 * inside a phrase of the chapter's ``book-numbers-allow`` list (notebook metadata), each entry
   ``{"text": phrase, "reason": why}`` naming a fixed input that is neither computed nor chosen next to
   it (the image size of the data set that ships with scikit-learn, a number the paper prints and the
@@ -52,7 +54,8 @@ _STRIP = [
     re.compile(r"^:[\w-]+:.*$", re.M),  # directive options (:width: 90%)
     re.compile(r"\]\([^)]*\)"),  # link targets
     re.compile(r"https?://\S+"),  # bare URLs
-    re.compile(r"<[^>\n]+>"),  # HTML tags
+    re.compile(r"<[^>\n]+>"),  # HTML tags and comments
+    re.compile(r"\{\{ [^}\n]+ \}\}"),  # build-time substitutions ({{ bench:key }}: computed by tools/book_claims.py)
 ]
 
 # A number right after one of these words (or an abbreviation of it) names an item, not a quantity.
