@@ -304,7 +304,7 @@ def activation_curves(activations: Mapping, t, figsize=(page_width(), 3.9)):
     # the legend below the panels, where it covers no curve (inside the g'' panel it hid ELU's jump)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
-    fig.tight_layout(rect=(0, 0.27, 1, 1))
+    fig.tight_layout(rect=(0, 0.22, 1, 1))
     return fig
 
 

@@ -29,7 +29,7 @@ __all__ = [
 
 ORDER = ("default", "default-compiled", "alg4", "alg4-shortcuts", "alg4-chunked", "alg1-3", "minimal", "autograd-summed",
          "autograd-compiled", "autograd-per-class", "vmap-jacrev", "hoffman-1proj")  # fmt: skip
-COLORS = {"default": "k", "default-compiled": "0.45", "alg4": "C0", "alg4-shortcuts": "C9", "alg4-chunked": "C2", "alg1-3": "C7",
+COLORS = {"default": "k", "default-compiled": "#a6761d", "alg4": "C0", "alg4-shortcuts": "C9", "alg4-chunked": "C2", "alg1-3": "C7",
           "minimal": "C8", "autograd-summed": "C3", "autograd-compiled": "#e7298a", "autograd-per-class": "C1",
           "vmap-jacrev": "C4", "hoffman-1proj": "C5"}  # fmt: skip
 #: one line style and marker per method in the sweeps, so that no two lines look alike
@@ -40,10 +40,10 @@ MARKERS = {"default": ("o", "-"), "default-compiled": ("o", ":"), "alg4": ("s", 
 
 
 def load(path: str | Path) -> dict:
-    """A benchmark result (schema 2) with a ``by_name`` index of its workloads."""
+    """A benchmark result (schema 2, or 3 with the floor, version and commit) with a ``by_name`` index of its workloads."""
     data = json.loads(Path(path).read_text())
-    if data.get("schema") != 2:
-        raise ValueError(f"{path}: expected a schema-2 benchmark result, got schema {data.get('schema')}")
+    if data.get("schema") not in (2, 3):
+        raise ValueError(f"{path}: expected a schema-2 or schema-3 benchmark result, got schema {data.get('schema')}")
     data["by_name"] = {w["name"]: w for w in data["workloads"]}
     return data
 
@@ -284,5 +284,5 @@ def plot_sweeps(data: dict):
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     handles, labels = axes[0, 1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 1.2 / (1.6 + 2.9 * len(groups))))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.85 / (1.6 + 2.9 * len(groups))))
     return fig
