@@ -153,7 +153,7 @@ def smoothing(ts, first_batch: Mapping[int, np.ndarray], rows, single_jumps: Map
     axes[1].legend()
     axes[2].set_title("(c) variation of the average")
     axes[2].set_xlabel("batch size $M$")
-    axes[2].legend(loc="lower left")
+    axes[2].legend(loc="center", ncol=2)  # between the two penalties' curves, which lie decades apart
     fig.tight_layout()
     return fig
 
