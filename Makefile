@@ -46,7 +46,7 @@ test-package: $(STAMP)
 
 test-notebooks: $(STAMP)
 	$(NOTEBOOK_ISA) $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg \
-		-p no:cacheprovider -n $(JOBS) --dist loadfile -q book
+		-p no:cacheprovider -n $(JOBS) --dist loadfile -q book examples/quickstart.ipynb
 
 book: $(STAMP)
 	$(NOTEBOOK_ISA) $(BIN)/jupyter-book build . --all --builder html -W -n --keep-going

@@ -38,7 +38,7 @@ from .operators import (
     MaxPool1d,
     MaxPool2d,
 )
-from .planning import ALGORITHM_NAMES, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
+from .planning import ALGORITHM_NAMES, AlgorithmName, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
 
 # the one place the package registers its built-in layer readers and algorithms (importing a module registers nothing)
 readers.register_builtin()
@@ -48,6 +48,7 @@ __version__ = "0.5.0"
 
 __all__ = [
     "ALGORITHM_NAMES",
+    "AlgorithmName",
     "ExecutionPlan",
     "BatchMixingWarning",
     "FallbackWarning",

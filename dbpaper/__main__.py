@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,17 @@ _EXTRAS = {
     "paper": ("numpy", "matplotlib", "tqdm"),
     "book": ("numpy", "matplotlib", "tqdm", "nbformat", "nbclient", "ipykernel", "sklearn"),
 }
+
+
+def plain(text: str) -> str:
+    """reST markup (``code``, *emphasis*) as plain text, for ``--help``."""
+    return re.sub(r"\*([^*\s][^*]*)\*", r"\1", text.replace("``", "").replace("`", ""))
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"dbpaper {__version__}"
 
 
 class UsageError(Exception):
@@ -94,7 +106,9 @@ def figures(out: str | None, chapters: list[str] | None, book: str | None = None
     os.environ["DBPAPER_FIGURE_DIR"] = str(folder)
     for path in tqdm(paths, desc="chapters", unit="chapter"):
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
     manifest = write_manifest(folder)
     print(f"figures written to {folder}; checksums in {manifest}")
     return manifest
@@ -111,7 +125,11 @@ def _bench(argv: list[str]) -> int:
 def _run(argv: list[str]) -> int:
     if argv and argv[0] == "bench":  # options belong to the bench's own parser
         return _bench(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m dbpaper", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dbpaper",
+        description="The book's figures and benchmarks from the command line: figures, bench, reproduce.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     p_fig = sub.add_parser(
         "figures",
@@ -119,7 +137,9 @@ def _run(argv: list[str]) -> int:
         description="Execute the book's chapters (from a checkout of the repository) and write their figures, "
         "byte-identical across runs, with a MANIFEST.json of SHA-256 checksums. Needs: pip install 'dbpaper[book]'.",
     )
-    p_fig.add_argument("--book", default=None, help="folder of the chapters (default: ./book, else the editable checkout's)")
+    p_fig.add_argument(
+        "--book", default=None, help="folder of the chapters (default: ./book, else the editable checkout's)"
+    )
     p_fig.add_argument("--out", default=None, help="output folder (default: ./book/figures for ./book, else ./figures)")
     p_fig.add_argument("--chapters", nargs="*", default=None, help="chapter names (default: all)")
     sub.add_parser("bench", help="run the benchmarks of the Runtimes chapter (needs the 'paper' extra)", add_help=False)

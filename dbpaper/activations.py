@@ -55,20 +55,23 @@ class _Kernel:
     The overload that writes into ``out`` (``grad_input``, or ``out`` for ``hardswish_backward``, or
     none for ``mish_backward``, then a copy) is looked up once, when the kernel is made at import, so
     that a traced call (``torch.compile``) sees plain attributes. The tensor among ``args`` (``x`` or
-    ``z``) may broadcast over ``t`` (classes stacked along a leading axis); it is expanded first,
-    since some kernels (oneDNN's float32 ``gelu_backward``) cannot broadcast.
+    ``z``) may broadcast over ``t`` (classes stacked along a leading axis); the kernels broadcast it
+    themselves, except oneDNN's float32 ``gelu_backward`` (``broadcasts=False``), for which it is
+    expanded first.
     """
 
-    __slots__ = ("default", "into", "keyword")
+    __slots__ = ("broadcasts", "default", "into", "keyword")
 
-    def __init__(self, op):
+    def __init__(self, op, broadcasts: bool = True) -> None:
         names = set(op.overloads())
         self.default = op.default
         self.keyword = next((k for k in ("grad_input", "out") if k in names), None)
         self.into = getattr(op, self.keyword) if self.keyword else None
+        self.broadcasts = broadcasts
 
     def __call__(self, t: torch.Tensor, out: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
-        args = tuple(a.expand_as(t) if isinstance(a, torch.Tensor) and a.shape != t.shape else a for a in args)
+        if not self.broadcasts:
+            args = tuple(a.expand_as(t) if isinstance(a, torch.Tensor) and a.shape != t.shape else a for a in args)
         if out is None:
             return self.default(t, *args, **kwargs)
         if self.into is None:
@@ -78,10 +81,22 @@ class _Kernel:
 
 
 _aten = torch.ops.aten
-_K = {name: _Kernel(getattr(_aten, name)) for name in (
-    "threshold_backward", "leaky_relu_backward", "hardtanh_backward", "tanh_backward", "sigmoid_backward",
-    "softplus_backward", "elu_backward", "gelu_backward", "silu_backward", "mish_backward", "hardswish_backward",
-)}
+_K = {
+    name: _Kernel(getattr(_aten, name), broadcasts=name != "gelu_backward")
+    for name in (
+        "threshold_backward",
+        "leaky_relu_backward",
+        "hardtanh_backward",
+        "tanh_backward",
+        "sigmoid_backward",
+        "softplus_backward",
+        "elu_backward",
+        "gelu_backward",
+        "silu_backward",
+        "mish_backward",
+        "hardswish_backward",
+    )
+}
 
 
 class Activation(abc.ABC):
@@ -169,16 +184,16 @@ class Identity(Activation):
     locally_linear = True
     slope_reads = "x"
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return t if out is None or out is t else out.copy_(t)
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return z
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(z)
 
-    def df_from_output(self, x):
+    def df_from_output(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(x)
 
 
@@ -189,16 +204,16 @@ class ReLU(Activation):
     slope_reads = "x"
     kinks = (0.0,)
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.relu(z)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["threshold_backward"](t, out, a, 0)
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         return (z > 0).to(z.dtype)
 
-    def df_from_output(self, x):
+    def df_from_output(self, x: torch.Tensor) -> torch.Tensor:
         return (x > 0).to(x.dtype)  # x > 0 exactly where z > 0
 
 
@@ -209,26 +224,26 @@ class LeakyReLU(Activation):
 
     kinks = (0.0,)
 
-    def __init__(self, alpha: float = 0.01):
+    def __init__(self, alpha: float = 0.01) -> None:
         self.alpha = float(alpha)
 
     @property
     def slope_reads(self) -> str:  # x > 0 iff z > 0 for alpha >= 0
         return "x" if self.alpha >= 0 else "z"
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.leaky_relu(z, self.alpha)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["leaky_relu_backward"](t, out, a, self.alpha, self.slope_reads == "x")
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.alpha))
 
-    def df_from_output(self, x):
+    def df_from_output(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, self.alpha))  # x > 0 iff z > 0 for alpha >= 0
 
-    def output_invertible(self):
+    def output_invertible(self) -> bool:
         return self.alpha >= 0
 
 
@@ -242,7 +257,7 @@ class Hardtanh(Activation):
     locally_linear = True
     slope_reads = "x"  # x lies strictly inside (lo, hi) exactly where z does
 
-    def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0) -> None:
         if not min_val < max_val:
             raise ValueError(f"Hardtanh: min_val must be below max_val, got {min_val} and {max_val}")
         self.min_val, self.max_val = float(min_val), float(max_val)
@@ -251,16 +266,16 @@ class Hardtanh(Activation):
     def kinks(self) -> tuple[float, ...]:
         return (self.min_val, self.max_val)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["hardtanh_backward"](t, out, a, self.min_val, self.max_val)
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.clamp(z, self.min_val, self.max_val)
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         return ((z > self.min_val) & (z < self.max_val)).to(z.dtype)
 
-    def df_from_output(self, x):
+    def df_from_output(self, x: torch.Tensor) -> torch.Tensor:
         return self.df(x)  # x lies strictly inside (lo, hi) exactly where z does
 
 
@@ -272,27 +287,27 @@ class Tanh(Activation):
     derivatives_from_output = True
     slope_reads = "x"
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.tanh(z)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["tanh_backward"](t, out, a)  # t ⊙ (1 - x²)
 
-    def second(self, z, x):
+    def second(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return _aten.tanh_backward(x, x).mul_(-2)  # -2 x (1 - x²)
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(z)
         return 1 - t * t
 
-    def d2f(self, z):
+    def d2f(self, z: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(z)
         return -2 * t * (1 - t * t)
 
-    def df_from_output(self, x):
+    def df_from_output(self, x: torch.Tensor) -> torch.Tensor:
         return 1 - x * x
 
-    def d2f_from_output(self, x):
+    def d2f_from_output(self, x: torch.Tensor) -> torch.Tensor:
         return -2 * x * (1 - x * x)
 
 
@@ -304,45 +319,45 @@ class Sigmoid(Activation):
     derivatives_from_output = True
     slope_reads = "x"
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(z)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["sigmoid_backward"](t, out, a)  # t ⊙ x (1 - x)
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(z)
         return s * (1 - s)
 
-    def d2f(self, z):
+    def d2f(self, z: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(z)
         return s * (1 - s) * (1 - 2 * s)
 
-    def df_from_output(self, x):
+    def df_from_output(self, x: torch.Tensor) -> torch.Tensor:
         return x * (1 - x)
 
-    def d2f_from_output(self, x):
+    def d2f_from_output(self, x: torch.Tensor) -> torch.Tensor:
         return x * (1 - x) * (1 - 2 * x)
 
 
 class Softplus(Activation):
     """``g(z) = log(1 + exp(beta z)) / beta``, linear above ``beta z > threshold`` (``nn.Softplus``)."""
 
-    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
         self.beta = float(beta)
         self.threshold = float(threshold)
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.softplus(z, beta=self.beta, threshold=self.threshold)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["softplus_backward"](t, out, a, self.beta, self.threshold)
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         bz = self.beta * z
         return torch.where(bz > self.threshold, torch.ones_like(z), torch.sigmoid(bz))
 
-    def d2f(self, z):
+    def d2f(self, z: torch.Tensor) -> torch.Tensor:
         bz = self.beta * z
         s = torch.sigmoid(bz)
         return torch.where(bz > self.threshold, torch.zeros_like(z), self.beta * s * (1 - s))
@@ -350,11 +365,11 @@ class Softplus(Activation):
     # From the output: exp(beta x) = 1 + exp(beta z), so sigma(beta z) = 1 - exp(-beta x). Above the
     # threshold x = z. (Inside the window log(exp(t) - 1) < beta z <= t, of width ~exp(-t), the two
     # readings differ by less than exp(-t).)
-    def df_from_output(self, x):
+    def df_from_output(self, x: torch.Tensor) -> torch.Tensor:
         bx = self.beta * x
         return torch.where(bx > self.threshold, torch.ones_like(x), -torch.expm1(-bx))
 
-    def d2f_from_output(self, x):
+    def d2f_from_output(self, x: torch.Tensor) -> torch.Tensor:
         bx = self.beta * x
         e = torch.exp(-bx)  # 1 - sigma(beta z)
         return torch.where(bx > self.threshold, torch.zeros_like(x), self.beta * (-torch.expm1(-bx)) * e)
@@ -365,34 +380,34 @@ class ELU(Activation):
 
     kinks = (0.0,)
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = float(alpha)
 
     @property
     def slope_reads(self) -> str:  # x > 0 iff z > 0, and alpha exp(z) = x + alpha for z <= 0, when alpha > 0
         return "x" if self.alpha > 0 else "z"
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.elu(z, self.alpha)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["elu_backward"](t, out, self.alpha, 1.0, 1.0, self.slope_reads == "x", a)
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         return torch.where(z > 0, torch.ones_like(z), self.alpha * torch.exp(z))
 
-    def d2f(self, z):
+    def d2f(self, z: torch.Tensor) -> torch.Tensor:
         # torch's double backward takes g''(0) = 0 while g'(0) = alpha; we mirror both
         return torch.where(z >= 0, torch.zeros_like(z), self.alpha * torch.exp(z))
 
     # From the output (alpha > 0): x > 0 iff z > 0, x >= 0 iff z >= 0, and alpha exp(z) = x + alpha for z <= 0.
-    def df_from_output(self, x):
+    def df_from_output(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(x > 0, torch.ones_like(x), x + self.alpha)
 
-    def d2f_from_output(self, x):
+    def d2f_from_output(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(x >= 0, torch.zeros_like(x), x + self.alpha)
 
-    def output_invertible(self):
+    def output_invertible(self) -> bool:
         return self.alpha > 0
 
 
@@ -406,7 +421,7 @@ class GELU(Activation):
 
     _K = 0.044715
 
-    def __init__(self, approximate: str = "none"):
+    def __init__(self, approximate: str = "none") -> None:
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
@@ -415,26 +430,26 @@ class GELU(Activation):
         c = math.sqrt(2.0 / math.pi)
         return c * (z + self._K * z**3), c * (1 + 3 * self._K * z * z), c * 6 * self._K * z  # u, u', u''
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.gelu(z, approximate=self.approximate)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["gelu_backward"](t, out, a, approximate=self.approximate)
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         if self.approximate == "tanh":
             u, du, _ = self._u(z)
             return 0.5 * (1 + torch.tanh(u)) + 0.5 * z * _sech2(u) * du
         return _normal_cdf(z) + z * _normal_pdf(z)
 
-    def d2f(self, z):
+    def d2f(self, z: torch.Tensor) -> torch.Tensor:
         if self.approximate == "tanh":
             u, du, d2u = self._u(z)
             s = _sech2(u)  # not 1 − tanh², which cancels where |u| is large
             return s * du + 0.5 * z * s * (d2u - 2 * torch.tanh(u) * du * du)
         return _normal_pdf(z) * (2 - z * z)
 
-    def output_invertible(self):
+    def output_invertible(self) -> bool:
         return False
 
 
@@ -443,21 +458,21 @@ class SiLU(Activation):
 
     complex_analytic = True
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.silu(z)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["silu_backward"](t, out, a)
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(z)
         return s * (1 + z * (1 - s))
 
-    def d2f(self, z):
+    def d2f(self, z: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(z)
         return s * (1 - s) * (2 + z * (1 - 2 * s))
 
-    def output_invertible(self):
+    def output_invertible(self) -> bool:
         return False
 
 
@@ -466,24 +481,24 @@ class Mish(Activation):
     ``g' = t + z s (1 − t²)``, ``g'' = s (1 − t²) (2 + z (1 − s) − 2 z s t)``; smooth, not monotone, no output map.
     """
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.mish(z)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["mish_backward"](t, out, a)
 
     def _parts(self, z):
         return torch.tanh(torch.nn.functional.softplus(z)), torch.sigmoid(z)
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         t, s = self._parts(z)
         return t + z * s * (1 - t * t)
 
-    def d2f(self, z):
+    def d2f(self, z: torch.Tensor) -> torch.Tensor:
         t, s = self._parts(z)
         return s * (1 - t * t) * (2 + z * (1 - s) - 2 * z * s * t)
 
-    def output_invertible(self):
+    def output_invertible(self) -> bool:
         return False
 
 
@@ -496,19 +511,19 @@ class Hardswish(Activation):
 
     kinks = (-3.0, 3.0)
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.hardswish(z)
 
-    def slope(self, t, a, out=None):
+    def slope(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return _K["hardswish_backward"](t, out, a)
 
-    def df(self, z):
+    def df(self, z: torch.Tensor) -> torch.Tensor:
         return torch.where(z <= -3, torch.zeros_like(z), torch.where(z < 3, z / 3 + 0.5, torch.ones_like(z)))
 
-    def d2f(self, z):
+    def d2f(self, z: torch.Tensor) -> torch.Tensor:
         return ((z > -3) & (z < 3)).to(z.dtype) / 3
 
-    def output_invertible(self):
+    def output_invertible(self) -> bool:
         return False
 
 
@@ -561,13 +576,13 @@ class Softmax(OutputMap):
 
     name = "softmax"
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.softmax(z, dim=-1)
 
-    def jvp(self, x, u):
+    def jvp(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return x * (u - torch.sum(x * u, dim=-1, keepdim=True))
 
-    def curvature(self, x, v, h):
+    def curvature(self, x: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         # Appendix B.1, corrected (erratum E5): S (v⊙h − ⟨x,v⟩ h − ⟨x,h⟩ v)
         dot = lambda a, b: torch.sum(a * b, dim=-1, keepdim=True)  # noqa: E731
         return self.jvp(x, v * h - dot(x, v) * h - dot(x, h) * v)
@@ -579,10 +594,10 @@ class IdentityOutput(OutputMap):
     name = "identity"
     linear = True
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return z
 
-    def jvp(self, x, u):
+    def jvp(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return u
 
 
@@ -595,7 +610,7 @@ class CoordinatewiseOutput(OutputMap):
     recorded forward pass needs nothing beyond ``x_L``.
     """
 
-    def __init__(self, activation: Activation):
+    def __init__(self, activation: Activation) -> None:
         if not isinstance(activation, Activation):
             raise TypeError(f"CoordinatewiseOutput needs a coordinate-wise Activation, got {activation!r}")
         if not activation.output_invertible():
@@ -604,7 +619,7 @@ class CoordinatewiseOutput(OutputMap):
         self.name = f"coordinate-wise {type(activation).__name__.lower()}"
         self.linear = isinstance(activation, Identity)
 
-    def f(self, z):
+    def f(self, z: torch.Tensor) -> torch.Tensor:
         return self.activation.f(z)
 
     def df(self, x: torch.Tensor) -> torch.Tensor:
@@ -615,10 +630,10 @@ class CoordinatewiseOutput(OutputMap):
         """``g''(z_L)`` from ``x_L``."""
         return self.activation.d2f_from_output(x)
 
-    def jvp(self, x, u):
+    def jvp(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return self.df(x) * u
 
-    def curvature(self, x, v, h):
+    def curvature(self, x: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         if self.linear or self.activation.locally_linear:
             return None
         return self.d2f(x) * h * v  # M(G''(z_L) h_L, v), eq. (28) at j = L

@@ -39,25 +39,25 @@ import math
 import torch
 from torch import nn
 
-from . import counting
-from ._pipeline import compute_input, read_cached, read_with_plans, record, resolve_cached, resolve_in, run_explicit
-from .algorithms._dispatch import compute, compute_objective, penalty_value
-from .algorithms.general import Result, loss_gradients
+from ._network_calls import as_network, count_operations, double_backprop, objective_gradients
+from ._pipeline import compute_input, read_with_plans, record, resolve_in, run_explicit
+from .algorithms._dispatch import penalty_value
 from .fallback import autograd_value, objective_by_autograd, run_fallback
 from .losses import LOSSES, loss_for, loss_value
 from .network import Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
-from .planning import validate_call, warn_fallback
+from .planning import AlgorithmName, validate_call, warn_fallback
 
-__all__ = ["LOSSES", "as_network", "count_operations", "double_backprop", "loss_for", "objective", "objective_gradients", "penalty"]
-
-def as_network(model: nn.Module | Network, x: torch.Tensor) -> Network:
-    """``model`` read as the network of eq. (8) for inputs shaped like ``x`` (a DDP wrapper is looked through)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim < 2:
-        raise ValueError(f"x must have a leading batch dimension, got shape {tuple(x.shape)}")
-    return read_cached(model, x)
+__all__ = [
+    "LOSSES",
+    "as_network",
+    "count_operations",
+    "double_backprop",
+    "loss_for",
+    "objective",
+    "objective_gradients",
+    "penalty",
+]
 
 
 def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) -> torch.Tensor:
@@ -66,8 +66,12 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
         return run_fallback(model, x, pen, y, lam, loss, None)
     if not isinstance(unwrap(model), nn.Module | Network):
         if not callable(model):
-            raise TypeError(f"model must be a torch.nn.Module, a dbpaper.Network or a callable, got {type(model).__name__}")
-        err = UnsupportedModelError("a plain callable, not an nn.Module", getattr(model, "__name__", type(model).__name__), "not an nn.Module")
+            raise TypeError(
+                f"model must be a torch.nn.Module, a dbpaper.Network or a callable, got {type(model).__name__}"
+            )
+        err = UnsupportedModelError(
+            "a plain callable, not an nn.Module", getattr(model, "__name__", type(model).__name__), "not an nn.Module"
+        )
         if algorithm != "auto":
             raise err
         return run_fallback(model, x, pen, y, lam, loss, err)
@@ -78,7 +82,7 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
             raise
         return run_fallback(model, x, pen, y, lam, loss, err)
     xc, precision = _checked_input(net, x, pen, y)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+    if not torch.compiler.is_compiling() and not _all_finite(x):
         # NaN or Inf in the batch: autograd's result, so that they propagate exactly as autograd propagates them
         return autograd_value(model, x, pen, y, lam, loss)
     name = resolve_in(plans, net, pen, algorithm, x.shape[0])
@@ -93,7 +97,7 @@ def _all_finite(x: torch.Tensor) -> bool:
     least) reads as not finite too and takes the exact autograd path.
     """
     acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
-    return math.isfinite(float(x.sum(dtype=acc)))
+    return math.isfinite(float(x.detach().sum(dtype=acc)))
 
 
 def _checked_input(net: Network, x: torch.Tensor, pen: Penalty, y):
@@ -140,7 +144,14 @@ def _value_only(model, x, pen, y, algorithm: str, lam: float | None, loss: str |
     return value.detach()
 
 
-def penalty(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, algorithm: str = "auto") -> torch.Tensor:
+def penalty(
+    model: nn.Module | Network,
+    x: torch.Tensor,
+    penalty: Penalty,
+    y: torch.Tensor | None = None,
+    *,
+    algorithm: AlgorithmName = "auto",
+) -> torch.Tensor:
     """``R`` of eq. (10), differentiable (once) with respect to the model's parameters and ``x``.
 
     Parameters
@@ -159,8 +170,9 @@ def penalty(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: to
     algorithm : str
         ``"auto"`` (default: the fastest exact path by the cost model of
         :mod:`dbpaper.planning`; :func:`dbpaper.plan` shows the choice),
-        ``"general"``, ``"optimized"``, ``"optimized-shortcuts"``,
-        ``"optimized-chunked"`` or ``"autograd"``.
+        ``"general"``, ``"minimal"``, ``"optimized"``, ``"optimized-shortcuts"``,
+        ``"optimized-chunked"``, ``"autograd"`` (:data:`dbpaper.AlgorithmName`),
+        or the name of a registered algorithm.
 
     Returns
     -------
@@ -179,6 +191,20 @@ def penalty(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: to
     * BatchNorm in training mode mixes the examples of the batch: the penalty
       is then that of the batch function (a :class:`~dbpaper.BatchMixingWarning`
       says so); ``model.eval()`` gives the per-example penalty.
+
+    Examples
+    --------
+    >>> import torch, dbpaper
+    >>> from torch import nn
+    >>> from dbpaper.penalties import JacobianFrobenius
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    >>> x = torch.randn(16, 4)
+    >>> R = dbpaper.penalty(model, x, JacobianFrobenius())  # mean ‖∂ model(x)/∂x‖_F² over the batch
+    >>> R.backward()                                         # its parameter gradients; no double backward
+    >>> by_autograd = dbpaper.penalty(model, x, JacobianFrobenius(), algorithm="autograd")
+    >>> bool(torch.allclose(R, by_autograd))
+    True
     """
     validate_call(x, penalty, y, algorithm)
     if _value_only_mode():
@@ -194,7 +220,7 @@ def objective(
     lam: float,
     *,
     loss: str | None = None,
-    algorithm: str = "auto",
+    algorithm: AlgorithmName = "auto",
 ) -> torch.Tensor:
     """``ℓ + λR`` with both gradients from one run of the algorithms (Section 4.5).
 
@@ -225,152 +251,32 @@ def objective(
     -------
     torch.Tensor
         The scalar ``ℓ + λR``; ``x.grad`` (if ``x`` requires grad) receives ``∇_x(ℓ + λR)``.
+
+    Examples
+    --------
+    One forward pass for the loss and the penalty (a training step):
+
+    >>> import torch, dbpaper
+    >>> from torch import nn
+    >>> from dbpaper.penalties import JacobianFrobenius
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    >>> loss = dbpaper.objective(model, x, JacobianFrobenius(), y, lam=0.01)
+    >>> loss.backward()
+    >>> ce = nn.functional.cross_entropy(model(x), y)
+    >>> bool(torch.allclose(loss, ce + 0.01 * dbpaper.penalty(model, x, JacobianFrobenius())))
+    True
     """
     if y is None:
         raise ValueError("objective needs y (labels or targets) for the loss ℓ")
     validate_call(x, penalty, y, algorithm, y_used_by_loss=True)
-    if isinstance(lam, bool) or not isinstance(lam, int | float) and not (isinstance(lam, torch.Tensor) and lam.numel() == 1):
+    if (
+        isinstance(lam, bool)
+        or not isinstance(lam, int | float)
+        and not (isinstance(lam, torch.Tensor) and lam.numel() == 1)
+    ):
         raise TypeError(f"lam must be a real number, got {lam!r}")
     if _value_only_mode():
         return _value_only(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
     return _run(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
-
-
-def double_backprop(
-    net: Network,
-    x: torch.Tensor,
-    penalty: Penalty,
-    y: torch.Tensor | None = None,
-    *,
-    algorithm: str = "auto",
-    with_loss: bool = False,
-) -> Result:
-    """Evaluate ``R`` and its parameter gradients with the explicit algorithms (no autograd).
-
-    Parameters
-    ----------
-    net : dbpaper.Network
-        The network of eq. (8).
-    x : torch.Tensor
-        A batch of inputs ``x_0``, shape ``(N, *net.in_shape)``.
-    penalty : dbpaper.penalties.Penalty
-        The penalty term of Section 4.1.
-    y : torch.Tensor, optional
-        Labels (class indices) or targets, for classical double backpropagation
-        and for ``with_loss``.
-    algorithm : str
-        ``"auto"`` (default: the cheapest applicable algorithm by the cost model
-        of :mod:`dbpaper.planning`), ``"general"`` (Algorithms 1–3, class by
-        class for several ``v``) or any registered algorithm.
-    with_loss : bool
-        Also return the loss and its gradients (Section 4.5), reusing the
-        backward pass of classical double backpropagation when the losses coincide.
-
-    Returns
-    -------
-    dbpaper.algorithms.Result
-        ``value`` (``R``), ``gradients`` and the ``algorithm`` that ran.
-    """
-    net, rec, name = _recorded("double_backprop", net, x, penalty, y, algorithm)
-    return compute(net, rec, penalty, y, name=name, with_loss=with_loss)
-
-
-def objective_gradients(
-    net: Network,
-    x: torch.Tensor,
-    penalty: Penalty,
-    y: torch.Tensor,
-    lam: float,
-    *,
-    loss: str,
-    algorithm: str = "auto",
-) -> Result:
-    """``ℓ + λR`` and its gradients (Section 4.5); see :func:`dbpaper.algorithms.compute_objective`."""
-    net, rec, name = _recorded("objective_gradients", net, x, penalty, y, algorithm)
-    return compute_objective(net, rec, penalty, y, lam, loss=loss, name=name)
-
-
-def _recorded(who: str, net: Network, x: torch.Tensor, penalty: Penalty, y, algorithm: str):
-    """Check the call, plan it (cached per network) and record the forward pass: ``(net, record, algorithm name)``."""
-    if not isinstance(net, Network):
-        raise TypeError(f"{who} takes a dbpaper.Network (dbpaper.Network.from_sequential(model, in_shape)), got {type(net).__name__}")
-    net.check_input(x)
-    penalty.check(net, y)
-    name = resolve_cached(net, net, penalty, algorithm, x.shape[0])
-    net = net.refreshed()
-    return net, record(net, x), name
-
-
-def count_operations(
-    model: nn.Module | Network,
-    x: torch.Tensor,
-    penalty: Penalty | None,
-    y: torch.Tensor | None = None,
-    algorithm: str = "auto",
-    with_loss: bool = False,
-) -> dict[str, int]:
-    """Count the operator evaluations of one double-backpropagation step (Section 5).
-
-    Parameters
-    ----------
-    model : nn.Sequential or Network
-        The network (eq. (8)).
-    x : torch.Tensor
-        An input batch; the counts do not depend on its values or batch size.
-    penalty : dbpaper.penalties.Penalty or None
-        The penalty term (Section 4.1). ``None`` counts plain backpropagation of
-        the loss (Section 4.5; needs ``with_loss=True`` and ``y``): the
-        ``2L - 1`` of Section 5.1.
-    y : torch.Tensor, optional
-        Labels or targets, for classical double backpropagation and ``with_loss``.
-    algorithm : str
-        ``"auto"`` (default: the algorithm :func:`dbpaper.double_backprop`
-        runs by default, so the counts are those of the default path; for the
-        Jacobian penalty that is a variant of Algorithm 4, whatever the
-        activations), ``"general"`` (Algorithms 1–3, class by class for
-        several ``v``: the paper's naive count — pass it explicitly to compare
-        with the paper's closed forms), ``"optimized"`` (Algorithm 4 as
-        printed, corrected, Appendix C) or any registered algorithm.
-    with_loss : bool
-        Also compute the gradient of the loss. With ``algorithm="general"`` as
-        the paper does (Section 5.1: a separate backpropagation of the loss,
-        reusing the backward pass of classical double backpropagation); with
-        any other algorithm as :func:`dbpaper.objective` does (the loss folded
-        into the forward-backward pass).
-
-    Returns
-    -------
-    dict
-        ``{"apply": #K, "transpose": #Kᵀ, "weight_adjoint": #K□}``, including the
-        forward pass. The paper's counts are ``apply + transpose``.
-
-    Raises
-    ------
-    ValueError
-        For ``penalty=None`` without ``with_loss``, a missing ``y``, or an
-        algorithm that does not apply.
-    """
-    if not isinstance(algorithm, str):
-        raise TypeError(f"count_operations: algorithm must be a str, got {type(algorithm).__name__}")
-    net = as_network(model, x)
-    if penalty is None:
-        if not with_loss:
-            raise ValueError("count_operations: penalty=None counts plain backpropagation of the loss; pass with_loss=True")
-        if y is None:
-            raise ValueError("count_operations: with_loss=True needs y (labels or targets)")
-        if algorithm not in ("general", "auto"):
-            raise ValueError(f"count_operations: penalty=None has no algorithm choice, got algorithm={algorithm!r}")
-        with torch.no_grad(), counting.count() as counter:
-            rec = net.forward(x)
-            loss_gradients(net, rec, y, loss_for(y))  # Section 4.5: L - 1 evaluations of Kᵀ
-        return {k: counter[k] for k in counting.KINDS}
-    if not isinstance(penalty, Penalty):
-        raise TypeError(f"count_operations: penalty must be a dbpaper Penalty or None, got {type(penalty).__name__}")
-    with counting.count() as counter:
-        if with_loss and algorithm != "general":  # the objective ℓ + λR as dbpaper.objective runs it (loss folded in)
-            if y is None:
-                raise ValueError("count_operations: with_loss=True needs y (labels or targets)")
-            objective_gradients(net, x, penalty, y, 1.0, loss=loss_for(y), algorithm=algorithm)
-        else:
-            double_backprop(net, x, penalty, y, algorithm=algorithm, with_loss=with_loss)
-    return {k: counter[k] for k in counting.KINDS}

@@ -19,12 +19,14 @@ from .network import UnsupportedModelError, output_map_of, unwrap
 from .penalties import (
     Penalty,
 )
-from .planning import BatchMixingWarning, warn_fallback
+from .planning import BatchMixingWarning, caller_stacklevel, warn_fallback
 
 __all__ = ["autograd_value", "objective_by_autograd", "penalty_by_autograd", "penalty_from_output", "run_fallback"]
 
 
-def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False):
+def penalty_by_autograd(
+    model, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False
+):
     """``R`` of eq. (10) for *any* model, by autograd with ``create_graph=True`` (the fallback of ``"auto"``).
 
     The batch mean of the per-example penalty as everywhere; the ``C``
@@ -39,6 +41,12 @@ def penalty_by_autograd(model, x: torch.Tensor, penalty: Penalty, y: torch.Tenso
     with torch.enable_grad():
         xin = x if x.requires_grad else x.detach().requires_grad_(True)
         out = model(xin)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"dbpaper: the model returned a {type(out).__name__}, not a tensor (an nn.LSTM, for one, returns "
+                "(output, (h, c))); a penalty needs the model's output as one tensor of shape (N, ...): wrap the "
+                "model in a module that returns the tensor to penalise"
+            )
         value = penalty_from_output(model, xin, out, penalty, y)
     return (value, out) if return_output else value
 
@@ -94,6 +102,6 @@ def run_fallback(model, x, pen, y, lam, loss, err: UnsupportedModelError | None)
             "is that of the batch function (an example's input gradient depends on the others). For the "
             "per-example penalty, put the model in eval mode (model.eval()) for the penalty's call.",
             BatchMixingWarning,
-            stacklevel=4,
+            stacklevel=caller_stacklevel(),
         )
     return autograd_value(model, x, pen, y, lam, loss)

@@ -33,6 +33,7 @@ from .readers import LinearPart, output_map_of, unwrap
 
 __all__ = ["ForwardRecord", "Layer", "Network", "UnsupportedModelError", "output_map_of", "relu_slope", "unwrap"]
 
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Layer:
     """One layer ``(K_j, θ_j, b_j, g_j)`` of eq. (8).
@@ -63,7 +64,9 @@ class Layer:
             return self.part.trainable()
         return tuple(t for t in (self.weight, self.bias) if t is not None)
 
-    def parameter_gradients(self, grad_weight: torch.Tensor | None, grad_bias: torch.Tensor | None) -> list[torch.Tensor]:
+    def parameter_gradients(
+        self, grad_weight: torch.Tensor | None, grad_bias: torch.Tensor | None
+    ) -> list[torch.Tensor]:
         """The gradients of :meth:`parameters` from ``∇_θ`` and ``∇_b`` (the adjoint of a derived ``θ``, ``b``)."""
         if self.part is not None and self.part.param_grads is not None:
             return list(self.part.param_grads(grad_weight, grad_bias))
@@ -141,14 +144,18 @@ class Network:
 
     def __init__(self, layers: Sequence[Layer], in_shape: Sequence[int]):
         if not layers:
-            raise UnsupportedModelError("Network: needs at least one layer with a bilinear operator", "model", "no layer")
+            raise UnsupportedModelError(
+                "Network: needs at least one layer with a bilinear operator", "model", "no layer"
+            )
         self.layers = tuple(layers)
         self.in_shape = tuple(int(s) for s in in_shape)
         self._wire()
         for layer in self.layers[:-1]:
             if not isinstance(layer.activation, act.Activation):
                 raise UnsupportedModelError(
-                    f"Network: {layer.module_names}: only the last layer may use softmax", ".".join(layer.module_names), "softmax not last"
+                    f"Network: {layer.module_names}: only the last layer may use softmax",
+                    ".".join(layer.module_names),
+                    "softmax not last",
                 )
         last = self.layers[-1].activation
         if isinstance(last, act.Activation):  # a final coordinate-wise map (sigmoid, tanh, ...) is the output map g_L
@@ -191,10 +198,14 @@ class Network:
             p = j - 1 if layer.source is None else int(layer.source)
             adds = tuple(int(a) for a in layer.adds)
             if not 0 <= p < j or any(not 0 <= a < j for a in adds):
-                raise ValueError(f"Network: layer {j} reads node {p} and adds {adds}: a layer reads and adds earlier nodes only")
+                raise ValueError(
+                    f"Network: layer {j} reads node {p} and adds {adds}: a layer reads and adds earlier nodes only"
+                )
             for a in adds:
                 if math.prod(shapes[a]) != layer.op.out_numel:
-                    raise ValueError(f"Network: layer {j} adds node {a} of shape {shapes[a]} to z_{j} of shape {layer.op.out_shape}")
+                    raise ValueError(
+                        f"Network: layer {j} adds node {a} of shape {shapes[a]} to z_{j} of shape {layer.op.out_shape}"
+                    )
             self.sources[j], self.adds[j] = p, adds
             for i in (p, *adds):
                 self.consumers[i].append(j)
@@ -307,13 +318,21 @@ class Network:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"Network: x must be a torch.Tensor, got {type(x).__name__}")
         if tuple(x.shape[1:]) != self.in_shape or x.ndim != len(self.in_shape) + 1:
-            raise ValueError(f"Network: x has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, self.in_shape))})")
+            raise ValueError(
+                f"Network: x has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, self.in_shape))})"
+            )
         for layer in self.layers:
             for t in (layer.weight, layer.bias):
                 if t is not None and (t.dtype != x.dtype or t.device != x.device):
+                    names = ", ".join(layer.module_names)
+                    fix = []
+                    if t.dtype != x.dtype:
+                        fix.append(f"cast x with x.to({t.dtype}) or the model with model.to({x.dtype})")
+                    if t.device != x.device:
+                        fix.append(f"move x with x.to({str(t.device)!r}) or the model with model.to({str(x.device)!r})")
                     raise ValueError(
-                        f"Network: layer {layer.module_names} has parameters of dtype {t.dtype} on {t.device}, "
-                        f"but x is {x.dtype} on {x.device}"
+                        f"Network: the layer of module(s) {names} has parameters of dtype {t.dtype} on {t.device}, "
+                        f"but x is {x.dtype} on {x.device}: {' and '.join(fix)}"
                     )
 
     def forward(self, x: torch.Tensor, *, check: bool = True) -> ForwardRecord:
@@ -344,7 +363,9 @@ class Network:
         logits = z if isinstance(self.output_map, act.Softmax) else None
         for i in self.unread_after_forward:  # x_i only fed a parameter-free operator or a skip connection
             xs[i] = None
-        return ForwardRecord(xs=xs, d2g=d2g, acts=acts, slope_in=slope_in, unit=unit, logits=logits, selections=selections or None)
+        return ForwardRecord(
+            xs=xs, d2g=d2g, acts=acts, slope_in=slope_in, unit=unit, logits=logits, selections=selections or None
+        )
 
     def at(self, rec: ForwardRecord) -> Network:
         """This network linearised at the recorded point: every max-pooling layer's selection ``S_x`` fixed.
@@ -366,5 +387,7 @@ class Network:
         lines = [f"Network(L={self.depth}, in_shape={self.in_shape})"]
         for j, layer in enumerate(self.layers, start=1):
             wiring = "" if self.is_chain else f"x_{self.sources[j]} -> " + "".join(f"+ x_{a} " for a in self.adds[j])
-            lines.append(f"  {j}: {wiring}{layer.op!r} + {'b' if layer.bias is not None else 'no bias'} -> {layer.activation!r}")
+            lines.append(
+                f"  {j}: {wiring}{layer.op!r} + {'b' if layer.bias is not None else 'no bias'} -> {layer.activation!r}"
+            )
         return "\n".join(lines)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .operators import LocallyConnected2d as _LCOperator
 
-__all__ = ["LocallyConnected2d", "Residual"]
+if TYPE_CHECKING:
+    from .planning import AlgorithmName
+
+__all__ = ["LocallyConnected2d", "PenaltyTerm", "Residual"]
 
 
 class LocallyConnected2d(nn.Module):
@@ -71,3 +75,44 @@ class Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``s(x) + F(x)``."""
         return (x if self.shortcut is None else self.shortcut(x)) + self.body(x)
+
+
+class PenaltyTerm(nn.Module):
+    """A penalty as a loss module: ``PenaltyTerm(penalty, weight)(model, x, y)`` is ``weight · R``.
+
+    For code that composes its losses as modules. The call is
+    :func:`dbpaper.penalty` (same algorithms, same fallback); the module holds
+    no parameters and no model, so it can sit beside the model in any container
+    without registering the model's parameters twice.
+
+    >>> import torch, dbpaper
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+    >>> term = dbpaper.nn.PenaltyTerm(dbpaper.penalties.JacobianFrobenius(), weight=0.1)
+    >>> x = torch.randn(16, 3)
+    >>> R = term(net, x)
+    >>> bool(torch.allclose(R, 0.1 * dbpaper.penalty(net, x, dbpaper.penalties.JacobianFrobenius())))
+    True
+    """
+
+    def __init__(self, penalty, weight: float = 1.0, *, algorithm: AlgorithmName = "auto"):
+        super().__init__()
+        from .penalties import Penalty
+
+        if not isinstance(penalty, Penalty):
+            raise TypeError(f"PenaltyTerm: penalty must be a dbpaper.penalties.Penalty, got {type(penalty).__name__}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+            raise TypeError(f"PenaltyTerm: weight must be a finite real number, got {weight!r}")
+        self.penalty = penalty
+        self.weight = float(weight)
+        self.algorithm = algorithm
+
+    def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        from .api import penalty as _penalty
+
+        return self.weight * _penalty(model, x, self.penalty, y, algorithm=self.algorithm)
+
+    def extra_repr(self) -> str:
+        return f"{self.penalty!r}, weight={self.weight}" + (
+            "" if self.algorithm == "auto" else f", algorithm={self.algorithm!r}"
+        )

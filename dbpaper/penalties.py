@@ -47,7 +47,8 @@ from __future__ import annotations
 import abc
 import copy
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 
@@ -65,15 +66,17 @@ __all__ = [
     "OperatorNorm",
     "OutputNodeGradient",
     "PFunction",
+    "PLike",
     "Penalty",
     "R1",
     "Sobolev",
     "SquaredDistance",
     "SquaredNorm",
+    "VSpec",
 ]
 
 
-def value_and_grad(p, xi: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def value_and_grad(p: PLike, xi: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Σ_n p(ξ_n), scale · ∇p(ξ))``: the value summed over the batch and the scaled gradient, in as few passes as ``p`` allows.
 
     A ``p`` with its own ``value_and_grad(xi, scale)`` (the built-in ones: one
@@ -95,6 +98,18 @@ def _rows(c: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
     return c.reshape((-1,) + (1,) * (xi.ndim - 1))
 
 
+class PLike(Protocol):
+    """What a per-example ``p`` of eq. (10) provides: ``value(ξ)`` per example, shape ``(N,)``, and ``grad(ξ) = ∇p(ξ)``, shaped like ``ξ``."""
+
+    def value(self, xi: torch.Tensor) -> torch.Tensor: ...
+
+    def grad(self, xi: torch.Tensor) -> torch.Tensor: ...
+
+
+#: A ``v`` of :class:`GeneralPenalty`: an output index, ``"labels"``, a constant tensor, or a callable of the output.
+VSpec = int | str | torch.Tensor | Callable[..., torch.Tensor]
+
+
 class SquaredNorm:
     """``p(u) = c ‖u‖²`` per example (``c = scale``, default 1), ``∇p(u) = 2c u``.
 
@@ -102,7 +117,7 @@ class SquaredNorm:
     squared norm (Algorithm 4 and its Gram shortcut) read it, not the class.
     """
 
-    def __init__(self, scale: float = 1.0):
+    def __init__(self, scale: float = 1.0) -> None:
         scale = float(scale)
         if not (scale > 0 and scale < float("inf")):
             raise ValueError(f"SquaredNorm: scale must be a positive finite number, got {scale}")
@@ -170,11 +185,11 @@ class GradientNorm:
 
     squared_norm_scale = None
 
-    def __init__(self, target: float = 1.0, one_sided: bool = False):
+    def __init__(self, target: float = 1.0, one_sided: bool = False) -> None:
         self.target = float(target)
         self.one_sided = bool(one_sided)
 
-    def _excess(self, xi):
+    def _excess(self, xi: torch.Tensor) -> torch.Tensor:
         d = torch.linalg.vector_norm(xi.reshape(xi.shape[0], -1), dim=1) - self.target
         return torch.relu(d) if self.one_sided else d
 
@@ -202,14 +217,14 @@ class SquaredDistance:
 
     squared_norm_scale = None
 
-    def __init__(self, target: torch.Tensor):
+    def __init__(self, target: torch.Tensor) -> None:
         self.target = target
 
-    def value(self, xi):
+    def value(self, xi: torch.Tensor) -> torch.Tensor:
         d = xi - self.target
         return torch.sum(d * d, dim=tuple(range(1, xi.ndim)))
 
-    def grad(self, xi):
+    def grad(self, xi: torch.Tensor) -> torch.Tensor:
         return 2 * (xi - self.target)
 
     def value_and_grad(self, xi: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,19 +248,26 @@ class PFunction:
 
     squared_norm_scale = None
 
-    def __init__(self, fn, grad=None, name: str | None = None):
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        grad: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        name: str | None = None,
+    ) -> None:
         if not callable(fn) or (grad is not None and not callable(grad)):
             raise TypeError("PFunction: fn (and grad, if given) must be callable")
         self.fn, self._grad, self.name = fn, grad, name or getattr(fn, "__name__", "p")
 
-    def value(self, xi):
+    def value(self, xi: torch.Tensor) -> torch.Tensor:
         out = self.fn(xi)
         if not isinstance(out, torch.Tensor) or out.shape != xi.shape[:1]:
-            raise ValueError(f"PFunction {self.name}: p must return one value per example, shape ({xi.shape[0]},), got "
-                             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+            raise ValueError(
+                f"PFunction {self.name}: p must return one value per example, shape ({xi.shape[0]},), got "
+                f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+            )
         return out
 
-    def grad(self, xi):
+    def grad(self, xi: torch.Tensor) -> torch.Tensor:
         if self._grad is not None:
             g = self._grad(xi)
         else:
@@ -254,7 +276,9 @@ class PFunction:
                 (g,) = torch.autograd.grad(self.value(u).sum(), u, allow_unused=True)
             g = torch.zeros_like(xi) if g is None else g
         if g.shape != xi.shape:
-            raise ValueError(f"PFunction {self.name}: ∇p must be shaped like ξ_0 {tuple(xi.shape)}, got {tuple(g.shape)}")
+            raise ValueError(
+                f"PFunction {self.name}: ∇p must be shaped like ξ_0 {tuple(xi.shape)}, got {tuple(g.shape)}"
+            )
         return g
 
     def __repr__(self) -> str:
@@ -279,7 +303,7 @@ class Penalty(abc.ABC):
     * :meth:`bind` — the penalty for one batch (a copy; the penalty itself is never changed by a call).
     """
 
-    p: SquaredNorm | Norm = SquaredNorm()
+    p: PLike = SquaredNorm()
     #: whether the penalty needs labels / targets ``y``
     needs_y: bool = False
     #: whether every ``v`` is independent of the network (then ``η`` vanishes with an identity output, Section 5.3)
@@ -359,15 +383,17 @@ class ClassicalDoubleBackprop(Penalty):
     needs_y = True
     constant_v = False  # v = ∇_{x_L} ℓ depends on the network through x_L
 
-    def __init__(self, loss: str = "nll"):
+    def __init__(self, loss: str = "nll") -> None:
         if loss not in LOSSES:
             raise ValueError(f"ClassicalDoubleBackprop: loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
 
-    def seeds(self, net, rec, y, linear=None):
+    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear: Any = None) -> Iterator[Seed]:
         yield LossGradientSeed(net.output_map, rec.output, y, self.loss)
 
-    def autograd_terms(self, model, xin, out, y):
+    def autograd_terms(
+        self, model: Any, xin: torch.Tensor, out: torch.Tensor, y: torch.Tensor | None
+    ) -> list[torch.Tensor]:
         n = xin.shape[0]
         total = loss_value(output_map_of(model), out, y, self.loss) * n  # Σ_n ℓ_n: per-example input gradients
         (xi,) = torch.autograd.grad(total, xin, create_graph=True)
@@ -381,16 +407,18 @@ class OutputNodeGradient(Penalty):
     the logit ``z_L^i``.
     """
 
-    def __init__(self, index: int):
+    def __init__(self, index: int) -> None:
         self.index = _index(index, "OutputNodeGradient")
 
-    def check_outputs(self, outputs):
+    def check_outputs(self, outputs: int) -> None:
         _check_index(self.index, outputs, "OutputNodeGradient")
 
-    def seeds(self, net, rec, y, linear=None):
+    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear: Any = None) -> Iterator[Seed]:
         yield ConstantSeed(net.output_map, rec.output, _unit(rec.output, self.index))
 
-    def autograd_terms(self, model, xin, out, y):
+    def autograd_terms(
+        self, model: Any, xin: torch.Tensor, out: torch.Tensor, y: torch.Tensor | None
+    ) -> list[torch.Tensor]:
         return self._vjp_terms(xin, out, [_unit(out, self.index)])
 
 
@@ -399,14 +427,16 @@ class JacobianFrobenius(Penalty):
 
     sums_unit_outputs = True
 
-    def num_seeds(self, net):
+    def num_seeds(self, net: Network) -> int:
         return net.layers[-1].op.out_numel
 
-    def seeds(self, net, rec, y, linear=None):
+    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear: Any = None) -> Iterator[Seed]:
         for i in range(self.num_seeds(net)):
             yield ConstantSeed(net.output_map, rec.output, _unit(rec.output, i))
 
-    def autograd_terms(self, model, xin, out, y):
+    def autograd_terms(
+        self, model: Any, xin: torch.Tensor, out: torch.Tensor, y: torch.Tensor | None
+    ) -> list[torch.Tensor]:
         return self._vjp_terms(xin, out, (_unit(out, i) for i in range(out[0].numel())))
 
 
@@ -424,7 +454,7 @@ class OperatorNorm(Penalty):
 
     p = Norm()
 
-    def __init__(self, iterations: int = 1, generator: torch.Generator | None = None):
+    def __init__(self, iterations: int = 1, generator: torch.Generator | None = None) -> None:
         if not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"OperatorNorm: iterations must be an int >= 1, got {iterations!r}")
         self.iterations = iterations
@@ -448,15 +478,19 @@ class OperatorNorm(Penalty):
             v = _normalize(jvp(vjp(v)))
         return v
 
-    def seeds(self, net, rec, y, linear=None):
+    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear: Any = None) -> Iterator[Seed]:
         v = self.sample_v(rec.output)
         if self.iterations > 1:
             if linear is None:
-                raise ValueError("OperatorNorm with iterations > 1 needs the linearised network (linear=...) to choose v")
+                raise ValueError(
+                    "OperatorNorm with iterations > 1 needs the linearised network (linear=...) to choose v"
+                )
             v = self.power_iteration(v, linear.vjp, linear.jvp)
         yield ConstantSeed(net.output_map, rec.output, v)
 
-    def autograd_terms(self, model, xin, out, y):
+    def autograd_terms(
+        self, model: Any, xin: torch.Tensor, out: torch.Tensor, y: torch.Tensor | None
+    ) -> list[torch.Tensor]:
         def vjp(v):
             return torch.autograd.grad(out, xin, v, retain_graph=True)[0]
 
@@ -465,7 +499,9 @@ class OperatorNorm(Penalty):
             (g,) = torch.autograd.grad(out, xin, w, create_graph=True, retain_graph=True)
             return torch.autograd.grad(g, w, u, retain_graph=True)[0]
 
-        v = self.power_iteration(self.sample_v(out.detach()), vjp, jvp).detach()  # v is a constant (no gradient through it)
+        v = self.power_iteration(
+            self.sample_v(out.detach()), vjp, jvp
+        ).detach()  # v is a constant (no gradient through it)
         return self._vjp_terms(xin, out, [v])
 
 
@@ -491,7 +527,14 @@ class GeneralPenalty(Penalty):
         Whether the callable ``v`` or ``p`` needs ``y`` (then ``y`` is required).
     """
 
-    def __init__(self, p, v=0, *, v_vjp=None, uses_y: bool = False):
+    def __init__(
+        self,
+        p: PLike | Callable[[torch.Tensor], torch.Tensor],
+        v: VSpec = 0,
+        *,
+        v_vjp: Callable[..., torch.Tensor] | None = None,
+        uses_y: bool = False,
+    ) -> None:
         if not (hasattr(p, "value") and hasattr(p, "grad")):
             if not callable(p):
                 raise TypeError(f"GeneralPenalty: p must have value/grad or be callable, got {p!r}")
@@ -513,11 +556,11 @@ class GeneralPenalty(Penalty):
         self.constant_v = not (callable(v) and not isinstance(v, torch.Tensor))
 
     @property
-    def p(self):
+    def p(self) -> PLike:
         """The per-example ``p`` (a bound copy holds the batch's targets, see :meth:`bind`)."""
         return self._p
 
-    def bind(self, x0, y):
+    def bind(self, x0: torch.Tensor, y: torch.Tensor | None) -> Penalty:
         p = self.p_for(x0, y)
         if p is self._p:
             return self
@@ -525,7 +568,7 @@ class GeneralPenalty(Penalty):
         bound._p = p
         return bound
 
-    def p_for(self, x0: torch.Tensor, y: torch.Tensor | None):
+    def p_for(self, x0: torch.Tensor, y: torch.Tensor | None) -> PLike:
         """The ``p`` for a batch ``x_0`` (and ``y``); the same ``p`` for every batch unless a subclass binds targets."""
         return self._p
 
@@ -540,9 +583,13 @@ class GeneralPenalty(Penalty):
         if isinstance(v, str):  # labels
             c = x_L[0].numel()
             if y is None or y.dtype not in (torch.int64, torch.int32) or y.shape != x_L.shape[:1]:
-                raise ValueError(f"{type(self).__name__}: v='labels' needs integer class indices y of shape ({x_L.shape[0]},)")
+                raise ValueError(
+                    f"{type(self).__name__}: v='labels' needs integer class indices y of shape ({x_L.shape[0]},)"
+                )
             if not torch.compiler.is_compiling() and (y.min() < 0 or y.max() >= c):
-                raise ValueError(f"{type(self).__name__}: class indices must lie in [0, {c}), got [{int(y.min())}, {int(y.max())}]")
+                raise ValueError(
+                    f"{type(self).__name__}: class indices must lie in [0, {c}), got [{int(y.min())}, {int(y.max())}]"
+                )
             return torch.nn.functional.one_hot(y.long(), c).to(x_L.dtype).reshape(x_L.shape)
         if isinstance(v, torch.Tensor):
             v = v.to(dtype=x_L.dtype, device=x_L.device)
@@ -550,20 +597,24 @@ class GeneralPenalty(Penalty):
                 return v.expand_as(x_L).clone()
             if v.shape == x_L.shape:
                 return v
-            raise ValueError(f"{type(self).__name__}: constant v has shape {tuple(v.shape)}; expected {tuple(x_L.shape[1:])} or {tuple(x_L.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: constant v has shape {tuple(v.shape)}; expected {tuple(x_L.shape[1:])} or {tuple(x_L.shape)}"
+            )
         _check_index(v, x_L[0].numel(), type(self).__name__)
         return _unit(x_L, v)
 
-    def check_outputs(self, outputs):
+    def check_outputs(self, outputs: int) -> None:
         if isinstance(self.v, int) and not isinstance(self.v, bool):
             _check_index(self.v, outputs, type(self).__name__)
 
-    def autograd_terms(self, model, xin, out, y):
+    def autograd_terms(
+        self, model: Any, xin: torch.Tensor, out: torch.Tensor, y: torch.Tensor | None
+    ) -> list[torch.Tensor]:
         # a v that is a function of x_L enters as grad_outputs computed from the recorded output, so its
         # dependence on the network is differentiated too; p's per-batch targets (Sobolev) are constants
         return self.bind(xin.detach(), y)._vjp_terms(xin, out, [self.v_for(out, y)])
 
-    def seeds(self, net, rec, y, linear=None):
+    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear: Any = None) -> Iterator[Seed]:
         v = self.v
         if callable(v) and not isinstance(v, torch.Tensor):
             vjp = None if self.v_vjp is None else (lambda u: self.v_vjp(rec.output, y, u))
@@ -589,7 +640,7 @@ class GradientNormPenalty(GeneralPenalty):
     several outputs raises a ``ValueError`` asking for ``index``.
     """
 
-    def __init__(self, target: float = 1.0, one_sided: bool = False, index: int | None = None):
+    def __init__(self, target: float = 1.0, one_sided: bool = False, index: int | None = None) -> None:
         super().__init__(GradientNorm(target, one_sided), _index(0 if index is None else index, "GradientNormPenalty"))
         self.target, self.one_sided, self.index = float(target), bool(one_sided), self.v
         self._index_given = index is not None
@@ -619,7 +670,7 @@ class R1(Penalty):
     single-``v`` penalty (``γ/2`` times :class:`OutputNodeGradient`).
     """
 
-    def __init__(self, gamma: float = 10.0, index: int | None = None):
+    def __init__(self, gamma: float = 10.0, index: int | None = None) -> None:
         gamma = float(gamma)
         if not (gamma > 0 and gamma < float("inf")):
             raise ValueError(f"R1: gamma must be a positive finite number, got {gamma}")
@@ -642,13 +693,15 @@ class R1(Penalty):
         else:
             _check_index(self.index, outputs, "R1")
 
-    def num_seeds(self, net):
+    def num_seeds(self, net: Network) -> int:
         return 1
 
-    def seeds(self, net, rec, y, linear=None):
+    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear: Any = None) -> Iterator[Seed]:
         yield ConstantSeed(net.output_map, rec.output, _unit(rec.output, self.index or 0))
 
-    def autograd_terms(self, model, xin, out, y):
+    def autograd_terms(
+        self, model: Any, xin: torch.Tensor, out: torch.Tensor, y: torch.Tensor | None
+    ) -> list[torch.Tensor]:
         return self._vjp_terms(xin, out, [_unit(out, self.index or 0)])
 
     def __repr__(self) -> str:
@@ -668,12 +721,14 @@ class Sobolev(GeneralPenalty):
     * a tensor shaped like the batch ``x``: fixed targets for that batch only.
     """
 
-    def __init__(self, target_gradients=None, index: int = 0):
+    def __init__(
+        self, target_gradients: torch.Tensor | Callable[..., torch.Tensor] | None = None, index: int = 0
+    ) -> None:
         super().__init__(SquaredNorm(), _index(index, "Sobolev"))
         self.target_gradients, self.index = target_gradients, self.v
         self.needs_y = target_gradients is None
 
-    def p_for(self, x0, y):
+    def p_for(self, x0: torch.Tensor, y: torch.Tensor | None) -> PLike:
         t = self.target_gradients
         if t is None:
             t = y
@@ -688,7 +743,11 @@ class Sobolev(GeneralPenalty):
 
     def __repr__(self) -> str:
         t = self.target_gradients
-        src = "y" if t is None else (f"<tensor {tuple(t.shape)}>" if isinstance(t, torch.Tensor) else getattr(t, "__name__", "<function>"))
+        src = (
+            "y"
+            if t is None
+            else (f"<tensor {tuple(t.shape)}>" if isinstance(t, torch.Tensor) else getattr(t, "__name__", "<function>"))
+        )
         return f"Sobolev(target_gradients={src}, index={self.index})"
 
 
@@ -722,5 +781,3 @@ def _unit(like: torch.Tensor, index: int) -> torch.Tensor:
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     n = torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).reshape((-1,) + (1,) * (v.ndim - 1))
     return v / torch.where(n > 0, n, torch.ones_like(n))
-
-

@@ -63,8 +63,12 @@ ones; without one it runs only when named.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import typing
 import warnings
 import weakref
+from typing import Literal
 
 import torch
 from torch import nn
@@ -77,6 +81,7 @@ from .penalties import Penalty
 
 __all__ = [
     "ALGORITHM_NAMES",
+    "AlgorithmName",
     "CALL_OVERHEAD_S",
     "FLOP_RATE",
     "Estimate",
@@ -89,8 +94,13 @@ __all__ = [
 ]
 
 #: The documented algorithm names (``"auto"`` is the default of every entry point).
-ALGORITHM_NAMES = ("auto", "general", "minimal", "optimized", "optimized-shortcuts", "optimized-chunked", "autograd")
-
+#: The algorithm names of the entry points, for type checkers: ``"fastest"`` is an error in mypy and pyright.
+#: (A user algorithm registered with :func:`dbpaper.algorithms.register` is accepted at run time too;
+#: pass its name through ``typing.cast(AlgorithmName, name)``.)
+AlgorithmName = Literal[
+    "auto", "general", "minimal", "optimized", "optimized-shortcuts", "optimized-chunked", "autograd"
+]
+ALGORITHM_NAMES: tuple[str, ...] = typing.get_args(AlgorithmName)
 
 
 class FallbackWarning(UserWarning):
@@ -126,7 +136,15 @@ def _signature(net: Network, penalty, batch: int) -> tuple:
          getattr(lay.activation, "locally_linear", None))
         for lay in net.layers
     )  # fmt: skip
-    return (layers, batch, type(penalty), repr(penalty), J.DEFAULT_CHUNK_SIZE, J.TARGET_CHUNK_BYTES, tuple((k, id(v)) for k, v in REGISTRY.items()))
+    return (
+        layers,
+        batch,
+        type(penalty),
+        repr(penalty),
+        J.DEFAULT_CHUNK_SIZE,
+        J.TARGET_CHUNK_BYTES,
+        tuple((k, id(v)) for k, v in REGISTRY.items()),
+    )
 
 
 def choose(net: Network, penalty, batch: int) -> tuple[str, dict[str, Estimate]]:
@@ -186,7 +204,9 @@ class ExecutionPlan:
         if rest:
             lines.append("settings      " + ", ".join(f"{k}={v}" for k, v in rest.items()))
         if self.predicted_flops is not None and self.autograd_flops:
-            lines.append(f"FLOPs         {self.predicted_flops / 1e9:.4g} G predicted; autograd (summed): {self.autograd_flops / 1e9:.4g} G")
+            lines.append(
+                f"FLOPs         {self.predicted_flops / 1e9:.4g} G predicted; autograd (summed): {self.autograd_flops / 1e9:.4g} G"
+            )
             lines.append(f"              {_flop_comparison(self.predicted_flops, self.autograd_flops)}")
         if self.candidates:
             parts = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in sorted(self.candidates.items(), key=lambda kv: kv[1]))
@@ -210,13 +230,32 @@ def read(model, x: torch.Tensor) -> Network:
     return Network.from_sequential(unwrap(model), x.shape[1:])
 
 
-def plan(model: nn.Module | Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, algorithm: str = "auto") -> ExecutionPlan:
+def plan(
+    model: nn.Module | Network,
+    x: torch.Tensor,
+    penalty: Penalty,
+    y: torch.Tensor | None = None,
+    *,
+    algorithm: AlgorithmName = "auto",
+) -> ExecutionPlan:
     """What ``dbpaper.penalty(model, x, penalty, y, algorithm=algorithm)`` runs, and why.
 
     Returns an :class:`ExecutionPlan`; ``print(dbpaper.plan(model, x, penalty))``
     shows the algorithm, the chunk size and shortcuts of Algorithm 4, the
     predicted FLOPs against autograd's (the ``C`` penalties summed before one
     backward) and every candidate's predicted time.
+
+    Examples
+    --------
+    >>> import torch, dbpaper
+    >>> from torch import nn
+    >>> from dbpaper.penalties import JacobianFrobenius
+    >>> model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    >>> p = dbpaper.plan(model, torch.zeros(128, 784), JacobianFrobenius())
+    >>> p.algorithm, p.predicted_flops < p.autograd_flops
+    ('optimized-chunked', True)
+    >>> dbpaper.plan(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), torch.zeros(2, 4), JacobianFrobenius()).algorithm
+    'autograd'
     """
     validate_call(x, penalty, y, algorithm)
     try:
@@ -260,7 +299,9 @@ def resolve(net: Network, penalty: Penalty, algorithm: str, batch: int | None = 
     if algorithm == "auto":
         return choose(net, penalty, batch if batch is not None else 1)[0]
     if algorithm == "autograd":
-        raise ValueError("algorithm='autograd' is provided by dbpaper.penalty and dbpaper.objective, not by the explicit algorithms")
+        raise ValueError(
+            "algorithm='autograd' is provided by dbpaper.penalty and dbpaper.objective, not by the explicit algorithms"
+        )
     alg = REGISTRY.get(algorithm)
     if alg is None:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose from {sorted(set(REGISTRY) | set(ALGORITHM_NAMES))}")
@@ -282,12 +323,16 @@ def validate_call(x, penalty, y, algorithm, *, y_used_by_loss: bool = False) -> 
     if not x.is_floating_point():
         raise TypeError(f"x must be floating point, got {x.dtype}")
     if not isinstance(penalty, Penalty):
-        raise TypeError(f"penalty must be a dbpaper.penalties.Penalty (e.g. JacobianFrobenius()), got {type(penalty).__name__}")
+        raise TypeError(
+            f"penalty must be a dbpaper.penalties.Penalty (e.g. JacobianFrobenius()), got {type(penalty).__name__}"
+        )
     if not isinstance(algorithm, str) or (algorithm not in REGISTRY and algorithm not in ALGORITHM_NAMES):
         raise ValueError(f"unknown algorithm {algorithm!r}; choose from {sorted(set(REGISTRY) | set(ALGORITHM_NAMES))}")
     if y is not None:
         if not isinstance(y, torch.Tensor):
-            raise TypeError(f"y must be a torch.Tensor (labels or targets), got {type(y).__name__}; use torch.as_tensor(y)")
+            raise TypeError(
+                f"y must be a torch.Tensor (labels or targets), got {type(y).__name__}; use torch.as_tensor(y)"
+            )
         if y.ndim == 0 or y.shape[0] != x.shape[0]:
             raise ValueError(f"y has shape {tuple(y.shape)}, but x has a batch of {x.shape[0]}")
         if not penalty.needs_y and not y_used_by_loss:
@@ -297,6 +342,20 @@ def validate_call(x, penalty, y, algorithm, *, y_used_by_loss: bool = False) -> 
 
 
 _WARNED: weakref.WeakSet = weakref.WeakSet()
+
+_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules[__package__], torch))
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside dbpaper and torch: the user's line.
+
+    Called by the function that warns; ``warnings.warn(..., stacklevel=caller_stacklevel())`` from there.
+    (Python 3.12's ``skip_file_prefixes`` does the same; this works from 3.10 on.)
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def warn_fallback(model, err: UnsupportedModelError) -> None:
@@ -313,5 +372,5 @@ def warn_fallback(model, err: UnsupportedModelError) -> None:
         "gradient averaging of dbpaper.penalty and torch.compile support of the first-order backward. "
         "Pass algorithm='autograd' to silence this warning.",
         FallbackWarning,
-        stacklevel=4,
+        stacklevel=caller_stacklevel(),
     )

@@ -4,7 +4,8 @@ Run on CPU with two processes (gloo):
 
     torchrun --nproc_per_node=2 examples/train_ddp.py --epochs 10
 
-The data are scikit-learn's bundled 8x8 digits (no download). Every rank
+The data are scikit-learn's bundled 8x8 digits (no download): the example needs
+scikit-learn besides dbpaper (``pip install scikit-learn``, or the ``book`` extra). Every rank
 trains on its shard of each batch; ``dbpaper.penalty`` averages the
 penalty's parameter gradients over the ranks, so the update is the one of a
 single process on the whole batch. The loss goes through the DDP forward as
@@ -26,7 +27,10 @@ from dbpaper.penalties import JacobianFrobenius
 
 def load_digits(seed: int = 0):
     """Digits scaled to [0, 1], split 80/20 with a fixed permutation."""
-    from sklearn.datasets import load_digits as sk_digits
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ModuleNotFoundError:
+        raise SystemExit("examples/train_ddp.py needs scikit-learn for its data: pip install scikit-learn") from None
 
     data = sk_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0
@@ -79,7 +83,9 @@ def main() -> None:
         with torch.no_grad():
             acc = float((model(xte).argmax(1) == yte).float().mean())
         if rank == 0:
-            print(f"epoch {epoch:3d}  loss {total / steps:.4f}  mean ‖J‖_F² {penalty_sum / steps:.4f}  test accuracy {acc:.3f}")
+            print(
+                f"epoch {epoch:3d}  loss {total / steps:.4f}  mean ‖J‖_F² {penalty_sum / steps:.4f}  test accuracy {acc:.3f}"
+            )
 
     if distributed:  # every rank must hold the same parameters
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -105,6 +106,27 @@ def test_environment_yml_follows_constraints():
     assert pinned == {_name(r.name): pins[_name(r.name)] for r in requirements()}
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
     assert python == "python=3.11"  # the Python the book is built and checked with
+
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def test_environment_yml_takes_the_cpu_build_of_torch():
+    """Binder and conda users get torch's CPU build (PyPI's Linux torch is the CUDA build, several GB)."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    options = [p.split() for p in pip if p.startswith("-")]
+    assert ["--extra-index-url", CPU_INDEX] in options, options
+    assert not any(o[0] == "--index-url" for o in options)  # PyPI stays the index of every other package
+    torch_pin = next(p for p in pip if p.startswith("torch=="))
+    assert "+" not in torch_pin  # no local label: macOS wheels carry none, and the index's Linux +cpu wheel matches ==
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="the CI install: a developer's venv may hold the CUDA build on purpose")
+def test_the_ci_install_is_the_cpu_build():
+    import torch
+
+    assert torch.version.cuda is None and torch.version.hip is None, torch.__version__
 
 
 def test_one_repository_url():

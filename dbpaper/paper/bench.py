@@ -1176,7 +1176,10 @@ def plots(result: dict, folder: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (``python -m dbpaper bench``)."""
-    parser = argparse.ArgumentParser(prog="python -m dbpaper bench", description=__doc__.split("\n")[0])
+    from ..__main__ import _version, plain
+
+    parser = argparse.ArgumentParser(prog="python -m dbpaper bench", description=plain(__doc__.split("\n")[0]))
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--quick", action="store_true", help="a smoke run on shrunken workloads (about 20 s on 2 CPU cores)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default; 1 with --quick)")
