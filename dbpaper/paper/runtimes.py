@@ -54,9 +54,9 @@ def _iqr(r: dict) -> str:
 
 
 def method_table(data: dict, name: str) -> Table:
-    """Every method on one workload: speed-up over autograd (summed), time with its interquartile range, the
-    floor's share of the time, FLOPs, roofline share, memory, deviation (the speed-up first: it stays in view
-    on a narrow screen)."""
+    """Every method on one workload: speed-up over autograd (summed), median time with its interquartile range,
+    the floor's share of the time, FLOPs over autograd's, roofline share, memory, deviation (the speed-up first:
+    it stays in view on a narrow screen)."""
     w = data["by_name"][name]
     res, base = w["results"], w["results"]["autograd-summed"]
     peak = data["machine"]["matmul_gflops_per_s"]
@@ -66,13 +66,13 @@ def method_table(data: dict, name: str) -> Table:
             continue
         r = res[m]
         rows.append([
-            data["methods"][m]["label"], base["time_ms"] / r["time_ms"], r["time_ms"], _iqr(r),
-            r["floor_ms"] / r["time_ms"] if "floor_ms" in r else "", r["flops"] / 1e9,
-            r["flops"] / base["flops"], r["gflops_per_s"] / peak, r["working_mib"],
+            data["methods"][m]["label"], base["time_ms"] / r["time_ms"], f"{r['time_ms']:.3g} ({_iqr(r)})",
+            r["floor_ms"] / r["time_ms"] if "floor_ms" in r else "", r["flops"] / base["flops"],
+            r["gflops_per_s"] / peak, r["working_mib"],
             f"{r['max_rel_diff']:.0e}" if data["methods"][m]["exact"] else "estimate",
         ])  # fmt: skip
-    cols = ["method", "speed-up", "ms (median)", "ms (IQR)", "floor / time", "GFLOP", "FLOPs / autograd",
-            "share of matmul rate", "working MiB", "deviation"]  # fmt: skip
+    cols = ["method", "speed-up", "ms: median (IQR)", "floor / time", "FLOPs / autograd", "share of matmul rate",
+            "working MiB", "deviation"]  # fmt: skip
     return table(rows, cols, caption=f"{name}: {w['description']}", digits=3)
 
 

@@ -24,8 +24,12 @@ _SCRIPT = re.compile(r"([_^])\{([^{}]*)\}")
 
 def markup(text: str) -> str:
     """``text`` escaped for HTML, with ``_{...}`` and ``^{...}`` as ``<sub>`` and ``<sup>`` (no pseudo-TeX in the page)."""
-    return _SCRIPT.sub(lambda m: f"<{'sub' if m[1] == '_' else 'sup'}>{m[2]}</{'sub' if m[1] == '_' else 'sup'}>",
-                       html.escape(text))
+    out, tag = html.escape(text), {"_": "sub", "^": "sup"}
+    while True:  # innermost first: ∇_{x_{j-1}} R
+        new = _SCRIPT.sub(lambda m: f"<{tag[m[1]]}>{m[2]}</{tag[m[1]]}>", out)
+        if new == out:
+            return out
+        out = new
 
 
 def fmt(value: Any, digits: int = 3) -> str:
