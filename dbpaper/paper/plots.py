@@ -17,6 +17,9 @@ import numpy as np
 
 from .figures import page_width
 
+#: The width of a figure drawn for the whole content column (inches).
+COLUMN_IN = page_width()
+
 #: Colours for figures with more series than matplotlib's ten (tab10, then black, magenta, sky blue and brown),
 #: each paired with its own line style, so that no two series share a colour or look alike in grey.
 PALETTE = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "k", "#e7298a", "#56b4e9", "#8c510a")
@@ -51,7 +54,7 @@ def _no_jump_lines(ts, f, boundaries):
 
 
 # ---------------------------------------------------------------- Section 6: loss landscapes
-def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsize=(page_width(), 2.9), zoom_last=None):
+def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsize=(COLUMN_IN, 2.9), zoom_last=None):
     """Figure 2: (a) the fit and its affine regions, (b) ``∂_{x_0} z_L`` per region, (c) ``R_cdb`` along ``x_0``.
 
     With ``zoom_last = (ts, values)`` (at full resolution) a fourth panel (d) magnifies the last region
@@ -125,7 +128,7 @@ def slice_panels(panels: Sequence[Mapping], figsize=(8, 2.9)):
 
 
 def smoothing(ts, first_batch: Mapping[int, np.ndarray], rows, single_jumps: Mapping[str, float],
-              figsize=(page_width(), 6.4)):
+              figsize=(COLUMN_IN, 6.4)):
     """Book figure: (a) the averaged derivative of the first batch for several ``M``, (b) the largest jump,
     (c) total and jump variation against ``M`` (``rows``: :class:`~dbpaper.paper.landscape.SmoothingRow`)."""
     fig = plt.figure(figsize=figsize)
@@ -213,7 +216,7 @@ def random_gradient_errors(sample_sizes, rmse: Mapping, evaluations: Mapping[str
 
 # ---------------------------------------------------------------- background: classical double backpropagation
 def decision_regions(grid_x, grid_y, probabilities: Mapping[str, np.ndarray], x_train, y_train, lambdas: Mapping,
-                     noise_levels, loss_vs_noise: Mapping[str, Sequence[float]], figsize=(page_width(), 3.4)):
+                     noise_levels, loss_vs_noise: Mapping[str, Sequence[float]], figsize=(COLUMN_IN, 3.4)):
     """Two classifiers' decision regions on the plane (``probabilities[name]`` of shape ``(len(grid_y), len(grid_x))``)
     and their test loss against the input noise level."""
     fig, axes = plt.subplots(1, 3, figsize=figsize, gridspec_kw={"width_ratios": [1, 1, 0.9]})
@@ -237,7 +240,7 @@ def decision_regions(grid_x, grid_y, probabilities: Mapping[str, np.ndarray], x_
 
 
 def generator_curves(clean, targets, curves: Mapping[str, np.ndarray], t, clean_speed, speeds: Mapping[str, np.ndarray],
-                     figsize=(page_width(), 3.6)):
+                     figsize=(COLUMN_IN, 3.6)):
     """Generated curves against the clean curve and the training targets, and their speed ``|G'(t)|``."""
     fig, axes = plt.subplots(1, 2, figsize=figsize, gridspec_kw={"width_ratios": [1.3, 1]})
     ax = axes[0]
@@ -287,7 +290,7 @@ def adjoint_defects(errors: Mapping, names: Sequence[str], short: Sequence[str],
     return fig
 
 
-def activation_curves(activations: Mapping, t, figsize=(page_width(), 3.9)):
+def activation_curves(activations: Mapping, t, figsize=(COLUMN_IN, 3.9)):
     """``g``, ``g'`` and ``g''`` of the package's activations (``activations[name]`` has ``f``, ``df``, ``d2f``).
 
     Every activation has its own colour and a line style (:func:`series_style`)."""
