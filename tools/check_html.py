@@ -30,7 +30,14 @@ is aborted and reported. A page fails on any of these kinds:
 - ``bibliography``: an entry that prints its year twice;
 - ``pasted-object``: a glued value pasted as its Python repr ("<IPython.core.display.Markdown object>");
 - ``citable``: a page without the line naming the dbpaper version and the commit of the build, or an
-  erratum heading "En — ..." whose section is not reachable as ``#en``.
+  erratum heading "En — ..." whose section is not reachable as ``#en``;
+- ``figure-text`` (both widths): a figure whose smallest text shows under 9 CSS px, from the width the
+  page displays the image at, its pixel width and the font size and resolution it was drawn with (the
+  record ``book/figures/<name>.json`` that ``dbpaper.paper.figures.save_figure`` writes beside it), or a
+  figure image without such a record;
+- ``alt-text``: an image of the article without alt text, or whose alt text is a file path or name;
+- ``pseudo-tex`` (both widths): ``_{`` or ``^{`` in the text outside typeset math and code (``γ_{L-1}``
+  printed instead of typeset), tables and printed cell outputs included.
 
 Usage: ``python tools/check_html.py [--html DIR] [--pages P ...] [--no-screenshots] [--report F] [--tolerate P ...]``
 """
@@ -52,6 +59,8 @@ from urllib.parse import unquote, urlsplit
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
+FIGURE_RECORDS = ROOT / "book" / "figures"
+MIN_TEXT_PX = 9  # dbpaper.paper.figures.MIN_TEXT_PX
 CHROMIUM = "/usr/bin/chromium"
 MATHJAX_DIR = ROOT / "node_modules" / "mathjax"
 MATHJAX_URL = re.compile(r"^https?://[^/]+/(?:npm/)?mathjax@3[^/]*/(es5/[^?#]+)")
@@ -221,6 +230,25 @@ OVERFLOW_JS = r"""(page) => {
   return {out, scrollWidth: document.documentElement.scrollWidth, viewport: window.innerWidth};
 }"""
 
+# Every image of the article: its file, alt text, displayed and natural width; and every text node that
+# carries a braced sub- or superscript outside math and code.
+FIGURES_JS = r"""() => {
+  const root = document.querySelector('article.bd-article, main') || document.body;
+  const images = [...root.querySelectorAll('img')].filter((i) => i.checkVisibility()).map((i) => ({
+    src: i.getAttribute('src') || '', alt: i.getAttribute('alt'), shown: i.getBoundingClientRect().width,
+    natural: i.naturalWidth, figure: !!i.closest('figure, div.figure')}));
+  const snip = (s) => s.replace(/\s+/g, ' ').trim().slice(0, 90);
+  const code = 'script, style, mjx-container, .cell_input, code, kbd, samp, textarea';
+  const tex = [];
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let n; (n = walker.nextNode());) {
+    const p = n.parentElement;
+    if (p.closest(code) || (p.closest('.highlight') && !p.closest('.cell_output'))) continue;  // source code may say x_{i}
+    if (/[_^]\{/.test(n.data)) tex.push(`<${p.tagName.toLowerCase()}> ${snip(n.data)}`);
+  }
+  return {images, tex};
+}"""
+
 LINKS_JS = r"""() => ({ids: [...document.querySelectorAll('[id], a[name]')].map((e) => e.id || e.name),
   links: [...document.querySelectorAll('a[href]')].map((a) => a.href)})"""
 
@@ -280,8 +308,9 @@ def serve(html: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
 class Checker:
     """Loads pages in one browser context and collects failures as (page, width, kind, detail)."""
 
-    def __init__(self, browser, base: str, shots: Path | None):
+    def __init__(self, browser, base: str, shots: Path | None, records: dict[str, dict] | None = None):
         self.base, self.shots, self.failures = base, shots, []
+        self.records = load_records(FIGURE_RECORDS) if records is None else records
         self.context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
         self.context.set_default_timeout(READY_TIMEOUT_MS)
         self.context.route("**/*", self._route)
@@ -346,6 +375,7 @@ class Checker:
             self._check_page_scroll(page)
         for item in page.evaluate(LAYOUT_JS):
             self.fail(item["kind"], item["detail"])
+        self._check_figures(page, alt=width == WIDTHS[0])
         if self.shots:
             page.screenshot(path=self.shots / f"{rel[:-5].replace('/', '__')}-{width}.png", full_page=True)
         page.close()
@@ -359,6 +389,32 @@ class Checker:
         found = page.evaluate(LINKS_JS)
         self.anchors[self.current[0]] = set(found["ids"])
         self.links[self.current[0]] = found["links"]
+
+    def _check_figures(self, page, alt: bool) -> None:
+        """Figure text at least MIN_TEXT_PX high where the page shows it; alt text that is not a path; no pseudo-TeX."""
+        found = page.evaluate(FIGURES_JS)
+        for img in found["images"]:
+            name = unquote(urlsplit(img["src"]).path).rsplit("/", 1)[-1]
+            text = (img["alt"] or "").strip()
+            if alt and (not text or re.search(r"(^|/)[\w.-]+\.(png|svg|jpe?g|gif|pdf)$|^[\w./-]+/[\w./-]+$", text)):
+                self.fail("alt-text", f"{name}: alt text {text!r} says nothing about what the image shows")
+            if not img["figure"]:
+                continue
+            record = self.records.get(name.rsplit(".", 1)[0])
+            if record is None or not record.get("min_font_pt"):
+                self.fail("figure-text", f"{name}: no record of the font size it was drawn with (book/figures/*.json)")
+                continue
+            if not img["natural"]:
+                continue  # a broken image is reported as `image`
+            px = record["min_font_pt"] * record["dpi"] / 72 * img["shown"] / img["natural"]
+            if px < MIN_TEXT_PX - 0.05:
+                self.fail("figure-text", f"{name}: its smallest text ({record['min_font_pt']} pt, "
+                                         f"{record.get('smallest_text')!r}) shows {px:.1f} px high (image shown "
+                                         f"{img['shown']:.0f} px wide, {img['natural']} px in the file)")
+        for where in found["tex"][:5]:
+            self.fail("pseudo-tex", f"a braced sub- or superscript printed as text: {where}")
+        if len(found["tex"]) > 5:
+            self.fail("pseudo-tex", f"... and {len(found['tex']) - 5} more")
 
     def _check_page_scroll(self, page) -> None:
         result = page.evaluate(OVERFLOW_JS, True)
@@ -382,6 +438,34 @@ class Checker:
                     self.fail("unresolved-ref", f"link to missing anchor {target}#{parts.fragment}", (rel, WIDTHS[0]))
 
 
+def load_records(folder: Path) -> dict[str, dict]:
+    """The figure records (``<name>.json`` beside ``<name>.png``) by file stem."""
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name != "MANIFEST.json" and path.with_suffix(".png").exists():
+            out[path.stem] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def _png(width: int, height: int) -> bytes:
+    """A white PNG of the given size (for the self-test pages), without any imaging library."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + b"\xff" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+# The self-test's images: drawn at 9 pt and 72 dpi and shown at their own width (9 px text), or drawn at
+# 9 pt and 150 dpi, 600 px wide, and shown 100 px wide (3 px text).
+_SELF_TEST_IMAGES = {"fig-readable": (100, 40, {"min_font_pt": 9, "dpi": 72, "smallest_text": "tick"}),
+                     "fig-thumbnail": (600, 40, {"min_font_pt": 9, "dpi": 150, "smallest_text": "tick"})}
+_GOOD_ALT = "A line rising from left to right, the measured error against the step size"
+
 # ---------------------------------------------------------------- self-test
 # One small page per fault class that these checks exist to catch, and one page with none: every run
 # first shows that each check fails on its fault (and not on the clean page), so that a check that can
@@ -394,6 +478,8 @@ SELF_TEST = {
     "clean": ("", """<p>Prose with <span class="math"><mjx-container><mjx-math style="display:inline-block;width:40px">x</mjx-math></mjx-container></span> math.</p>
 <figure><figcaption><p>Figure 2. The paper's figure.</p></figcaption></figure>
 <section id="e5"><h2>E5 — an erratum</h2></section>
+<figure><img src="fig-readable.png" alt="{good_alt}" style="width: 100px"><figcaption><p>Book figure 3. A readable figure.</p></figcaption></figure>
+<p>A subscript typeset as math: <span class="math"><mjx-container><mjx-math style="display:inline-block;width:40px">γ_{L-1}</mjx-math></mjx-container></span>, and in code: <code>x_{i}</code>.</p>
 <div class="citation">[Sokolić et al., 2017] Jure Sokolić. A title. 2017.</div>"""),
     "tex-escape": ("tex-escape", '<p><a href="#">[Sokoli' + "\\'" + 'c et al., 2017]</a></p>'),
     "broken-word": ("broken-word", """<table><tr><td style="width:20px;overflow-wrap:anywhere">framework</td>
@@ -405,7 +491,13 @@ SELF_TEST = {
     "pasted-object": ("pasted-object", '<p>Measured on <code class="docutils literal"><span class="pre">&lt;IPython.core.display.Markdown</span> <span class="pre">object&gt;</span></code>.</p>'),
     "tex-in-title": ("tex-in-title", '<h2>Where η_L comes from</h2>'),
     "citable": ("citable", '<section id="erratum-b1-eta"><h2>E5 — an erratum without its anchor</h2></section>'),
+    "figure-text": ("figure-text", f'<figure><img src="fig-thumbnail.png" alt="{_GOOD_ALT}" style="width: 100px">'
+                                   '<figcaption><p>Book figure 4. A thumbnail.</p></figcaption></figure>'),
+    "alt-text": ("alt-text", '<figure><img src="fig-readable.png" alt="figures/fig-readable.png" style="width: 100px">'
+                             '<figcaption><p>Book figure 5. Alt text that is a path.</p></figcaption></figure>'),
+    "pseudo-tex": ("pseudo-tex", '<table><tr><td>γ_{L-1} = K_Lᵀ(θ_L, η_L)</td></tr></table>'),
 }
+SELF_TEST["clean"] = ("", SELF_TEST["clean"][1].replace("{good_alt}", _GOOD_ALT))
 
 
 def self_test(browser) -> list[str]:
@@ -417,8 +509,10 @@ def self_test(browser) -> list[str]:
         for name, (_, body) in SELF_TEST.items():
             version = "" if name == "citable" else _VERSION
             (Path(tmp) / f"{name}.html").write_text(_PAGE.format(title=name, body=body, version=version), encoding="utf-8")
+        for stem, (w, h, _) in _SELF_TEST_IMAGES.items():
+            (Path(tmp) / f"{stem}.png").write_bytes(_png(w, h))
         server, base = serve(Path(tmp))
-        checker = Checker(browser, base, None)
+        checker = Checker(browser, base, None, records={stem: rec for stem, (_, _, rec) in _SELF_TEST_IMAGES.items()})
         for name in SELF_TEST:
             for width in WIDTHS:
                 checker.check(f"{name}.html", width)

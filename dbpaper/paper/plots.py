@@ -15,6 +15,21 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .figures import page_width
+
+#: The width of a figure drawn for the whole content column (inches).
+COLUMN_IN = page_width()
+
+#: Colours for figures with more series than matplotlib's ten (tab10, then black, magenta, sky blue and brown),
+#: each paired with its own line style, so that no two series share a colour or look alike in grey.
+PALETTE = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "k", "#e7298a", "#56b4e9", "#8c510a")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def series_style(k: int) -> dict:
+    """Colour and line style of series ``k``: a distinct colour for each of the first 14, styles cycling."""
+    return {"color": PALETTE[k % len(PALETTE)], "ls": LINESTYLES[k % len(LINESTYLES)]}
+
 __all__ = [
     "activation_curves",
     "adjoint_defects",
@@ -23,6 +38,7 @@ __all__ = [
     "generator_curves",
     "power_iterations",
     "random_gradient_errors",
+    "series_style",
     "slice_panels",
     "smoothing",
     "step_size_errors",
@@ -38,7 +54,7 @@ def _no_jump_lines(ts, f, boundaries):
 
 
 # ---------------------------------------------------------------- Section 6: loss landscapes
-def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsize=(10, 2.9), zoom_last=None):
+def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsize=(COLUMN_IN, 2.9), zoom_last=None):
     """Figure 2: (a) the fit and its affine regions, (b) ``∂_{x_0} z_L`` per region, (c) ``R_cdb`` along ``x_0``.
 
     With ``zoom_last = (ts, values)`` (at full resolution) a fourth panel (d) magnifies the last region
@@ -46,14 +62,15 @@ def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsi
     """
     zoom = zoom_last is not None and len(edges) > 2
     if zoom:
-        fig, axes = plt.subplots(1, 4, figsize=(figsize[0] * 1.3, figsize[1]), gridspec_kw={"width_ratios": [1, 1, 1, 0.75]})
+        fig, axes = plt.subplots(2, 2, figsize=(figsize[0], 2 * figsize[1]))
+        axes = axes.ravel()
     else:
         fig, axes = plt.subplots(1, 3, figsize=figsize)
     ax = axes[0]
     ax.plot(xs, target, color="k", lw=2.2, alpha=0.35, label=r"$\sin x_0$")
     ax.plot(xs, fit, color="C0", lw=1.2, label="network $z_L$")
     ax.set_title("(a) fit and affine regions")
-    ax.legend(loc="upper left", fontsize=7)
+    ax.legend(loc="upper left")
     for k in range(len(edges) - 1):  # (b) one horizontal segment per region, exactly
         axes[1].hlines(s_pieces[k], edges[k], edges[k + 1], color="C1", lw=1.6)
     axes[1].set_title(r"(b) $\partial_{x_0} z_L$")
@@ -75,10 +92,10 @@ def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsi
         ax.axvline(lo, color="0.6", lw=0.7, zorder=0)
         ax.set_xlim(left, hi)
         ax.set_xlabel("$x_0$")
-        ax.set_title(f"(d) (c) on the last region,\n{hi - lo:.4f} wide", fontsize=9)
-        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
+        ax.set_title(f"(d) (c) on the last region, {hi - lo:.4f} wide")
+        ax.tick_params(axis="x", labelrotation=20)
         axes[2].annotate("(d)", xy=(lo, 0), xycoords="data", xytext=(0.82, 0.55), textcoords="axes fraction",
-                         color="C3", fontsize=8, arrowprops=dict(arrowstyle="->", color="C3", lw=0.8))
+                         color="C3", arrowprops=dict(arrowstyle="->", color="C3", lw=0.8))
     fig.tight_layout()
     return fig
 
@@ -110,15 +127,18 @@ def slice_panels(panels: Sequence[Mapping], figsize=(8, 2.9)):
     return fig
 
 
-def smoothing(ts, first_batch: Mapping[int, np.ndarray], rows, single_jumps: Mapping[str, float], figsize=(11, 3.4)):
+def smoothing(ts, first_batch: Mapping[int, np.ndarray], rows, single_jumps: Mapping[str, float],
+              figsize=(COLUMN_IN, 6.4)):
     """Book figure: (a) the averaged derivative of the first batch for several ``M``, (b) the largest jump,
     (c) total and jump variation against ``M`` (``rows``: :class:`~dbpaper.paper.landscape.SmoothingRow`)."""
-    fig, axes = plt.subplots(1, 3, figsize=figsize)
+    fig = plt.figure(figsize=figsize)
+    grid = fig.add_gridspec(2, 2)
+    axes = [fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])]
     for k, (Mk, curve) in enumerate(first_batch.items()):
-        axes[0].plot(ts, curve, lw=1.0, color=f"C{k}", label=f"$M = {Mk}$")
+        axes[0].plot(ts, curve, lw=1.0, label=f"$M = {Mk}$", **series_style(k))
     axes[0].set_xlabel("$w$")
     axes[0].set_title(r"(a) $\partial_w \mathcal{R}^{\mathfrak{B}}_\mathrm{cdb}$, first batch")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     markers = {"node": "o", "cdb": "s"}
     labels = {"node": r"$\mathcal{R}_\mathrm{node}$", "cdb": r"$\mathcal{R}_\mathrm{cdb}$"}
     for c, name in enumerate(single_jumps):
@@ -133,10 +153,10 @@ def smoothing(ts, first_batch: Mapping[int, np.ndarray], rows, single_jumps: Map
                        color=f"C{c}", mfc="none", label=r"$\Sigma|$jumps$|$, " + labels.get(name, name))
     axes[1].set_title("(b) largest jump\n(dashed: $\\mathrm{max}_n |J_n| / M$)")
     axes[1].set_xlabel("batch size $M$")
-    axes[1].legend(fontsize=7)
+    axes[1].legend()
     axes[2].set_title("(c) variation of the average")
     axes[2].set_xlabel("batch size $M$")
-    axes[2].legend(fontsize=6.5, ncol=2, loc="center")
+    axes[2].legend(loc="center", ncol=2)  # between the two penalties' curves, which lie decades apart
     fig.tight_layout()
     return fig
 
@@ -163,7 +183,7 @@ def step_size_errors(hs, rel_error: Mapping[str, np.ndarray], eps: float, floor:
     ax.set_xlabel("step size $h$")
     ax.set_ylabel("relative error of $f'(0.7)$")
     ax.set_ylim(floor / 3, 10)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="lower left")
     fig.tight_layout()
     return fig
 
@@ -185,18 +205,18 @@ def random_gradient_errors(sample_sizes, rmse: Mapping, evaluations: Mapping[str
         ax.loglog(2 * ms, np.sqrt((n - 1) / ms), color=colors["SPSA, Rademacher"], ls=":", lw=0.8)
         ax.loglog(2 * ms, np.sqrt((n + 1) / ms), color=colors["SPSA, Gaussian"], ls=":", lw=0.8)
         ax.axvline(2 * n, color="0.4", lw=0.8, ls="--")
-        ax.text(2 * n * 1.15, 20, "central\ndifferences", color="0.3", fontsize=7, va="top")
+        ax.text(2 * n * 1.15, 20, "central\ndifferences", color="0.3", va="top")
         ax.set_xlabel("evaluations of $f$")
         ax.set_title(f"{objective} objective")
     axes[0].set_ylabel("RMS relative error of the gradient")
-    axes[0].legend(loc="lower left", fontsize=7)
+    axes[0].legend(loc="lower left")
     fig.tight_layout()
     return fig
 
 
 # ---------------------------------------------------------------- background: classical double backpropagation
 def decision_regions(grid_x, grid_y, probabilities: Mapping[str, np.ndarray], x_train, y_train, lambdas: Mapping,
-                     noise_levels, loss_vs_noise: Mapping[str, Sequence[float]], figsize=(10.5, 3.3)):
+                     noise_levels, loss_vs_noise: Mapping[str, Sequence[float]], figsize=(COLUMN_IN, 3.4)):
     """Two classifiers' decision regions on the plane (``probabilities[name]`` of shape ``(len(grid_y), len(grid_x))``)
     and their test loss against the input noise level."""
     fig, axes = plt.subplots(1, 3, figsize=figsize, gridspec_kw={"width_ratios": [1, 1, 0.9]})
@@ -209,37 +229,37 @@ def decision_regions(grid_x, grid_y, probabilities: Mapping[str, np.ndarray], x_
         ax.grid(False)
         ax.set_xlabel("$x_1$")
     axes[0].set_ylabel("$x_2$")
-    for name, color in zip(loss_vs_noise, ("C1", "C0")):
-        axes[2].plot(noise_levels, loss_vs_noise[name], "o-", ms=3, color=color, label=name)
+    for (name, color), (marker, ls) in zip(zip(loss_vs_noise, ("C1", "C0")), (("o", "-"), ("s", "--"))):
+        axes[2].plot(noise_levels, loss_vs_noise[name], marker=marker, ls=ls, ms=3, color=color, label=name)
     axes[2].set_xlabel("input noise level $\\sigma$")
     axes[2].set_ylabel("test loss")
     axes[2].set_title("robustness to input noise")
-    axes[2].legend(fontsize=8)
+    axes[2].legend()
     fig.tight_layout()
     return fig
 
 
 def generator_curves(clean, targets, curves: Mapping[str, np.ndarray], t, clean_speed, speeds: Mapping[str, np.ndarray],
-                     figsize=(9.6, 3.4)):
+                     figsize=(COLUMN_IN, 3.6)):
     """Generated curves against the clean curve and the training targets, and their speed ``|G'(t)|``."""
     fig, axes = plt.subplots(1, 2, figsize=figsize, gridspec_kw={"width_ratios": [1.3, 1]})
     ax = axes[0]
     ax.plot(clean[:, 0], clean[:, 1], color="0.6", lw=2.5, label="clean curve")
     ax.scatter(targets[:, 0], targets[:, 1], color="k", s=12, zorder=3, label="training targets")
-    for (name, out), color in zip(curves.items(), ("C1", "C0")):
-        ax.plot(out[:, 0], out[:, 1], color=color, lw=1.3, label=name)
+    for (name, out), color, ls in zip(curves.items(), ("C1", "C0"), ("--", "-")):
+        ax.plot(out[:, 0], out[:, 1], color=color, ls=ls, lw=1.3, label=name)
     ax.set_xlabel("output coordinate 1")
     ax.set_ylabel("output coordinate 2")
     ax.set_title("generated curves $G(t)$, $t \\in [-1, 1]$")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(loc="lower right")
     ax = axes[1]
     ax.plot(t, clean_speed, color="0.6", lw=2.5, label="clean curve")
-    for (name, speed), color in zip(speeds.items(), ("C1", "C0")):
-        ax.plot(t, speed, color=color, lw=1.3, label=name)
+    for (name, speed), color, ls in zip(speeds.items(), ("C1", "C0"), ("--", "-")):
+        ax.plot(t, speed, color=color, ls=ls, lw=1.3, label=name)
     ax.set_xlabel("latent code $t$")
     ax.set_ylabel("$\\|J_G(t)\\|_F = \\|G'(t)\\|$")
     ax.set_title("output speed per unit latent step")
-    ax.legend(fontsize=7)
+    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -260,30 +280,34 @@ def adjoint_defects(errors: Mapping, names: Sequence[str], short: Sequence[str],
         ax.scatter(pos + off, vals, marker=mk, color=col, label=label, zorder=3)
     for dt, col in (("float32", "C0"), ("float64", "C1")):
         ax.axhline(eps[dt], color=col, ls="--", lw=0.8)
-        ax.text(len(names) - 0.5, eps[dt] * 1.6, f"eps({dt})", color=col, ha="right", fontsize=8)
+        ax.text(len(names) - 0.5, eps[dt] * 1.6, f"eps({dt})", color=col, ha="right")
     ax.set_yscale("log")
     ax.set_ylim(floor / 3, 1e-3)
     ax.set_xticks(pos, short)
     ax.set_ylabel("normalised defect")
-    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.legend(loc="upper left", ncol=2)
     fig.tight_layout()
     return fig
 
 
-def activation_curves(activations: Mapping, t, figsize=(9, 2.9)):
-    """``g``, ``g'`` and ``g''`` of the package's activations (``activations[name]`` has ``f``, ``df``, ``d2f``)."""
+def activation_curves(activations: Mapping, t, figsize=(COLUMN_IN, 3.9)):
+    """``g``, ``g'`` and ``g''`` of the package's activations (``activations[name]`` has ``f``, ``df``, ``d2f``).
+
+    Every activation has its own colour and a line style (:func:`series_style`)."""
+    if len(activations) > len(PALETTE):
+        raise ValueError(f"activation_curves: {len(activations)} activations, but only {len(PALETTE)} distinct colours")
     fig, axes = plt.subplots(1, 3, figsize=figsize, sharex=True)
     for k, (name, act) in enumerate(activations.items()):
         for ax, fn in zip(axes, (act.f, act.df, act.d2f)):
-            ax.plot(np.asarray(t), np.asarray(fn(t)), lw=1.2, color=f"C{k}", label=name)
+            ax.plot(np.asarray(t), np.asarray(fn(t)), lw=1.2, label=name, **series_style(k))
     for ax, title in zip(axes, ("$g(z)$", "$g'(z)$", "$g''(z)$")):
         ax.set_title(title)
         ax.set_xlabel("$z$")
     axes[0].set_ylim(-1.5, 3)
     # the legend below the panels, where it covers no curve (inside the g'' panel it hid ELU's jump)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 8), frameon=False)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
+    fig.tight_layout(rect=(0, 0.22, 1, 1))
     return fig
 
 

@@ -4,17 +4,32 @@ A chapter shows a table with ``table(rows, columns)``: the notebook stores it
 as ``text/html`` (a real ``<table>`` in the book, inside a container that
 scrolls on a narrow screen instead of the page) and as ``text/plain`` (aligned
 columns, what nbval compares besides the HTML). Cells are formatted here, with
-a fixed number of significant digits, so that stored outputs are stable.
+a fixed number of significant digits, so that stored outputs are stable. In the
+HTML a braced subscript or superscript of a cell's text (``γ_{j-1}``,
+``∇_{ζ_j} R``) is typeset as ``<sub>``/``<sup>``: no pseudo-TeX in the page.
 """
 
 from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["Table", "fmt", "table"]
+__all__ = ["Table", "fmt", "markup", "table"]
+
+_SCRIPT = re.compile(r"([_^])\{([^{}]*)\}")
+
+
+def markup(text: str) -> str:
+    """``text`` escaped for HTML, with ``_{...}`` and ``^{...}`` as ``<sub>`` and ``<sup>`` (no pseudo-TeX in the page)."""
+    out, tag = html.escape(text), {"_": "sub", "^": "sup"}
+    while True:  # innermost first: ∇_{x_{j-1}} R
+        new = _SCRIPT.sub(lambda m: f"<{tag[m[1]]}>{m[2]}</{tag[m[1]]}>", out)
+        if new == out:
+            return out
+        out = new
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -69,11 +84,11 @@ class Table:
     def _repr_html_(self) -> str:
         def cell(tag, text, a):
             style = ' style="text-align: right"' if a == "r" else ' style="text-align: left"'
-            return f"<{tag}{style}>{html.escape(text)}</{tag}>"
+            return f"<{tag}{style}>{markup(text)}</{tag}>"
 
         head = "".join(cell("th", c, a) for c, a in zip(self.columns, self.align))
         body = "".join("<tr>" + "".join(cell("td", c, a) for c, a in zip(r, self.align)) + "</tr>" for r in self.rows)
-        cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
+        cap = f"<caption>{markup(self.caption)}</caption>" if self.caption else ""
         return (f'<div class="dbpaper-table"><table>{cap}<thead><tr>{head}</tr></thead>'
                 f"<tbody>{body}</tbody></table></div>")
 

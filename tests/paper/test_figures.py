@@ -51,3 +51,36 @@ def test_save_figure_rejects_paths_as_names(tmp_path):
             save_figure(fig, "sub/dir", out=tmp_path)
     finally:
         plt.close(fig)
+
+
+def test_save_figure_records_size_resolution_and_smallest_font(tmp_path):
+    fig = _small_figure()
+    try:
+        save_figure(fig, "fig-test-record", out=tmp_path)
+    finally:
+        plt.close(fig)
+    record = json.loads((tmp_path / "fig-test-record.json").read_text())
+    png = (tmp_path / "fig-test-record.png").read_bytes()
+    size = [int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")]  # the PNG's IHDR
+    assert record["width_in"] == 4 and record["png_px"] == size == [round(4 * record["dpi"]), round(2 * record["dpi"])]
+    assert record["min_font_pt"] == 9  # the style's font size: tick labels, legend, title
+    assert record["min_display_px"] == pytest.approx(9 * 72 * 4 / 9)
+
+
+def test_save_figure_refuses_text_that_cannot_be_read_in_the_column(tmp_path):
+    from dbpaper.paper.figures import COLUMN_PX, page_width
+
+    with plt.rc_context(style()):
+        fig, ax = plt.subplots(figsize=(page_width() * 1.5, 2))  # 9 pt over 1.5 columns: 6 px in the page
+        ax.plot([0, 1], [0, 1])
+    try:
+        with pytest.raises(ValueError, match=f"{COLUMN_PX} px"):
+            save_figure(fig, "fig-test-too-wide", out=tmp_path)
+        with plt.rc_context(style()):
+            ax.legend(["a line"], fontsize=6)
+            fig.set_size_inches(page_width(), 2)  # the column's width, but a 6 pt legend: 6 px
+        with pytest.raises(ValueError, match="6"):
+            save_figure(fig, "fig-test-small-font", out=tmp_path)
+    finally:
+        plt.close(fig)
+    assert not list(tmp_path.glob("fig-test-*"))

@@ -37,3 +37,13 @@ def test_bad_rows_and_align_raise():
         Table([(1,)], ["a"], align="c")
     with pytest.raises(ValueError, match="column"):
         Table([], [])
+
+
+def test_braced_scripts_are_typeset_in_the_html():
+    from dbpaper.paper.tables import markup, table
+
+    assert markup("γ_{j-1} = K_jᵀ(θ_j, η_j) equals ∇_{ζ_j} R") == "γ<sub>j-1</sub> = K_jᵀ(θ_j, η_j) equals ∇<sub>ζ_j</sub> R"
+    assert markup("x^{2} < y") == "x<sup>2</sup> &lt; y"
+    assert markup("∇_{x_{j-1}} R") == "∇<sub>x<sub>j-1</sub></sub> R"
+    html = table([["γ_{L-1}", 1.0]], ["quantity", "value"], caption="∇_{z_L} R")._repr_html_()
+    assert "_{" not in html and "<sub>L-1</sub>" in html and "<sub>z_L</sub>" in html
