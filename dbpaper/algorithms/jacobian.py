@@ -131,7 +131,7 @@ from ..network import ForwardRecord, Network
 from . import shortcuts
 from .algorithm4 import Accumulators, Context, check_chunk_size, chunk_pass, class_chunks
 from .costs import eta_vanishes, layer_sums, power_iteration_flops
-from .passes import LayerGradients, forward_backward_sweep
+from .passes import BackwardPass, LayerGradients, forward_backward_sweep
 from .registry import Algorithm, Estimate, LossFold, Outcome, register
 from .shortcuts import ELEMENTWISE_COST, GRAM_MAX_COND, GRAM_MAX_EPS_COND, gram_is_stable, shortcut_costs
 from .variants import TARGET_CHUNK_BYTES, Variant, auto_chunk_size, check_choice, choose_variant
@@ -209,7 +209,7 @@ def resolve_chunk_size(chunk_size: int | str | None) -> int | str | None:
 def jacobian_penalty_gradients(
     net: Network,
     rec: ForwardRecord,
-    penalty,
+    penalty: Penalty,
     *,
     chunk_size: int | str | None = 1,
     gram: bool | str = False,
@@ -276,7 +276,9 @@ def jacobian_penalty_gradients(
     return acc.value, grads
 
 
-def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Callable:
+def optimized_algorithm(
+    *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False
+) -> Callable[..., tuple[torch.Tensor, LayerGradients, list[BackwardPass]]]:
     """A registrable algorithm ``(net, rec, penalty, y) -> (R, gradients, [])`` with fixed options.
 
     ``chunk_size`` as in :func:`jacobian_penalty_gradients`; ``"default"``
@@ -289,7 +291,15 @@ def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = 
     check_choice(gram, "gram")
     check_choice(onehot, "onehot")
 
-    def algorithm(net: Network, rec: ForwardRecord, penalty, y=None, *, scale: float = 1.0, extra_eta_L=None):
+    def algorithm(
+        net: Network,
+        rec: ForwardRecord,
+        penalty: Penalty,
+        y: torch.Tensor | None = None,
+        *,
+        scale: float = 1.0,
+        extra_eta_L: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, LayerGradients, list[BackwardPass]]:
         size = DEFAULT_CHUNK_SIZE if chunk_size == "default" else chunk_size
         value, grads = jacobian_penalty_gradients(
             net, rec, penalty, chunk_size=size, gram=gram, onehot=onehot, extra_eta_L=extra_eta_L, scale=scale
@@ -301,7 +311,9 @@ def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = 
     return algorithm
 
 
-def optimized_cost(*, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Callable:
+def optimized_cost(
+    *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False
+) -> Callable[[Network, Penalty, int], Estimate]:
     """The cost model of Algorithm 4 with these options, ``(net, penalty, batch) -> Estimate``.
 
     ``2N [F + C (2F + F□) + F' + F□]`` FLOPs (the last two terms only where
@@ -309,7 +321,7 @@ def optimized_cost(*, chunk_size: int | str | None = 1, gram: bool | str = False
     (:func:`shortcut_costs`), and ``6L + ⌈C / k⌉ (8L + 5)`` calls for chunks of ``k`` classes.
     """
 
-    def cost(net: Network, penalty, batch: int) -> Estimate:
+    def cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
         size = resolve_chunk_size(chunk_size)
         p = choose_variant(net, penalty, batch, chunk_size=size, gram=gram, onehot=onehot)
         F, Fbox, Fprime = layer_sums(net)
@@ -324,10 +336,12 @@ def optimized_cost(*, chunk_size: int | str | None = 1, gram: bool | str = False
     return cost
 
 
-def optimized_settings(*, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Callable:
+def optimized_settings(
+    *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False
+) -> Callable[[Network, Penalty, int], dict[str, Any]]:
     """The settings Algorithm 4 with these options resolves to, ``(net, penalty, batch) -> dict`` (shown by :func:`dbpaper.plan`)."""
 
-    def describe(net: Network, penalty, batch: int) -> dict:
+    def describe(net: Network, penalty: Penalty, batch: int) -> dict[str, Any]:
         p = choose_variant(net, penalty, batch, chunk_size=resolve_chunk_size(chunk_size), gram=gram, onehot=onehot)
         return {"chunk_size": p.chunk_size, "gram": p.gram, "onehot": p.onehot}
 

@@ -234,7 +234,7 @@ def register_algorithm(
 
 
 def _why_not_from(name: str, applies: Callable[..., bool]) -> Callable[..., str | None]:
-    def why_not(net, penalty):
+    def why_not(net: Network, penalty: Penalty) -> str | None:
         return None if applies(net, penalty) else f"{name!r} does not apply to {penalty!r} on this network"
 
     return why_not

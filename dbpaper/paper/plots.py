@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike
+
+    from ..activations import Activation
+    from ..diagnostics import AdjointErrors
+    from .landscape.smoothing import SmoothingRow
 
 __all__ = [
     "activation_curves",
@@ -38,7 +48,18 @@ def _no_jump_lines(ts, f, boundaries):
 
 
 # ---------------------------------------------------------------- Section 6: loss landscapes
-def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsize=(10, 2.9), zoom_last=None):
+def fit_and_regions(
+    xs: ArrayLike,
+    target: ArrayLike,
+    fit: ArrayLike,
+    edges: Sequence[float] | np.ndarray,
+    s_pieces: Sequence[float] | np.ndarray,
+    ts: ArrayLike,
+    cdb: ArrayLike,
+    boundaries: ArrayLike | None,
+    figsize: tuple[float, float] = (10, 2.9),
+    zoom_last: tuple[ArrayLike, ArrayLike] | None = None,
+) -> Figure:
     """Figure 2: (a) the fit and its affine regions, (b) ``∂_{x_0} z_L`` per region, (c) ``R_cdb`` along ``x_0``.
 
     With ``zoom_last = (ts, values)`` (at full resolution) a fourth panel (d) magnifies the last region
@@ -83,7 +104,7 @@ def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsi
     return fig
 
 
-def slice_panels(panels: Sequence[Mapping], figsize=(8, 2.9)):
+def slice_panels(panels: Sequence[Mapping[str, Any]], figsize: tuple[float, float] = (8, 2.9)) -> Figure:
     """Figures 3–7: one panel per slice (``w`` left, ``b`` right), a quantity against the sliced parameter.
 
     Each panel is a mapping with ``ts``, ``f`` (the values), ``var`` (``"w"`` or ``"b"``),
@@ -110,7 +131,8 @@ def slice_panels(panels: Sequence[Mapping], figsize=(8, 2.9)):
     return fig
 
 
-def smoothing(ts, first_batch: Mapping[int, np.ndarray], rows, single_jumps: Mapping[str, float], figsize=(11, 3.4)):
+def smoothing(ts: ArrayLike, first_batch: Mapping[int, np.ndarray], rows: Sequence[SmoothingRow],
+              single_jumps: Mapping[str, float], figsize: tuple[float, float] = (11, 3.4)) -> Figure:  # fmt: skip
     """Book figure: (a) the averaged derivative of the first batch for several ``M``, (b) the largest jump,
     (c) total and jump variation against ``M`` (``rows``: :class:`~dbpaper.paper.landscape.SmoothingRow`)."""
     fig, axes = plt.subplots(1, 3, figsize=figsize)
@@ -142,7 +164,8 @@ def smoothing(ts, first_batch: Mapping[int, np.ndarray], rows, single_jumps: Map
 
 
 # ---------------------------------------------------------------- background: derivatives
-def step_size_errors(hs, rel_error: Mapping[str, np.ndarray], eps: float, floor: float = 1e-17, figsize=(6.4, 4.0)):
+def step_size_errors(hs: ArrayLike, rel_error: Mapping[str, np.ndarray], eps: float, floor: float = 1e-17,
+                     figsize: tuple[float, float] = (6.4, 4.0)) -> Figure:  # fmt: skip
     """The error of finite differences and the complex step against the step size, with the error balance."""
     hs = np.asarray(hs, dtype=float)
     fig, ax = plt.subplots(figsize=figsize)
@@ -168,8 +191,8 @@ def step_size_errors(hs, rel_error: Mapping[str, np.ndarray], eps: float, floor:
     return fig
 
 
-def random_gradient_errors(sample_sizes, rmse: Mapping, evaluations: Mapping[str, Sequence[int]], n: int,
-                           figsize=(8.4, 3.6)):
+def random_gradient_errors(sample_sizes: ArrayLike, rmse: Mapping[tuple[str, str], ArrayLike],
+                           evaluations: Mapping[str, Sequence[int]], n: int, figsize: tuple[float, float] = (8.4, 3.6)) -> Figure:
     """RMS error of random-direction gradient estimators against the number of evaluations (exact, noisy).
 
     ``rmse[objective, name]`` lists the errors over ``sample_sizes``; ``evaluations[name]`` the matching
@@ -195,8 +218,9 @@ def random_gradient_errors(sample_sizes, rmse: Mapping, evaluations: Mapping[str
 
 
 # ---------------------------------------------------------------- background: classical double backpropagation
-def decision_regions(grid_x, grid_y, probabilities: Mapping[str, np.ndarray], x_train, y_train, lambdas: Mapping,
-                     noise_levels, loss_vs_noise: Mapping[str, Sequence[float]], figsize=(10.5, 3.3)):
+def decision_regions(grid_x: ArrayLike, grid_y: ArrayLike, probabilities: Mapping[str, np.ndarray], x_train: ArrayLike,
+                     y_train: ArrayLike, lambdas: Mapping[str, float], noise_levels: ArrayLike,
+                     loss_vs_noise: Mapping[str, Sequence[float]], figsize: tuple[float, float] = (10.5, 3.3)) -> Figure:
     """Two classifiers' decision regions on the plane (``probabilities[name]`` of shape ``(len(grid_y), len(grid_x))``)
     and their test loss against the input noise level."""
     fig, axes = plt.subplots(1, 3, figsize=figsize, gridspec_kw={"width_ratios": [1, 1, 0.9]})
@@ -219,8 +243,8 @@ def decision_regions(grid_x, grid_y, probabilities: Mapping[str, np.ndarray], x_
     return fig
 
 
-def generator_curves(clean, targets, curves: Mapping[str, np.ndarray], t, clean_speed, speeds: Mapping[str, np.ndarray],
-                     figsize=(9.6, 3.4)):
+def generator_curves(clean: ArrayLike, targets: ArrayLike, curves: Mapping[str, np.ndarray], t: ArrayLike,
+                     clean_speed: ArrayLike, speeds: Mapping[str, np.ndarray], figsize: tuple[float, float] = (9.6, 3.4)) -> Figure:
     """Generated curves against the clean curve and the training targets, and their speed ``|G'(t)|``."""
     fig, axes = plt.subplots(1, 2, figsize=figsize, gridspec_kw={"width_ratios": [1.3, 1]})
     ax = axes[0]
@@ -245,8 +269,8 @@ def generator_curves(clean, targets, curves: Mapping[str, np.ndarray], t, clean_
 
 
 # ---------------------------------------------------------------- Sections 2–3
-def adjoint_defects(errors: Mapping, names: Sequence[str], short: Sequence[str], eps: Mapping[str, float],
-                    floor: float = 1e-19, figsize=(7.5, 3.6)):
+def adjoint_defects(errors: Mapping[tuple[str, str], AdjointErrors], names: Sequence[str], short: Sequence[str],
+                    eps: Mapping[str, float], floor: float = 1e-19, figsize: tuple[float, float] = (7.5, 3.6)) -> Figure:
     """Normalised adjoint defects per operator and dtype (``errors[(name, dtype)]`` has ``transpose`` and
     ``weight_adjoint``), with the machine epsilons."""
     fig, ax = plt.subplots(figsize=figsize)
@@ -270,7 +294,7 @@ def adjoint_defects(errors: Mapping, names: Sequence[str], short: Sequence[str],
     return fig
 
 
-def activation_curves(activations: Mapping, t, figsize=(9, 2.9)):
+def activation_curves(activations: Mapping[str, Activation], t: torch.Tensor, figsize: tuple[float, float] = (9, 2.9)) -> Figure:
     """``g``, ``g'`` and ``g''`` of the package's activations (``activations[name]`` has ``f``, ``df``, ``d2f``)."""
     fig, axes = plt.subplots(1, 3, figsize=figsize, sharex=True)
     for k, (name, act) in enumerate(activations.items()):
@@ -287,7 +311,7 @@ def activation_curves(activations: Mapping, t, figsize=(9, 2.9)):
     return fig
 
 
-def power_iterations(iters, ratios, figsize=(5.5, 3.2)):
+def power_iterations(iters: ArrayLike, ratios: ArrayLike, figsize: tuple[float, float] = (5.5, 3.2)) -> Figure:
     """The power-method lower bound of the operator norm over its spectral norm, per input and on average."""
     ratios = np.asarray(ratios)
     fig, ax = plt.subplots(figsize=figsize)

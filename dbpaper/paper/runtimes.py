@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .bench import REGISTERED
 from .tables import Table, table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "default_rows",
@@ -27,7 +31,7 @@ COLORS = {"default": "k", "alg4": "C0", "alg4-shortcuts": "C9", "alg4-chunked": 
           "autograd-summed": "C3", "autograd-per-class": "C1", "vmap-jacrev": "C4", "hoffman-1proj": "C5"}  # fmt: skip
 
 
-def load(path: str | Path) -> dict:
+def load(path: str | Path) -> dict[str, Any]:
     """A benchmark result (schema 2) with a ``by_name`` index of its workloads."""
     data = json.loads(Path(path).read_text())
     if data.get("schema") != 2:
@@ -36,7 +40,7 @@ def load(path: str | Path) -> dict:
     return data
 
 
-def method_table(data: dict, name: str) -> Table:
+def method_table(data: dict[str, Any], name: str) -> Table:
     """Every method on one workload: time, speed-up over autograd (summed), FLOPs, roofline share, memory, deviation."""
     w = data["by_name"][name]
     res, base = w["results"], w["results"]["autograd-summed"]
@@ -55,12 +59,12 @@ def method_table(data: dict, name: str) -> Table:
     return table(rows, cols, caption=f"{name}: {w['description']}", digits=3)
 
 
-def _speedup_target(data: dict, name: str) -> float:
+def _speedup_target(data: dict[str, Any], name: str) -> float:
     targets = data["targets"]["speedup"]
     return targets.get(name, targets["*"])
 
 
-def default_rows(data: dict) -> list[dict]:
+def default_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Per workload: what the default call picks, its predicted FLOPs against autograd's, and how it fares."""
     rows = []
     for w in data["workloads"]:
@@ -82,13 +86,13 @@ def default_rows(data: dict) -> list[dict]:
     return rows
 
 
-def memory_growth(data: dict, lo: int = 10, hi: int = 1000) -> dict[str, float]:
+def memory_growth(data: dict[str, Any], lo: int = 10, hi: int = 1000) -> dict[str, float]:
     """Working memory at ``C = hi`` over ``C = lo`` per method (the classes sweep)."""
     sweep = {w["params"]["x"]: w["results"] for w in data["workloads"] if w["group"] == "classes"}
     return {m: sweep[hi][m]["working_mib"] / max(sweep[lo][m]["working_mib"], 1e-9) for m in sweep[lo] if m in sweep[hi]}
 
 
-def target_rows(data: dict) -> list[dict]:
+def target_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     """This project's goals (``data["targets"]``, not the paper's) against the measurements."""
     t = data["targets"]
     rows = default_rows(data)
@@ -114,7 +118,7 @@ def target_rows(data: dict) -> list[dict]:
     return out
 
 
-def plot_methods(data: dict, name: str, path_stem: str | None = None):
+def plot_methods(data: dict[str, Any], name: str, path_stem: str | None = None) -> Figure:
     """Bar charts of time, FLOPs and working memory per method on one workload."""
     import matplotlib.pyplot as plt
 
@@ -132,7 +136,7 @@ def plot_methods(data: dict, name: str, path_stem: str | None = None):
     return fig
 
 
-def plot_sweeps(data: dict):
+def plot_sweeps(data: dict[str, Any]) -> Figure:
     """Speed-up of the default and its peers over autograd (summed) across classes, depth and batch size.
 
     Both columns have logarithmic y axes: the speed-ups span two decades (the random projection against the
