@@ -56,7 +56,7 @@ def require_extra(extra: str, command: str) -> None:
         )
 
 
-def find_book(book: str | os.PathLike | None) -> Path:
+def find_book(book: str | os.PathLike[str] | None) -> Path:
     """The folder of the book's chapters: ``book``, ``./book``, or the editable checkout's ``book/``."""
     if book is not None:
         candidates = [Path(book)]

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .activations import Activation
+    from .operators import BilinearOperator
 
 __all__ = ["ForwardRecord", "relu_slope"]
 
@@ -38,13 +43,13 @@ class ForwardRecord:
 
     xs: list[torch.Tensor | None]
     d2g: list[torch.Tensor | None]
-    acts: list | None = None
+    acts: list[Activation | None] | None = None
     slope_in: list[torch.Tensor | None] | None = None
     unit: list[bool] | None = None
     #: ``z_L`` where the output map is the softmax (for a stable ``log_softmax`` in the loss), else ``None``
     logits: torch.Tensor | None = None
     #: layer ``j`` -> the linear map its operator selected on this pass (max-pooling), else ``None``
-    selections: dict | None = None
+    selections: dict[int, BilinearOperator] | None = None
 
     def slope(self, j: int, t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``M(g'_j(z_j), t) = g'_j(z_j) ⊙ t`` in one pass (``t`` itself where ``g_j`` is the identity).

@@ -169,7 +169,7 @@ class Activation(abc.ABC):
         args = ", ".join(f"{k}={v}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and vars(self) == vars(other)
 
     def __hash__(self) -> int:
@@ -202,7 +202,7 @@ class ReLU(Activation):
 
     locally_linear = True
     slope_reads = "x"
-    kinks = (0.0,)
+    kinks: tuple[float, ...] = (0.0,)
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.relu(z)
@@ -222,10 +222,10 @@ class LeakyReLU(Activation):
 
     locally_linear = True
 
-    kinks = (0.0,)
+    kinks: tuple[float, ...] = (0.0,)
 
     def __init__(self, alpha: float = 0.01) -> None:
-        self.alpha = float(alpha)
+        self.alpha: float = float(alpha)
 
     @property
     def slope_reads(self) -> str:  # x > 0 iff z > 0 for alpha >= 0
@@ -256,6 +256,9 @@ class Hardtanh(Activation):
 
     locally_linear = True
     slope_reads = "x"  # x lies strictly inside (lo, hi) exactly where z does
+
+    min_val: float
+    max_val: float
 
     def __init__(self, min_val: float = -1.0, max_val: float = 1.0) -> None:
         if not min_val < max_val:
@@ -344,8 +347,8 @@ class Softplus(Activation):
     """``g(z) = log(1 + exp(beta z)) / beta``, linear above ``beta z > threshold`` (``nn.Softplus``)."""
 
     def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
-        self.beta = float(beta)
-        self.threshold = float(threshold)
+        self.beta: float = float(beta)
+        self.threshold: float = float(threshold)
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.softplus(z, beta=self.beta, threshold=self.threshold)
@@ -378,10 +381,10 @@ class Softplus(Activation):
 class ELU(Activation):
     """``g(z) = z`` for ``z > 0`` and ``alpha (exp(z) - 1)`` otherwise (``nn.ELU``)."""
 
-    kinks = (0.0,)
+    kinks: tuple[float, ...] = (0.0,)
 
     def __init__(self, alpha: float = 1.0) -> None:
-        self.alpha = float(alpha)
+        self.alpha: float = float(alpha)
 
     @property
     def slope_reads(self) -> str:  # x > 0 iff z > 0, and alpha exp(z) = x + alpha for z <= 0, when alpha > 0
@@ -424,7 +427,7 @@ class GELU(Activation):
     def __init__(self, approximate: str = "none") -> None:
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
-        self.approximate = approximate
+        self.approximate: str = approximate
 
     def _u(self, z):
         c = math.sqrt(2.0 / math.pi)
@@ -509,7 +512,7 @@ class Hardswish(Activation):
     ``g'' = 1/3`` strictly inside ``(−3, 3)``, ``0`` elsewhere (as torch's double backward).
     """
 
-    kinks = (-3.0, 3.0)
+    kinks: tuple[float, ...] = (-3.0, 3.0)
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.hardswish(z)
@@ -564,7 +567,7 @@ class OutputMap(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return type(self) is type(other)
 
     def __hash__(self) -> int:
@@ -574,7 +577,7 @@ class OutputMap(abc.ABC):
 class Softmax(OutputMap):
     """``x = softmax(z)`` over the last dimension; ``dx/dz = S(x) = diag(x) - x x^T`` (Appendix B.1)."""
 
-    name = "softmax"
+    name: str = "softmax"
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.softmax(z, dim=-1)
@@ -591,8 +594,8 @@ class Softmax(OutputMap):
 class IdentityOutput(OutputMap):
     """``x_L = z_L``: penalties on logits or regression outputs (Appendix B.3)."""
 
-    name = "identity"
-    linear = True
+    name: str = "identity"
+    linear: bool = True
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
         return z
@@ -615,9 +618,9 @@ class CoordinatewiseOutput(OutputMap):
             raise TypeError(f"CoordinatewiseOutput needs a coordinate-wise Activation, got {activation!r}")
         if not activation.output_invertible():
             raise ValueError(f"{activation!r} cannot be an output map: its derivatives are not functions of its output")
-        self.activation = activation
-        self.name = f"coordinate-wise {type(activation).__name__.lower()}"
-        self.linear = isinstance(activation, Identity)
+        self.activation: Activation = activation
+        self.name: str = f"coordinate-wise {type(activation).__name__.lower()}"
+        self.linear: bool = isinstance(activation, Identity)
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
         return self.activation.f(z)
@@ -641,7 +644,7 @@ class CoordinatewiseOutput(OutputMap):
     def __repr__(self) -> str:
         return f"CoordinatewiseOutput({self.activation!r})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.activation == other.activation
 
     def __hash__(self) -> int:

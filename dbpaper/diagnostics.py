@@ -11,6 +11,7 @@ operator and size.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -46,7 +47,13 @@ class AdjointErrors:
         return max(self.transpose, self.weight_adjoint)
 
 
-def operator_norm(forward, adjoint, like: torch.Tensor, iterations: int = 30, generator: torch.Generator | None = None) -> float:
+def operator_norm(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    adjoint: Callable[[torch.Tensor], torch.Tensor],
+    like: torch.Tensor,
+    iterations: int = 30,
+    generator: torch.Generator | None = None,
+) -> float:
     """Estimate ``||A||`` by power iteration on ``A^* A``, starting from a random ``u`` shaped like ``like``."""
     u = torch.randn(like.shape, dtype=like.dtype, device="cpu", generator=generator).to(like.device)
     sigma = 0.0

@@ -9,6 +9,7 @@ oracles and the benchmark peers live in :mod:`dbpaper.oracles`.
 from __future__ import annotations
 
 import warnings
+from typing import Literal, overload
 
 import torch
 from torch import nn
@@ -24,9 +25,21 @@ from .planning import BatchMixingWarning, caller_stacklevel, warn_fallback
 __all__ = ["autograd_value", "objective_by_autograd", "penalty_by_autograd", "penalty_from_output", "run_fallback"]
 
 
+@overload
 def penalty_by_autograd(
-    model, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False
-):
+    model: nn.Module, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: Literal[False] = False
+) -> torch.Tensor: ...
+
+
+@overload
+def penalty_by_autograd(
+    model: nn.Module, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: Literal[True]
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def penalty_by_autograd(
+    model: nn.Module, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None, *, return_output: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``R`` of eq. (10) for *any* model, by autograd with ``create_graph=True`` (the fallback of ``"auto"``).
 
     The batch mean of the per-example penalty as everywhere; the ``C``
@@ -51,14 +64,18 @@ def penalty_by_autograd(
     return (value, out) if return_output else value
 
 
-def penalty_from_output(model, xin: torch.Tensor, out: torch.Tensor, penalty: Penalty, y) -> torch.Tensor:
+def penalty_from_output(
+    model: nn.Module, xin: torch.Tensor, out: torch.Tensor, penalty: Penalty, y: torch.Tensor | None
+) -> torch.Tensor:
     """``R`` from the penalty's own autograd terms (``create_graph=True``), summed before any backward."""
     penalty.check_outputs(out[0].numel())
     terms = penalty.autograd_terms(model, xin, out, y)
     return sum(terms[1:], terms[0])
 
 
-def objective_by_autograd(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Tensor:
+def objective_by_autograd(
+    model: nn.Module, x: torch.Tensor, pen: Penalty, y: torch.Tensor | None, lam: float | None, loss: str | None
+) -> torch.Tensor:
     """``R`` (``lam`` is ``None``) or ``ℓ + λR`` by autograd, the model's output read as :func:`dbpaper.readers.output_map_of` does."""
     if lam is None:
         return penalty_by_autograd(model, x, pen, y)
@@ -66,7 +83,9 @@ def objective_by_autograd(model, x, pen, y, lam: float | None, loss: str | None)
     return loss_value(output_map_of(model), out, y, loss) + lam * value
 
 
-def autograd_value(model, x, pen, y, lam: float | None, loss: str | None) -> torch.Tensor:
+def autograd_value(
+    model: nn.Module, x: torch.Tensor, pen: Penalty, y: torch.Tensor | None, lam: float | None, loss: str | None
+) -> torch.Tensor:
     """The autograd implementation of the same quantity (graph kept: differentiable to any order)."""
     inner = unwrap(model)
     value = objective_by_autograd(inner, x, pen, y, lam, loss)
@@ -81,7 +100,7 @@ def autograd_value(model, x, pen, y, lam: float | None, loss: str | None) -> tor
     return value
 
 
-def _mixes_examples(model) -> str | None:
+def _mixes_examples(model: nn.Module) -> str | None:
     """The first module that mixes the examples of a batch (BatchNorm in training mode), or ``None``."""
     if not isinstance(model, nn.Module):
         return None
@@ -91,7 +110,15 @@ def _mixes_examples(model) -> str | None:
     return None
 
 
-def run_fallback(model, x, pen, y, lam, loss, err: UnsupportedModelError | None) -> torch.Tensor:
+def run_fallback(
+    model: nn.Module,
+    x: torch.Tensor,
+    pen: Penalty,
+    y: torch.Tensor | None,
+    lam: float | None,
+    loss: str | None,
+    err: UnsupportedModelError | None,
+) -> torch.Tensor:
     inner = unwrap(model)
     if err is not None:
         warn_fallback(inner, err)

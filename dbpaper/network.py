@@ -142,6 +142,13 @@ class Layer:
 class Network:
     """An ``L``-layer network in the form of eq. (8), sharing a torch model's parameters."""
 
+    layers: tuple[Layer, ...]
+    in_shape: tuple[int, ...]
+    node_shapes: list[tuple[int, ...]]
+    is_chain: bool
+    last_use: list[int]
+    unread_after_forward: tuple[int, ...]
+
     def __init__(self, layers: Sequence[Layer], in_shape: Sequence[int]):
         if not layers:
             raise UnsupportedModelError(

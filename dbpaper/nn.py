@@ -12,6 +12,7 @@ from torch import nn
 from .operators import LocallyConnected2d as _LCOperator
 
 if TYPE_CHECKING:
+    from .penalties import Penalty
     from .planning import AlgorithmName
 
 __all__ = ["LocallyConnected2d", "PenaltyTerm", "Residual"]
@@ -24,6 +25,10 @@ class LocallyConnected2d(nn.Module):
     ``(C_out, H_out, W_out)``; the input size must be fixed at construction.
     The bilinear operator is :class:`dbpaper.operators.LocallyConnected2d`.
     """
+
+    operator: _LCOperator
+    weight: nn.Parameter
+    bias: nn.Parameter | None
 
     def __init__(
         self,
@@ -65,6 +70,9 @@ class Residual(nn.Module):
     ``s(x)`` and ``F(x)`` must have the same shape.
     """
 
+    body: nn.Sequential
+    shortcut: nn.Module | None
+
     def __init__(self, *modules: nn.Module, shortcut: nn.Module | None = None):
         super().__init__()
         self.body = nn.Sequential(*modules)
@@ -95,7 +103,11 @@ class PenaltyTerm(nn.Module):
     True
     """
 
-    def __init__(self, penalty, weight: float = 1.0, *, algorithm: AlgorithmName = "auto"):
+    penalty: Penalty
+    weight: float
+    algorithm: AlgorithmName
+
+    def __init__(self, penalty: Penalty, weight: float = 1.0, *, algorithm: AlgorithmName = "auto"):
         super().__init__()
         from .penalties import Penalty
 

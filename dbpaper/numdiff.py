@@ -281,7 +281,7 @@ def _finite_difference_jacobian(f: Function, x, h, method: str, batched: bool) -
     return _to_jacobian(cols, x)
 
 
-def forward_difference(f: Function, x: torch.Tensor, h=None, *, batched: bool = False) -> torch.Tensor:
+def forward_difference(f: Function, x: torch.Tensor, h: float | torch.Tensor | None = None, *, batched: bool = False) -> torch.Tensor:
     """Jacobian (gradient for scalar ``f``) by forward differences, ``(f(x + h e_i) - f(x)) / h``.
 
     The truncation error is ``O(h)`` (``h |f''| / 2``); rounding contributes
@@ -316,7 +316,7 @@ def forward_difference(f: Function, x: torch.Tensor, h=None, *, batched: bool = 
     return _finite_difference_jacobian(f, x, h, "forward", batched)
 
 
-def backward_difference(f: Function, x: torch.Tensor, h=None, *, batched: bool = False) -> torch.Tensor:
+def backward_difference(f: Function, x: torch.Tensor, h: float | torch.Tensor | None = None, *, batched: bool = False) -> torch.Tensor:
     """Jacobian (gradient for scalar ``f``) by backward differences, ``(f(x) - f(x - h e_i)) / h``.
 
     Same error orders as :func:`forward_difference` (``O(h)`` truncation,
@@ -341,7 +341,7 @@ def backward_difference(f: Function, x: torch.Tensor, h=None, *, batched: bool =
     return _finite_difference_jacobian(f, x, h, "backward", batched)
 
 
-def central_difference(f: Function, x: torch.Tensor, h=None, *, batched: bool = False) -> torch.Tensor:
+def central_difference(f: Function, x: torch.Tensor, h: float | torch.Tensor | None = None, *, batched: bool = False) -> torch.Tensor:
     """Jacobian (gradient for scalar ``f``) by central differences, ``(f(x + h e_i) - f(x - h e_i)) / (2h)``.
 
     The truncation error is ``O(h^2)`` (``h^2 |f'''| / 6``); with rounding
@@ -367,7 +367,7 @@ def central_difference(f: Function, x: torch.Tensor, h=None, *, batched: bool = 
     return _finite_difference_jacobian(f, x, h, "central", batched)
 
 
-def complex_step(f: Function, x: torch.Tensor, h=None, *, batched: bool = False) -> torch.Tensor:
+def complex_step(f: Function, x: torch.Tensor, h: float | torch.Tensor | None = None, *, batched: bool = False) -> torch.Tensor:
     """Jacobian (gradient for scalar ``f``) by the complex step, ``Im f(x + i h e_i) / h``.
 
     For real-analytic ``f`` the Taylor series gives
@@ -415,7 +415,7 @@ _SCHEMES = {
 }
 
 
-def jacobian(f: Function, x: torch.Tensor, method: str = "central", h=None, *, batched: bool = False) -> torch.Tensor:
+def jacobian(f: Function, x: torch.Tensor, method: str = "central", h: float | torch.Tensor | None = None, *, batched: bool = False) -> torch.Tensor:
     """Jacobian of ``f`` at ``x`` by one of the deterministic schemes.
 
     Parameters
@@ -441,7 +441,7 @@ def jacobian(f: Function, x: torch.Tensor, method: str = "central", h=None, *, b
     return _SCHEMES[_check_method(method)](f, x, h, batched=batched)
 
 
-def gradient(f: Function, x: torch.Tensor, method: str = "central", h=None, *, batched: bool = False) -> torch.Tensor:
+def gradient(f: Function, x: torch.Tensor, method: str = "central", h: float | torch.Tensor | None = None, *, batched: bool = False) -> torch.Tensor:
     """Gradient of a scalar ``f: R^n -> R`` at ``x`` by one of the deterministic schemes.
 
     Parameters
@@ -548,7 +548,7 @@ def directional_derivative(
     return (vals[0] - vals[1]) / (2 * h)
 
 
-def derivative(f: Function, x: torch.Tensor, method: str = "central", h=None) -> torch.Tensor:
+def derivative(f: Function, x: torch.Tensor, method: str = "central", h: float | torch.Tensor | None = None) -> torch.Tensor:
     """Elementwise derivative ``g'(x)`` of a coordinate-wise function ``f = g(.)``.
 
     For a coordinate-wise ``f`` the Jacobian is diagonal, so one perturbation
@@ -611,7 +611,7 @@ def derivative(f: Function, x: torch.Tensor, method: str = "central", h=None) ->
     return (vals[0] - vals[1]) / denom
 
 
-def second_derivative(f: Function, x: torch.Tensor, h=None) -> torch.Tensor:
+def second_derivative(f: Function, x: torch.Tensor, h: float | torch.Tensor | None = None) -> torch.Tensor:
     """Elementwise second derivative ``g''(x)`` of a coordinate-wise ``f`` by the second central difference.
 
     ``(g(x + h) - 2 g(x) + g(x - h)) / h^2`` has truncation error

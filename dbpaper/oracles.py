@@ -16,6 +16,8 @@ gradients, recorded by autograd.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -81,7 +83,7 @@ def reference_gradients(
 
 
 
-def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None) -> dict[str, list]:
+def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None) -> dict[str, Any]:
     """The quantities of Section 4 *defined* as gradients, computed by autograd.
 
     The forward pass and Algorithm 1 are run with autograd recording (the

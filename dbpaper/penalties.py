@@ -186,8 +186,8 @@ class GradientNorm:
     squared_norm_scale = None
 
     def __init__(self, target: float = 1.0, one_sided: bool = False) -> None:
-        self.target = float(target)
-        self.one_sided = bool(one_sided)
+        self.target: float = float(target)
+        self.one_sided: bool = bool(one_sided)
 
     def _excess(self, xi: torch.Tensor) -> torch.Tensor:
         d = torch.linalg.vector_norm(xi.reshape(xi.shape[0], -1), dim=1) - self.target
@@ -247,6 +247,9 @@ class PFunction:
     """
 
     squared_norm_scale = None
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    name: str
 
     def __init__(
         self,
@@ -316,7 +319,7 @@ class Penalty(abc.ABC):
     loss: str | None = None
 
     @abc.abstractmethod
-    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear=None) -> Iterator[Seed]:
+    def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear: Any = None) -> Iterator[Seed]:
         """The ``v``'s of eq. (10) with the output map, one seed each.
 
         ``linear``, where given, applies the linearised network (an object with
@@ -325,7 +328,7 @@ class Penalty(abc.ABC):
         """
 
     @abc.abstractmethod
-    def autograd_terms(self, model, xin: torch.Tensor, out: torch.Tensor, y: torch.Tensor | None) -> list[torch.Tensor]:
+    def autograd_terms(self, model: Callable[[torch.Tensor], torch.Tensor], xin: torch.Tensor, out: torch.Tensor, y: torch.Tensor | None) -> list[torch.Tensor]:
         """``mean_n p(ξ_0^{(k)})`` for each ``v``, by autograd with ``create_graph=True`` (``out = model(xin)``)."""
 
     def num_seeds(self, net: Network) -> int:
@@ -386,7 +389,7 @@ class ClassicalDoubleBackprop(Penalty):
     def __init__(self, loss: str = "nll") -> None:
         if loss not in LOSSES:
             raise ValueError(f"ClassicalDoubleBackprop: loss must be one of {LOSSES}, got {loss!r}")
-        self.loss = loss
+        self.loss: str | None = loss
 
     def seeds(self, net: Network, rec: ForwardRecord, y: torch.Tensor | None, linear: Any = None) -> Iterator[Seed]:
         yield LossGradientSeed(net.output_map, rec.output, y, self.loss)
@@ -408,7 +411,7 @@ class OutputNodeGradient(Penalty):
     """
 
     def __init__(self, index: int) -> None:
-        self.index = _index(index, "OutputNodeGradient")
+        self.index: int = _index(index, "OutputNodeGradient")
 
     def check_outputs(self, outputs: int) -> None:
         _check_index(self.index, outputs, "OutputNodeGradient")
@@ -452,13 +455,13 @@ class OperatorNorm(Penalty):
     ``torch.Generator``) when given.
     """
 
-    p = Norm()
+    p: PLike = Norm()
 
     def __init__(self, iterations: int = 1, generator: torch.Generator | None = None) -> None:
         if not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"OperatorNorm: iterations must be an int >= 1, got {iterations!r}")
-        self.iterations = iterations
-        self.generator = generator
+        self.iterations: int = iterations
+        self.generator: torch.Generator | None = generator
 
     def __repr__(self) -> str:
         return f"OperatorNorm(iterations={self.iterations}{', generator=...' if self.generator is not None else ''})"
@@ -472,7 +475,9 @@ class OperatorNorm(Penalty):
         v = torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device="cpu").to(like.device)
         return _normalize(v)
 
-    def power_iteration(self, v: torch.Tensor, vjp, jvp) -> torch.Tensor:
+    def power_iteration(
+        self, v: torch.Tensor, vjp: Callable[[torch.Tensor], torch.Tensor], jvp: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         """``iterations - 1`` steps ``v ← J Jᵀ v / ‖J Jᵀ v‖`` with ``Jᵀ`` and ``J`` given as functions."""
         for _ in range(self.iterations - 1):
             v = _normalize(jvp(vjp(v)))
@@ -550,10 +555,10 @@ class GeneralPenalty(Penalty):
             v = _index(v, type(self).__name__)
         if v_vjp is not None and not callable(v):
             raise ValueError("GeneralPenalty: v_vjp is only meaningful for a callable v")
-        self.v = v
-        self.v_vjp = v_vjp
-        self.needs_y = bool(uses_y) or (isinstance(v, str) and v == "labels")
-        self.constant_v = not (callable(v) and not isinstance(v, torch.Tensor))
+        self.v: VSpec = v
+        self.v_vjp: Callable[..., torch.Tensor] | None = v_vjp
+        self.needs_y: bool = bool(uses_y) or (isinstance(v, str) and v == "labels")
+        self.constant_v: bool = not (callable(v) and not isinstance(v, torch.Tensor))
 
     @property
     def p(self) -> PLike:
@@ -642,7 +647,9 @@ class GradientNormPenalty(GeneralPenalty):
 
     def __init__(self, target: float = 1.0, one_sided: bool = False, index: int | None = None) -> None:
         super().__init__(GradientNorm(target, one_sided), _index(0 if index is None else index, "GradientNormPenalty"))
-        self.target, self.one_sided, self.index = float(target), bool(one_sided), self.v
+        self.target: float = float(target)
+        self.one_sided: bool = bool(one_sided)
+        self.index: VSpec = self.v
         self._index_given = index is not None
 
     def check_outputs(self, outputs: int) -> None:
@@ -674,9 +681,9 @@ class R1(Penalty):
         gamma = float(gamma)
         if not (gamma > 0 and gamma < float("inf")):
             raise ValueError(f"R1: gamma must be a positive finite number, got {gamma}")
-        self.gamma = gamma
-        self.index = None if index is None else _index(index, "R1")
-        self.p = SquaredNorm(gamma / 2)
+        self.gamma: float = gamma
+        self.index: int | None = None if index is None else _index(index, "R1")
+        self.p: PLike = SquaredNorm(gamma / 2)
 
     @property
     def sums_unit_outputs(self) -> bool:  # one output: its one unit vector is all of them
@@ -725,8 +732,9 @@ class Sobolev(GeneralPenalty):
         self, target_gradients: torch.Tensor | Callable[..., torch.Tensor] | None = None, index: int = 0
     ) -> None:
         super().__init__(SquaredNorm(), _index(index, "Sobolev"))
-        self.target_gradients, self.index = target_gradients, self.v
-        self.needs_y = target_gradients is None
+        self.target_gradients: torch.Tensor | Callable[..., torch.Tensor] | None = target_gradients
+        self.index: VSpec = self.v
+        self.needs_y: bool = target_gradients is None
 
     def p_for(self, x0: torch.Tensor, y: torch.Tensor | None) -> PLike:
         t = self.target_gradients

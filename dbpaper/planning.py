@@ -68,7 +68,7 @@ import sys
 import typing
 import warnings
 import weakref
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -128,7 +128,7 @@ def _applicable(net: Network, penalty: Penalty) -> list[str]:
 _CHOICES: dict[tuple, tuple[str, dict[str, Estimate]]] = {}
 
 
-def _signature(net: Network, penalty, batch: int) -> tuple:
+def _signature(net: Network, penalty: Penalty, batch: int) -> tuple:
     """Everything the cost model reads: layer shapes and kinds, the batch, the penalty and the chunking settings."""
 
     layers = tuple(
@@ -147,7 +147,7 @@ def _signature(net: Network, penalty, batch: int) -> tuple:
     )
 
 
-def choose(net: Network, penalty, batch: int) -> tuple[str, dict[str, Estimate]]:
+def choose(net: Network, penalty: Penalty, batch: int) -> tuple[str, dict[str, Estimate]]:
     """The explicit algorithm ``"auto"`` runs on ``net`` (and every candidate's estimate); memoised per signature."""
     key = _signature(net, penalty, batch)
     hit = _CHOICES.get(key)
@@ -173,10 +173,10 @@ class ExecutionPlan:
     batch: int
     classes: int | None
     #: the settings the algorithm runs with, as its registration describes them (for Algorithm 4 ``chunk_size``, ``gram`` and ``onehot``)
-    settings: dict = dataclasses.field(default_factory=dict)
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     predicted_flops: int | None = None
     autograd_flops: int | None = None
-    candidates: dict = dataclasses.field(default_factory=dict)
+    candidates: dict[str, float] = dataclasses.field(default_factory=dict)
     outside_module: str | None = None
 
     @property
@@ -223,7 +223,7 @@ def _flop_comparison(predicted: int, autograd: int) -> str:
     return f"predicted {predicted / autograd:.2f}× more FLOPs than autograd"
 
 
-def read(model, x: torch.Tensor) -> Network:
+def read(model: nn.Module | Network, x: torch.Tensor) -> Network:
     """``model`` read as the network of eq. (8) for inputs shaped like ``x`` (raises :class:`UnsupportedModelError`)."""
     if isinstance(model, Network):
         return model
@@ -311,7 +311,7 @@ def resolve(net: Network, penalty: Penalty, algorithm: str, batch: int | None = 
     return algorithm
 
 
-def validate_call(x, penalty, y, algorithm, *, y_used_by_loss: bool = False) -> None:
+def validate_call(x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None, algorithm: str, *, y_used_by_loss: bool = False) -> None:
     """Clear errors for misuse, at call time: types, an empty batch, a ``y`` nobody uses, an unknown algorithm."""
 
     if not isinstance(x, torch.Tensor):
@@ -358,7 +358,7 @@ def caller_stacklevel() -> int:
     return level
 
 
-def warn_fallback(model, err: UnsupportedModelError) -> None:
+def warn_fallback(model: nn.Module, err: UnsupportedModelError) -> None:
     """One :class:`FallbackWarning` per model instance, naming the first module outside the framework."""
     try:
         if model in _WARNED:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,10 +88,10 @@ class LinearPart:
     weight: torch.Tensor | None
     bias: torch.Tensor | None
     params: tuple[torch.Tensor, ...] | None = None
-    param_grads: Callable | None = None
-    derive: Callable | None = None
+    param_grads: Callable[..., tuple[torch.Tensor | None, ...]] | None = None
+    derive: Callable[[], tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if (self.derive is None) != (self.param_grads is None) or (self.param_grads is not None and self.params is None):
             raise ValueError("LinearPart: a derived θ or b needs derive, params and param_grads together")
 
@@ -107,8 +108,8 @@ class Reader:
 
     module: type
     kind: str
-    read: Callable
-    example: Callable | None = None
+    read: Callable[..., Any]
+    example: Callable[[], nn.Module] | None = None
     description: str = ""
 
 
@@ -118,7 +119,7 @@ class Reader:
 READERS: dict[type, Reader] = {}
 
 
-def register_reader(module: type, kind: str, read: Callable, *, example: Callable | None = None, description: str = "") -> Reader:
+def register_reader(module: type, kind: str, read: Callable[..., Any], *, example: Callable[[], nn.Module] | None = None, description: str = "") -> Reader:
     """Register how modules of type ``module`` (and subclasses that keep its ``forward``) are read.
 
     ``read(m, shape)`` gets the module and the per-example shape of its input
@@ -154,7 +155,7 @@ def supported_modules() -> str:
     return ", ".join(names)
 
 
-def output_map_of(model: nn.Module):
+def output_map_of(model: nn.Module) -> act.OutputMap:
     """The output map ``g_L`` a model ends with, read by its last module (looking into nested ``nn.Sequential``).
 
     A final output module (``Softmax(dim=-1)``) gives its map, a final
@@ -179,7 +180,7 @@ def output_map_of(model: nn.Module):
     return act.CoordinatewiseOutput(read) if read.output_invertible() else act.IdentityOutput()
 
 
-def unwrap(model):
+def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel``, ``DataParallel`` or ``torch.compile`` wrapper, else ``model``.
 
     A compiled module (``torch.compile(model)``) shares its parameters with the

@@ -41,6 +41,7 @@ error (``v = 2(x_L − y)``) add ``2 g'(z_L)² ⊙ h_L``; with cross-entropy on
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import torch
 
@@ -78,18 +79,22 @@ class Seed(abc.ABC):
 class ConstantSeed(Seed):
     """A ``v`` that does not depend on the network (Appendix B.1 and B.3)."""
 
+    output_map: OutputMap
+    x: torch.Tensor
+    v: torch.Tensor
+
     def __init__(self, output_map: OutputMap, x_L: torch.Tensor, v: torch.Tensor):
         if v.shape != x_L.shape:
             raise ValueError(f"ConstantSeed: v has shape {tuple(v.shape)}, x_L has shape {tuple(x_L.shape)}")
         self.output_map, self.x, self.v = output_map, x_L, v
-        self.eta_is_zero = isinstance(output_map, IdentityOutput) or (
+        self.eta_is_zero: bool = isinstance(output_map, IdentityOutput) or (
             isinstance(output_map, CoordinatewiseOutput) and (output_map.linear or output_map.activation.locally_linear)
         )
 
-    def zeta_L(self):
+    def zeta_L(self) -> torch.Tensor:
         return self.output_map.jvp(self.x, self.v)
 
-    def eta_L(self, h_L):
+    def eta_L(self, h_L: torch.Tensor) -> torch.Tensor | None:
         if self.eta_is_zero:
             return None
         x, v, h = self.x, self.v, h_L
@@ -107,7 +112,17 @@ class FunctionSeed(Seed):
     backward through ``v_fn`` alone, never through the network).
     """
 
-    def __init__(self, output_map: OutputMap, x_L: torch.Tensor, v_fn, v_vjp=None):
+    output_map: OutputMap
+    x: torch.Tensor
+    v: torch.Tensor
+
+    def __init__(
+        self,
+        output_map: OutputMap,
+        x_L: torch.Tensor,
+        v_fn: Callable[[torch.Tensor], torch.Tensor],
+        v_vjp: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.output_map, self.x = output_map, x_L
         if v_vjp is None:
             with torch.enable_grad():
@@ -129,10 +144,10 @@ class FunctionSeed(Seed):
             (g,) = torch.autograd.grad(self._v_graph, self._xl, u, retain_graph=True, allow_unused=True)
         return torch.zeros_like(u) if g is None else g
 
-    def zeta_L(self):
+    def zeta_L(self) -> torch.Tensor:
         return self.output_map.jvp(self.x, self.v)
 
-    def eta_L(self, h_L):
+    def eta_L(self, h_L: torch.Tensor) -> torch.Tensor | None:
         x = self.x
         eta = self.output_map.jvp(x, self.vjp(self.output_map.jvp(x, h_L)))
         curv = ConstantSeed(self.output_map, x, self.v).eta_L(h_L)
@@ -148,6 +163,13 @@ class LossGradientSeed(Seed):
     NLL is the cross-entropy of ``x_L`` read as logits, as for the identity.
     """
 
+    output_map: OutputMap
+    x: torch.Tensor
+    loss: str
+    target: torch.Tensor
+    p: torch.Tensor
+    coordinatewise: bool
+
     def __init__(self, output_map: OutputMap, x_L: torch.Tensor, y: torch.Tensor, loss: str):
         self.output_map, self.x, self.loss = output_map, x_L, loss
         self.target = loss_target(x_L, y, loss)
@@ -159,7 +181,7 @@ class LossGradientSeed(Seed):
         """``v = ∇_{x_L} ℓ`` (for a coordinate-wise output map; NLL reads ``x_L`` as logits)."""
         return self.p - self.target if self.loss == "nll" else 2 * (self.x - self.target)
 
-    def zeta_L(self):
+    def zeta_L(self) -> torch.Tensor:
         if self.coordinatewise:
             return self.output_map.jvp(self.x, self.v())
         if self.loss == "nll":
@@ -167,7 +189,7 @@ class LossGradientSeed(Seed):
         v = 2 * (self.x - self.target)
         return self.output_map.jvp(self.x, v)
 
-    def eta_L(self, h_L):
+    def eta_L(self, h_L: torch.Tensor) -> torch.Tensor | None:
         if self.coordinatewise:
             # η_L = g''⊙h⊙v + g' ⊙ (dv/dx_L)(g' ⊙ h), with dv/dx_L = S(softmax(x_L)) (NLL) or 2I (squared error)
             x, v = self.x, self.v()

@@ -23,11 +23,15 @@ along the batch: ``k N`` rows.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..network import ForwardRecord, Layer, Network
 from .passes import NodeSums, gather
+
+if TYPE_CHECKING:
+    from .shortcuts import PlainInput, PlainOutput
 
 __all__ = [
     "Accumulators",
@@ -41,7 +45,7 @@ __all__ = [
 ]
 
 
-def check_chunk_size(chunk_size) -> None:
+def check_chunk_size(chunk_size: int | str | None) -> None:
     """Raise a ValueError unless ``chunk_size`` is a positive int, ``None`` (all classes at once) or ``"auto"``."""
     if chunk_size is None or chunk_size == "auto":
         return
@@ -174,7 +178,7 @@ class Chunk:
         return q, h
 
 
-def chunk_pass(ctx: Context, first, last, acc: Accumulators, classes: range) -> None:
+def chunk_pass(ctx: Context, first: PlainInput, last: PlainOutput, acc: Accumulators, classes: range) -> None:
     """Algorithms 1 and 2 for ``classes``, stacked along the batch, accumulated into ``acc``.
 
     ``first`` and ``last`` are the strategies at layer 1 and at the output layer

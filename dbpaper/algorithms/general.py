@@ -24,7 +24,7 @@ from .passes import (
     linearized_forward,
     standard_backprop,
 )
-from .registry import Algorithm, Estimate, Outcome, register
+from .registry import Algorithm, Estimate, LossFold, Outcome, register
 from .shortcuts import PlainInput, SeedOutput
 
 __all__ = ["General", "Linearization", "Minimal", "Result", "general", "loss_gradients", "loss_seed", "minimal"]
@@ -82,7 +82,7 @@ def loss_seed(net: Network, rec: ForwardRecord, y: torch.Tensor, loss: str) -> t
     return LossGradientSeed(net.output_map, rec.output, y, loss).zeta_L() / rec.xs[0].shape[0]
 
 
-def _reusable(penalty, loss: str, passes: list) -> BackwardPass | None:
+def _reusable(penalty: Penalty, loss: str, passes: list[BackwardPass]) -> BackwardPass | None:
     """The classical penalty's backward pass where its loss is ``loss`` (Section 4.5), else ``None``."""
     return passes[0] if passes and penalty.loss == loss else None
 
@@ -90,12 +90,12 @@ def _reusable(penalty, loss: str, passes: list) -> BackwardPass | None:
 def general(
     net: Network,
     rec: ForwardRecord,
-    penalty,
-    y,
+    penalty: Penalty,
+    y: torch.Tensor | None,
     *,
     scale: float = 1.0,
     extra_eta_L: torch.Tensor | None = None,
-):
+) -> tuple[torch.Tensor, LayerGradients, list[BackwardPass]]:
     """Algorithms 1–3 once per ``v`` of the penalty (class by class for the Jacobian penalty).
 
     Returns ``R``, the gradients of ``scale · R`` and the backward passes
@@ -113,7 +113,7 @@ def general(
     n = rec.xs[0].shape[0]
     value = rec.xs[0].new_zeros(())
     grads = LayerGradients.zeros(net.depth)
-    passes = []
+    passes: list[BackwardPass] = []
     single = penalty.num_seeds(net) == 1
     extra = extra_eta_L
     penalty = penalty.bind(rec.xs[0], y)
@@ -133,7 +133,15 @@ def general(
     return value, grads, passes
 
 
-def minimal(net: Network, rec: ForwardRecord, penalty, y, *, scale: float = 1.0, extra_eta_L: torch.Tensor | None = None):
+def minimal(
+    net: Network,
+    rec: ForwardRecord,
+    penalty: Penalty,
+    y: torch.Tensor | None,
+    *,
+    scale: float = 1.0,
+    extra_eta_L: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, LayerGradients, list[BackwardPass]]:
     """Algorithms 1–3 streamed: the penalty's seeds one by one through Algorithms 1 and 2, one forward-backward pass.
 
     Algorithm 3 is linear in ``(q, η_L)`` given the backward passes, so its
@@ -190,14 +198,16 @@ class Minimal(Algorithm):
     name = "minimal"
     folds_loss = True
 
-    def run(self, net, rec, penalty, y, fold=None):
+    def run(
+        self, net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None, fold: LossFold | None = None
+    ) -> Outcome:
         if fold is None:
             value, grads, _ = minimal(net, rec, penalty, y)
         else:
             value, grads, _ = minimal(net, rec, penalty, y, scale=fold.scale, extra_eta_L=fold.eta_L)
         return Outcome(value, grads)
 
-    def cost(self, net, penalty, batch):
+    def cost(self, net: Network, penalty: Penalty, batch: int) -> Estimate:
         return minimal_cost(net, penalty, batch)
 
 
@@ -206,13 +216,15 @@ class General(Algorithm):
 
     name = "general"
 
-    def run(self, net, rec, penalty, y, fold=None):
+    def run(
+        self, net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None, fold: LossFold | None = None
+    ) -> Outcome:
         if fold is not None:
             raise ValueError("'general' does not fold a loss in (folds_loss is False)")
         value, grads, passes = general(net, rec, penalty, y)
         return Outcome(value, grads, tuple(passes))
 
-    def cost(self, net, penalty, batch):
+    def cost(self, net: Network, penalty: Penalty, batch: int) -> Estimate:
         return general_cost(net, penalty, batch)
 
 

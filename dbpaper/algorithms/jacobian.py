@@ -122,6 +122,7 @@ whichever way it is evaluated.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -130,10 +131,13 @@ from ..network import ForwardRecord, Network
 from . import shortcuts
 from .algorithm4 import Accumulators, Context, check_chunk_size, chunk_pass, class_chunks
 from .costs import eta_vanishes, layer_sums, power_iteration_flops
-from .passes import LayerGradients, forward_backward_sweep
-from .registry import Algorithm, Estimate, Outcome, register
+from .passes import BackwardPass, LayerGradients, forward_backward_sweep
+from .registry import Algorithm, Estimate, LossFold, Outcome, register
 from .shortcuts import ELEMENTWISE_COST, GRAM_MAX_COND, GRAM_MAX_EPS_COND, gram_is_stable, shortcut_costs
 from .variants import TARGET_CHUNK_BYTES, Variant, auto_chunk_size, check_choice, choose_variant
+
+if TYPE_CHECKING:
+    from ..penalties import Penalty
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -161,7 +165,7 @@ DEFAULT_CHUNK_SIZE: int | str | None = "auto"
 _AUTO = "auto"
 
 
-def why_not(net: Network, penalty) -> str | None:
+def why_not(net: Network, penalty: Penalty) -> str | None:
     """Why Algorithm 4 does not apply to ``penalty`` on ``net`` (``None`` when it does).
 
     It applies to the Jacobian penalty (:class:`~dbpaper.penalties.JacobianFrobenius`)
@@ -191,12 +195,12 @@ def why_not(net: Network, penalty) -> str | None:
     return None
 
 
-def applies(net: Network, penalty) -> bool:
+def applies(net: Network, penalty: Penalty) -> bool:
     """Whether Algorithm 4 applies: a Jacobian penalty on a network of eq. (8) (any coordinate-wise activations)."""
     return why_not(net, penalty) is None
 
 
-def resolve_chunk_size(chunk_size):
+def resolve_chunk_size(chunk_size: int | str | None) -> int | str | None:
     """``"default"`` (the registered ``"optimized-chunked"``) read as ``DEFAULT_CHUNK_SIZE`` now; else unchanged."""
     return DEFAULT_CHUNK_SIZE if chunk_size == "default" else chunk_size
 
@@ -205,7 +209,7 @@ def resolve_chunk_size(chunk_size):
 def jacobian_penalty_gradients(
     net: Network,
     rec: ForwardRecord,
-    penalty,
+    penalty: Penalty,
     *,
     chunk_size: int | str | None = 1,
     gram: bool | str = False,
@@ -272,7 +276,9 @@ def jacobian_penalty_gradients(
     return acc.value, grads
 
 
-def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Callable:
+def optimized_algorithm(
+    *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False
+) -> Callable[..., tuple[torch.Tensor, LayerGradients, list[BackwardPass]]]:
     """A registrable algorithm ``(net, rec, penalty, y) -> (R, gradients, [])`` with fixed options.
 
     ``chunk_size`` as in :func:`jacobian_penalty_gradients`; ``"default"``
@@ -285,7 +291,15 @@ def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = 
     check_choice(gram, "gram")
     check_choice(onehot, "onehot")
 
-    def algorithm(net: Network, rec: ForwardRecord, penalty, y=None, *, scale: float = 1.0, extra_eta_L=None):
+    def algorithm(
+        net: Network,
+        rec: ForwardRecord,
+        penalty: Penalty,
+        y: torch.Tensor | None = None,
+        *,
+        scale: float = 1.0,
+        extra_eta_L: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, LayerGradients, list[BackwardPass]]:
         size = DEFAULT_CHUNK_SIZE if chunk_size == "default" else chunk_size
         value, grads = jacobian_penalty_gradients(
             net, rec, penalty, chunk_size=size, gram=gram, onehot=onehot, extra_eta_L=extra_eta_L, scale=scale
@@ -297,7 +311,9 @@ def optimized_algorithm(*, chunk_size: int | str | None = 1, gram: bool | str = 
     return algorithm
 
 
-def optimized_cost(*, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Callable:
+def optimized_cost(
+    *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False
+) -> Callable[[Network, Penalty, int], Estimate]:
     """The cost model of Algorithm 4 with these options, ``(net, penalty, batch) -> Estimate``.
 
     ``2N [F + C (2F + F□) + F' + F□]`` FLOPs (the last two terms only where
@@ -305,7 +321,7 @@ def optimized_cost(*, chunk_size: int | str | None = 1, gram: bool | str = False
     (:func:`shortcut_costs`), and ``6L + ⌈C / k⌉ (8L + 5)`` calls for chunks of ``k`` classes.
     """
 
-    def cost(net: Network, penalty, batch: int) -> Estimate:
+    def cost(net: Network, penalty: Penalty, batch: int) -> Estimate:
         size = resolve_chunk_size(chunk_size)
         p = choose_variant(net, penalty, batch, chunk_size=size, gram=gram, onehot=onehot)
         F, Fbox, Fprime = layer_sums(net)
@@ -320,10 +336,12 @@ def optimized_cost(*, chunk_size: int | str | None = 1, gram: bool | str = False
     return cost
 
 
-def optimized_settings(*, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Callable:
+def optimized_settings(
+    *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False
+) -> Callable[[Network, Penalty, int], dict[str, Any]]:
     """The settings Algorithm 4 with these options resolves to, ``(net, penalty, batch) -> dict`` (shown by :func:`dbpaper.plan`)."""
 
-    def describe(net: Network, penalty, batch: int) -> dict:
+    def describe(net: Network, penalty: Penalty, batch: int) -> dict[str, Any]:
         p = choose_variant(net, penalty, batch, chunk_size=resolve_chunk_size(chunk_size), gram=gram, onehot=onehot)
         return {"chunk_size": p.chunk_size, "gram": p.gram, "onehot": p.onehot}
 
@@ -341,26 +359,28 @@ class Optimized(Algorithm):
     folds_loss = True
 
     def __init__(self, name: str, *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False):
-        self.name = name
-        self.options = {"chunk_size": chunk_size, "gram": gram, "onehot": onehot}
+        self.name: str = name
+        self.options: dict[str, int | str | bool | None] = {"chunk_size": chunk_size, "gram": gram, "onehot": onehot}
         self._run = optimized_algorithm(**self.options)
         self._cost = optimized_cost(**self.options)
         self._describe = optimized_settings(**self.options)
 
-    def run(self, net, rec, penalty, y, fold=None):
+    def run(
+        self, net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None, fold: LossFold | None = None
+    ) -> Outcome:
         if fold is None:
             value, grads, _ = self._run(net, rec, penalty, y)
         else:
             value, grads, _ = self._run(net, rec, penalty, y, scale=fold.scale, extra_eta_L=fold.eta_L)
         return Outcome(value, grads)
 
-    def cost(self, net, penalty, batch):
+    def cost(self, net: Network, penalty: Penalty, batch: int) -> Estimate:
         return self._cost(net, penalty, batch)
 
-    def why_not(self, net, penalty):
+    def why_not(self, net: Network, penalty: Penalty) -> str | None:
         return why_not(net, penalty)
 
-    def settings(self, net, penalty, batch):
+    def settings(self, net: Network, penalty: Penalty, batch: int) -> dict[str, Any]:
         return self._describe(net, penalty, batch)
 
 

@@ -106,7 +106,7 @@ class NodeSums:
 
     def __init__(self, depth: int):
         self.slots: list[torch.Tensor | None] = [None] * (depth + 1)
-        self.borrowed = [False] * (depth + 1)
+        self.borrowed: list[bool] = [False] * (depth + 1)
 
     def add(self, i: int, t: torch.Tensor, owned: bool) -> None:
         """``slots[i] += t``; ``owned``: ``t`` is the caller's fresh tensor, free to be written into."""
@@ -139,7 +139,7 @@ def send_back(net: Network, j: int, t: torch.Tensor, sums: NodeSums, *, skip_inp
         sums.add(a, t.reshape(t.shape[0], *net.node_shapes[a]), owned=False)
 
 
-def gather(net: Network, j: int, ts: list, t: torch.Tensor) -> torch.Tensor:
+def gather(net: Network, j: int, ts: list[torch.Tensor | None], t: torch.Tensor) -> torch.Tensor:
     """``t + Σ_{a ∈ A(j)} ts[a]``: the skip connections of layer ``j`` added to ``K_j(θ_j, ·)``'s value ``t``."""
     for a in net.adds[j]:
         t = t.add_(ts[a].reshape(t.shape))  # t: the caller's fresh K_j(θ_j, ·)
@@ -197,7 +197,7 @@ def forward_backward_pass(
     bp: BackwardPass,
     bbp: BackwardBackwardPass,
     eta_L: torch.Tensor | None,
-    trace: dict | None = None,
+    trace: dict[str, list[torch.Tensor | None]] | None = None,
 ) -> LayerGradients:
     """Algorithm 3 (eqs. (22)–(31)) with the corrected argument order of ``K□`` (erratum E3).
 
@@ -238,7 +238,7 @@ def forward_backward_sweep(
     eta_L: torch.Tensor | None,
     weight_term: Callable[[int], torch.Tensor | None],
     eta: Callable[[int, torch.Tensor | None], torch.Tensor | None],
-    trace: dict | None = None,
+    trace: dict[str, list[torch.Tensor | None]] | None = None,
 ) -> LayerGradients:
     """The forward-backward pass of Algorithm 3 and of Algorithm 4's final, accumulated pass.
 

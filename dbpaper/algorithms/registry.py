@@ -29,9 +29,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:
+    from ..network import ForwardRecord, Network
+    from ..penalties import Penalty
+    from .passes import BackwardPass, LayerGradients
 
 __all__ = [
     "CALL_OVERHEAD_S",
@@ -88,8 +93,8 @@ class Outcome(NamedTuple):
     """
 
     value: torch.Tensor
-    gradients: object  # dbpaper.algorithms.LayerGradients
-    passes: tuple = ()
+    gradients: LayerGradients
+    passes: tuple[BackwardPass, ...] = ()
 
 
 class Algorithm(abc.ABC):
@@ -101,22 +106,24 @@ class Algorithm(abc.ABC):
     folds_loss: bool = False
 
     @abc.abstractmethod
-    def run(self, net, rec, penalty, y: torch.Tensor | None, fold: LossFold | None = None) -> Outcome:
+    def run(
+        self, net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None, fold: LossFold | None = None
+    ) -> Outcome:
         """``R`` and the gradients of ``R`` (with ``fold``: of ``ℓ + fold.scale · R``) on a recorded forward pass."""
 
     @abc.abstractmethod
-    def cost(self, net, penalty, batch: int) -> Estimate:
+    def cost(self, net: Network, penalty: Penalty, batch: int) -> Estimate:
         """The cost model's prediction for a batch of ``batch`` examples."""
 
-    def why_not(self, net, penalty) -> str | None:
+    def why_not(self, net: Network, penalty: Penalty) -> str | None:
         """Why the algorithm does not apply to ``penalty`` on ``net`` (``None``: it applies; the default: everywhere)."""
         return None
 
-    def applies(self, net, penalty) -> bool:
+    def applies(self, net: Network, penalty: Penalty) -> bool:
         """Whether :meth:`why_not` is ``None``."""
         return self.why_not(net, penalty) is None
 
-    def settings(self, net, penalty, batch: int) -> dict:
+    def settings(self, net: Network, penalty: Penalty, batch: int) -> dict[str, Any]:
         """The settings it would run with (for :func:`dbpaper.plan`); ``{}`` by default."""
         return {}
 
@@ -127,25 +134,30 @@ class Algorithm(abc.ABC):
 class FunctionAlgorithm(Algorithm):
     """An :class:`Algorithm` made of plain functions (:func:`register_algorithm`)."""
 
-    def __init__(self, name: str, fn: Callable, cost: Callable, why_not: Callable | None = None, describe: Callable | None = None,
+    def __init__(self, name: str, fn: Callable[..., Any], cost: Callable[..., Estimate],
+                 why_not: Callable[..., str | None] | None = None, describe: Callable[..., Any] | None = None,
                  folds_loss: bool = False):  # fmt: skip
-        self.name, self.fn, self._cost, self._why_not, self._describe = name, fn, cost, why_not, describe
-        self.folds_loss = bool(folds_loss)
+        self.name: str = name
+        self.fn: Callable[..., Any] = fn
+        self._cost, self._why_not, self._describe = cost, why_not, describe
+        self.folds_loss: bool = bool(folds_loss)
 
-    def run(self, net, rec, penalty, y, fold=None):
+    def run(
+        self, net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None, fold: LossFold | None = None
+    ) -> Outcome:
         if fold is None:
             out = self.fn(net, rec, penalty, y)
         else:
             out = self.fn(net, rec, penalty, y, scale=fold.scale, extra_eta_L=fold.eta_L)
         return Outcome(*out) if not isinstance(out, Outcome) else out
 
-    def cost(self, net, penalty, batch):
+    def cost(self, net: Network, penalty: Penalty, batch: int) -> Estimate:
         return self._cost(net, penalty, batch)
 
-    def why_not(self, net, penalty):
+    def why_not(self, net: Network, penalty: Penalty) -> str | None:
         return None if self._why_not is None else self._why_not(net, penalty)
 
-    def settings(self, net, penalty, batch):
+    def settings(self, net: Network, penalty: Penalty, batch: int) -> dict[str, Any]:
         return {} if self._describe is None else dict(self._describe(net, penalty, batch))
 
 
@@ -182,12 +194,12 @@ def unregister(name: str) -> Algorithm:
 
 def register_algorithm(
     name: str,
-    fn: Callable,
+    fn: Callable[..., Any],
     *,
-    cost: Callable,
-    why_not: Callable | None = None,
-    applies: Callable | None = None,
-    describe: Callable | None = None,
+    cost: Callable[..., Estimate],
+    why_not: Callable[..., str | None] | None = None,
+    applies: Callable[..., bool] | None = None,
+    describe: Callable[..., Any] | None = None,
     folds_loss: bool = False,
     replace: bool = True,
 ) -> Algorithm:
@@ -221,8 +233,8 @@ def register_algorithm(
     return register(FunctionAlgorithm(name, fn, cost, why_not, describe, folds_loss), replace=replace)
 
 
-def _why_not_from(name: str, applies: Callable) -> Callable:
-    def why_not(net, penalty):
+def _why_not_from(name: str, applies: Callable[..., bool]) -> Callable[..., str | None]:
+    def why_not(net: Network, penalty: Penalty) -> str | None:
         return None if applies(net, penalty) else f"{name!r} does not apply to {penalty!r} on this network"
 
     return why_not

@@ -15,6 +15,8 @@ main loop does not ask which is used; the mathematics of the shortcuts is in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .. import counting
@@ -22,9 +24,12 @@ from ..activations import Softmax
 from ..network import Network
 from ..operators import Dense
 from ..penalties import value_and_grad
-from ..seeds import ConstantSeed
+from ..seeds import ConstantSeed, Seed
 from .algorithm4 import Accumulators, Chunk, Context, _slope_
 from .passes import gather
+
+if TYPE_CHECKING:
+    from ..penalties import Penalty
 
 __all__ = [
     "ELEMENTWISE_COST",
@@ -125,8 +130,9 @@ class PlainInput:
     #: Algorithm 2 resumes there from ``q_{lowest-1}``
     lowest = 1
 
-    def __init__(self, ctx: Context, penalty):
-        self.ctx, self.penalty = ctx, penalty
+    def __init__(self, ctx: Context, penalty: Penalty):
+        self.ctx: Context = ctx
+        self.penalty: Penalty = penalty
 
     def start(self, chunk: Chunk, xi_0: torch.Tensor, acc: Accumulators) -> None:
         """The value, and ``chunk.q = q_{lowest-1}``, from which Algorithm 2 resumes."""
@@ -152,15 +158,15 @@ class GramInput(PlainInput):
 
     lowest = 2  # ξ_0 is never formed
 
-    def __init__(self, ctx: Context, penalty, G2: torch.Tensor):
+    def __init__(self, ctx: Context, penalty: Penalty, G2: torch.Tensor):
         super().__init__(ctx, penalty)
         counting.record("apply")
-        self.c = penalty.squared_norm_scale  # p = c ‖·‖²
+        self.c: float | None = penalty.squared_norm_scale  # p = c ‖·‖²
         self.G2 = G2.mul_(2.0 / ctx.n)  # the factor 2/N of q_0 = 2 ξ_0 / N folded in
         d1 = G2.shape[0]
         self.A = G2.new_zeros((d1, d1))  # Σ_{i,n} ζ_1 ζ_1ᵀ, upper blocks until the class loop ends
 
-    def start(self, chunk: Chunk, xi_0, acc: Accumulators) -> None:
+    def start(self, chunk: Chunk, xi_0: torch.Tensor | None, acc: Accumulators) -> None:
         ctx, k = self.ctx, chunk.k
         Z = chunk.zetas[1].reshape(k * ctx.n, -1)
         chunk.zetas[1] = None
@@ -184,7 +190,7 @@ class GramInput(PlainInput):
         return ctx.net.layers[0].Kbox(ctx.thetas[0], _mirror_(self.A).mul_(2.0 * self.c * ctx.scale / ctx.n))  # θ̂¹_1 = (2c/N) A W_1
 
 
-def input_end(ctx: Context, penalty, gram: bool, if_stable: bool = False) -> PlainInput:
+def input_end(ctx: Context, penalty: Penalty, gram: bool, if_stable: bool = False) -> PlainInput:
     """The strategy at layer 1: :class:`GramInput` where ``gram`` (and, with ``if_stable``, ``G`` is well conditioned)."""
     if not gram:
         return PlainInput(ctx, penalty)
@@ -210,9 +216,9 @@ class PlainOutput:
     """
 
     def __init__(self, ctx: Context):
-        self.ctx = ctx
-        self.softmax = isinstance(ctx.net.output_map, Softmax)
-        self._seed = None
+        self.ctx: Context = ctx
+        self.softmax: bool = isinstance(ctx.net.output_map, Softmax)
+        self._seed: ConstantSeed | None = None
 
     def start(self, chunk: Chunk) -> torch.Tensor | None:
         """Sets ``chunk.zetas[L]``; returns ``ξ_{L-1}`` where known in closed form (else ``None``)."""
@@ -255,8 +261,9 @@ class SeedOutput:
     does not vanish identically (Section 5.3).
     """
 
-    def __init__(self, ctx: Context, seed):
-        self.ctx, self.seed = ctx, seed
+    def __init__(self, ctx: Context, seed: Seed):
+        self.ctx: Context = ctx
+        self.seed: Seed = seed
 
     def start(self, chunk: Chunk) -> None:
         chunk.zetas[self.ctx.depth] = self.seed.zeta_L()  # ζ_L = (dx_L/dz_L)* v
@@ -294,12 +301,12 @@ class OneHotOutput(PlainOutput):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         out, n = ctx.rec.output, ctx.n
-        self.x_flat = out.reshape(n, -1)
+        self.x_flat: torch.Tensor = out.reshape(n, -1)
         self.W_L = ctx.thetas[ctx.depth - 1]
-        self.u = ctx.net.layers[-1].KT(self.W_L, out).reshape(n, -1)  # u_n = W_Lᵀ x_{L,n}
+        self.u: torch.Tensor = ctx.net.layers[-1].KT(self.W_L, out).reshape(n, -1)  # u_n = W_Lᵀ x_{L,n}
         self.Q = torch.zeros_like(self.W_L)  # rows Σ_n x_n^i q_{L-1,n}^{(i)} (or Σ_n q for the identity output)
         self.P = out.new_zeros(self.u.shape)  # P_n = Σ_i x_n^i q_{L-1,n}^{(i)}
-        self.a = out.new_zeros((n, self.x_flat.shape[1]))  # a_{n,i} = ⟨W_{L,i} − u_n, q_{L-1,n}^{(i)}⟩
+        self.a: torch.Tensor = out.new_zeros((n, self.x_flat.shape[1]))  # a_{n,i} = ⟨W_{L,i} − u_n, q_{L-1,n}^{(i)}⟩
         self._x_i = self._r = None
 
     def start(self, chunk: Chunk) -> torch.Tensor:

@@ -8,10 +8,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from ..network import Network
 from .algorithm4 import check_chunk_size
 from .shortcuts import shortcut_costs
+
+if TYPE_CHECKING:
+    from ..penalties import Penalty
 
 __all__ = ["TARGET_CHUNK_BYTES", "Variant", "auto_chunk_size", "check_choice", "choose_variant"]
 
@@ -38,7 +42,7 @@ class Variant:
     gram_if_stable: bool = dataclasses.field(default=False, compare=False)
 
 
-def check_choice(value, name: str) -> None:
+def check_choice(value: bool | str, name: str) -> None:
     if not (value is True or value is False or value == _AUTO):
         raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
 
@@ -55,7 +59,7 @@ def auto_chunk_size(net: Network, batch: int) -> int:
     return max(1, TARGET_CHUNK_BYTES // (batch * widest * itemsize))
 
 
-def choose_variant(net: Network, penalty, batch: int, *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Variant:
+def choose_variant(net: Network, penalty: Penalty, batch: int, *, chunk_size: int | str | None = 1, gram: bool | str = False, onehot: bool | str = False) -> Variant:
     """Resolve ``chunk_size`` and the ``"auto"`` shortcuts (with :func:`shortcut_costs`).
 
     ``chunk_size``: a positive int, ``None`` (all classes at once) or

@@ -55,9 +55,9 @@ class BilinearOperator(abc.ABC):
     selects: bool = False
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], param_shape: Sequence[int]):
-        self.in_shape = _shape(in_shape)
-        self.out_shape = _shape(out_shape)
-        self.param_shape = _shape(param_shape)
+        self.in_shape: tuple[int, ...] = _shape(in_shape)
+        self.out_shape: tuple[int, ...] = _shape(out_shape)
+        self.param_shape: tuple[int, ...] = _shape(param_shape)
         if any(s <= 0 for s in self.in_shape + self.out_shape + self.param_shape):
             raise ValueError(
                 f"{self!r}: every size must be positive, got in_shape={self.in_shape}, "

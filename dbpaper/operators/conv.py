@@ -62,11 +62,11 @@ class _ConvNd(BilinearOperator):
         in_shape = tuple(int(s) for s in in_shape)
         if len(in_shape) != n + 1:
             raise ValueError(f"{type(self).__name__}: in_shape must be (C_in, {'L' if n == 1 else 'H, W'}), got {in_shape}")
-        self.kernel_size = _tuple(kernel_size, n, "kernel_size")
-        self.stride = _tuple(stride, n, "stride")
-        self.padding = _tuple(padding, n, "padding")
-        self.dilation = _tuple(dilation, n, "dilation")
-        self.groups = int(groups)
+        self.kernel_size: tuple[int, ...] = _tuple(kernel_size, n, "kernel_size")
+        self.stride: tuple[int, ...] = _tuple(stride, n, "stride")
+        self.padding: tuple[int, ...] = _tuple(padding, n, "padding")
+        self.dilation: tuple[int, ...] = _tuple(dilation, n, "dilation")
+        self.groups: int = int(groups)
         c_in = in_shape[0]
         if c_in % self.groups or out_channels % self.groups:
             raise ValueError(

@@ -42,10 +42,10 @@ class LocallyConnected2d(BilinearOperator):
         in_shape = tuple(int(s) for s in in_shape)
         if len(in_shape) != 3:
             raise ValueError(f"LocallyConnected2d: in_shape must be (C_in, H, W), got {in_shape}")
-        self.kernel_size = _tuple(kernel_size, 2, "kernel_size")
-        self.stride = _tuple(stride, 2, "stride")
-        self.padding = _tuple(padding, 2, "padding")
-        self.dilation = _tuple(dilation, 2, "dilation")
+        self.kernel_size: tuple[int, ...] = _tuple(kernel_size, 2, "kernel_size")
+        self.stride: tuple[int, ...] = _tuple(stride, 2, "stride")
+        self.padding: tuple[int, ...] = _tuple(padding, 2, "padding")
+        self.dilation: tuple[int, ...] = _tuple(dilation, 2, "dilation")
         spatial = _spatial_out(self, in_shape)
         c_in = in_shape[0]
         super().__init__(in_shape, (out_channels, *spatial), (out_channels, *spatial, c_in, *self.kernel_size))

@@ -37,7 +37,7 @@ class Selection(_ParameterFree):
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], indices: torch.Tensor):
         super().__init__(in_shape, out_shape, ())
-        self.indices = indices.reshape(indices.shape[0], indices.shape[1], -1)
+        self.indices: torch.Tensor = indices.reshape(indices.shape[0], indices.shape[1], -1)
 
     def _index(self, rows: int) -> torch.Tensor:
         n = self.indices.shape[0]
@@ -64,16 +64,24 @@ class MaxPool(_ParameterFree):
     dims = 2
     selects = True
 
-    def __init__(self, in_shape: Sequence[int], kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False):
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        ceil_mode: bool = False,
+    ):
         in_shape = tuple(int(s) for s in in_shape)
         name = type(self).__name__
         if len(in_shape) != self.dims + 1:
             raise ValueError(f"{name}: in_shape must be (C, {'L' if self.dims == 1 else 'H, W'}), got {in_shape}")
-        self.kernel_size = _tuple(kernel_size, self.dims, "kernel_size")
-        self.stride = _tuple(stride if stride is not None else kernel_size, self.dims, "stride")
-        self.padding = _tuple(padding, self.dims, "padding")
-        self.dilation = _tuple(dilation, self.dims, "dilation")
-        self.ceil_mode = bool(ceil_mode)
+        self.kernel_size: tuple[int, ...] = _tuple(kernel_size, self.dims, "kernel_size")
+        self.stride: tuple[int, ...] = _tuple(stride if stride is not None else kernel_size, self.dims, "stride")
+        self.padding: tuple[int, ...] = _tuple(padding, self.dims, "padding")
+        self.dilation: tuple[int, ...] = _tuple(dilation, self.dims, "dilation")
+        self.ceil_mode: bool = bool(ceil_mode)
         probe = self._pool(torch.zeros((1, *in_shape)))[0]  # the output shape as torch computes it (and its checks)
         super().__init__(in_shape, tuple(probe.shape[1:]), ())
 

@@ -84,11 +84,11 @@ class AvgPool2d(_ParameterFree):
         in_shape = tuple(int(s) for s in in_shape)
         if len(in_shape) != 3:
             raise ValueError(f"AvgPool2d: in_shape must be (C, H, W), got {in_shape}")
-        self.kernel_size = _tuple(kernel_size, 2, "kernel_size")
-        self.stride = _tuple(stride if stride is not None else kernel_size, 2, "stride")
-        self.padding = _tuple(padding, 2, "padding")
-        self.ceil_mode = bool(ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        self.kernel_size: tuple[int, ...] = _tuple(kernel_size, 2, "kernel_size")
+        self.stride: tuple[int, ...] = _tuple(stride if stride is not None else kernel_size, 2, "stride")
+        self.padding: tuple[int, ...] = _tuple(padding, 2, "padding")
+        self.ceil_mode: bool = bool(ceil_mode)
+        self.count_include_pad: bool = bool(count_include_pad)
         out_hw = tuple(
             _pooled_size(size, k, s, pad, self.ceil_mode)
             for size, k, s, pad in zip(in_shape[1:], self.kernel_size, self.stride, self.padding)
@@ -161,7 +161,7 @@ class InvertibleDownsampling(_ParameterFree):
 
     def __init__(self, in_shape: Sequence[int], factor: int = 2):
         in_shape = tuple(int(s) for s in in_shape)
-        self.factor = int(factor)
+        self.factor: int = int(factor)
         if len(in_shape) != 3 or in_shape[1] % self.factor or in_shape[2] % self.factor:
             raise ValueError(
                 f"InvertibleDownsampling: in_shape must be (C, H, W) with H and W divisible by {self.factor}, got {in_shape}"

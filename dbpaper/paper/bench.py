@@ -96,9 +96,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..penalties import Penalty
 
 __all__ = ["METHODS", "BenchUsageError", "Workload", "main", "measure_peak_memory", "run", "workloads"]
 
@@ -125,7 +129,7 @@ class Task:
     penalty: str  # a key of PENALTIES
     lam: float | None = None
 
-    def make(self):
+    def make(self) -> Penalty:
         """A fresh penalty object (OperatorNorm gets its own generator, reseeded before every call)."""
         return PENALTIES[self.penalty]()
 
@@ -134,7 +138,7 @@ class Task:
         return self.penalty == "jacobian"
 
 
-def _penalties() -> dict[str, Callable]:
+def _penalties() -> dict[str, Callable[[], Penalty]]:
     from ..penalties import (
         ClassicalDoubleBackprop,
         GradientNormPenalty,
@@ -153,7 +157,7 @@ def _penalties() -> dict[str, Callable]:
     }
 
 
-PENALTIES: dict[str, Callable] = _penalties()
+PENALTIES: dict[str, Callable[[], Penalty]] = _penalties()
 
 
 def _reseed(pen) -> None:
@@ -446,7 +450,7 @@ REGISTERED = {
 #: ``flops``: default FLOPs / autograd-summed FLOPs at most; ``memory_growth``: working memory of the
 #: default from C = 10 to C = 1000 at most; ``default_vs_fastest``: default time / fastest registered
 #: algorithm's time at most.
-TARGETS = {
+TARGETS: dict[str, float | dict[str, float]] = {
     "speedup": {"mlp": 2.0, "mlp-tanh": 2.0, "cnn": 1.2, "*": 1.0},
     "flops": 1.0,
     "memory_growth": 1.2,
@@ -463,7 +467,7 @@ class Workload:
     name: str
     group: str  # "main", "realistic", "overhead", "penalties", "classes", "depth" or "batch"
     description: str
-    params: dict
+    params: dict[str, Any]
     make: Callable  # () -> (model, in_shape, batch, classes)
     methods: tuple[str, ...]
     task: Task = Task("jacobian")
@@ -711,10 +715,13 @@ def _flops(fn: Callable) -> int:
 
 
 #: The products the floor replays: matrix products and convolutions (what FlopCounterMode counts).
+#: One recorded product: the op, its (cloned) positional arguments and its keyword arguments.
+Product = tuple[Callable[..., Any], list[Any], dict[str, Any]]
+
 _PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "addbmm", "convolution", "convolution_backward", "_convolution", "mkldnn_convolution", "dot", "mv", "addmv")
 
 
-def record_products(fn: Callable) -> tuple[list, int]:
+def record_products(fn: Callable[[], object]) -> tuple[list[Product], int]:
     """The matrix products and convolutions of one call of ``fn`` (op, cloned arguments) and the number of aten ops it ran.
 
     Recorded with a ``TorchDispatchMode``: every op that reaches the dispatcher is counted (views included),
@@ -741,7 +748,7 @@ def record_products(fn: Callable) -> tuple[list, int]:
     return rec.products, rec.ops
 
 
-def replay_floor(products: list, device: torch.device, rounds: int = 15) -> float:
+def replay_floor(products: list[Product], device: torch.device, rounds: int = 15) -> float:
     """Seconds the recorded products take replayed alone, in their order, with nothing between them (median of ``rounds``).
 
     The *floor* of a call: what it would cost if every other operation (elementwise work, allocation, Python) were free.
@@ -769,7 +776,7 @@ def _rel_diff(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
     return max(float(torch.linalg.vector_norm(g.double() - r.double())) for g, r in zip(grads, ref)) / max(scale, 1e-300)
 
 
-def machine_info(device: torch.device) -> dict:
+def machine_info(device: torch.device) -> dict[str, Any]:
     """Torch version, CPU model, threads, device and platform."""
     cpu = platform.processor() or ""
     try:
@@ -1019,7 +1026,7 @@ def _device(device: str) -> torch.device:
 
 def run(*, quick: bool = False, device: str = "cpu", threads: int | None = None, only: list[str] | None = None,
         repeats: int = 15, min_repeats: int = 5, budget_s: float = 20.0, progress: bool = True,
-        compile: bool | None = None) -> dict:  # fmt: skip
+        compile: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the benchmarks and return the JSON-ready result (see the module docstring).
 
     ``threads``: torch's CPU threads during the run (default: torch's default; one with ``quick``, a smoke run
@@ -1091,7 +1098,7 @@ def _run_all(*, quick: bool, dev: torch.device, only, repeats: int, min_repeats:
 # -- plots and summary ---------------------------------------------------------------------------
 
 
-def default_table(result: dict) -> list[dict]:
+def default_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per workload: the default's choice and its time against the fastest registered algorithm, general and autograd."""
     rows = []
     for w in result["workloads"]:
@@ -1115,7 +1122,7 @@ def default_table(result: dict) -> list[dict]:
     return rows
 
 
-def summary(result: dict) -> str:
+def summary(result: dict[str, Any]) -> str:
     """A plain-text table of the measurements."""
     lines = []
     for row in default_table(result):
@@ -1142,7 +1149,7 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plots(result: dict, folder: Path) -> list[Path]:
+def plots(result: dict[str, Any], folder: Path) -> list[Path]:
     """Quick-look PNG plots of the sweeps (the book draws its own figures from the JSON)."""
     import matplotlib
 

@@ -9,6 +9,7 @@ over the layers. The book's chapters display these rows; the tests assert them.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from ..network import Network
 from ..oracles import traced_quantities
 from ..seeds import ConstantSeed
 from . import printed
+
+if TYPE_CHECKING:
+    from ..penalties import Penalty
 
 __all__ = ["Check", "section_4_checks"]
 
@@ -41,7 +45,7 @@ def _rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def section_4_checks(net: Network, x: torch.Tensor, penalty, y: torch.Tensor | None = None) -> list[Check]:
+def section_4_checks(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None) -> list[Check]:
     """Check eqs. (14)–(16), (20)–(22), (28), (30), (31) and Appendix B on one network (single-``v`` penalties)."""
     net.require_chain("section_4_checks")
     gen = getattr(penalty, "generator", None)

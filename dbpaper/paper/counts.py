@@ -20,6 +20,7 @@ Every number is measured; the closed forms are printed beside them.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,7 +78,7 @@ def autograd_evaluations(case: str, L: int, d: int = 8, batch: int = 4) -> float
     return counter.get_total_flops() / (2 * batch * d * d)
 
 
-def scenario_table(L: int = 4, C: int = 8) -> list[dict]:
+def scenario_table(L: int = 4, C: int = 8) -> list[dict[str, Any]]:
     """One row per scenario of Section 5: paper's count, minimal count, ``K□`` counts and autograd's total.
 
     ``C`` is the number of outputs (the width of the square network used for
@@ -154,7 +155,7 @@ def measure_case(case: str, L: int, C: int = 3, *, batch: int = 2, width: int = 
     return count_operations(model, x, penalty, y if (c.with_loss or c.penalty == "classical") else None, c.algorithm, c.with_loss)
 
 
-def count_table(cases: Iterable[str] | None = None, depths: Iterable[int] = (1, 2, 3, 4, 6), classes: Iterable[int] = (2, 10)) -> list[dict]:
+def count_table(cases: Iterable[str] | None = None, depths: Iterable[int] = (1, 2, 3, 4, 6), classes: Iterable[int] = (2, 10)) -> list[dict[str, Any]]:
     """Measured and closed-form counts for every case, depth and (where it matters) number of classes.
 
     Each row: ``case``, ``L``, ``C`` (``None`` where the count does not depend

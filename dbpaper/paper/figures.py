@@ -52,7 +52,7 @@ _METADATA = {
 }
 
 
-def figure_dir(out: str | os.PathLike | None = None) -> Path:
+def figure_dir(out: str | os.PathLike[str] | None = None) -> Path:
     """The directory figures are written to: ``out``, ``$DBPAPER_FIGURE_DIR`` or ``book/figures``."""
     if out is not None:
         path = Path(out)
@@ -64,7 +64,7 @@ def figure_dir(out: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def style() -> dict:
+def style() -> dict[str, str | int | float | bool]:
     """The rc settings every figure uses (fixed fonts, hash salt and sizes for stable output)."""
     return {
         "svg.hashsalt": "dbpaper",
@@ -123,7 +123,7 @@ def save_figure(fig, name: str, out: str | os.PathLike | None = None) -> dict[st
     folder = figure_dir(out)
     # font subsetting for the PDF logs harmless warnings about the font's own timestamps
     logging.getLogger("fontTools").setLevel(logging.ERROR)
-    paths = {}
+    paths: dict[str, Path] = {}
     with matplotlib.rc_context({"svg.hashsalt": "dbpaper"}):
         for fmt in FIGURE_FORMATS:
             path = folder / f"{name}.{fmt}"
@@ -134,7 +134,7 @@ def save_figure(fig, name: str, out: str | os.PathLike | None = None) -> dict[st
     return paths
 
 
-def write_manifest(folder: str | os.PathLike) -> Path:
+def write_manifest(folder: str | os.PathLike[str]) -> Path:
     """Write ``MANIFEST.json`` with the SHA-256 of every figure file in ``folder``."""
     folder = Path(folder)
     entries = {

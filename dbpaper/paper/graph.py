@@ -12,11 +12,17 @@ and constants are not nodes. An edge ``A → B`` means "B is a function of A"
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..losses import loss_value
 from ..network import Network
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from ..penalties import Penalty
 
 __all__ = ["DependencyGraph", "dependency_graph", "draw_dependency_graph"]
 
@@ -87,7 +93,7 @@ def _node_key(t: torch.Tensor):
     return t.grad_fn if t.grad_fn is not None else ("leaf", id(t))
 
 
-def dependency_graph(net: Network, x: torch.Tensor, penalty, y: torch.Tensor | None = None) -> DependencyGraph:
+def dependency_graph(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.Tensor | None = None) -> DependencyGraph:
     """Direct dependencies among the quantities of Sections 3–4 for ``penalty`` on ``net``."""
     named = _named_run(net, x, penalty, y)
     owner = {}
@@ -143,7 +149,7 @@ def _label(name: str) -> str:
     return f"${name[0]}_{{{name[1:]}}}$"
 
 
-def draw_dependency_graph(ax, graph: DependencyGraph, dashed: frozenset[tuple[str, str]] = frozenset()) -> None:
+def draw_dependency_graph(ax: Axes, graph: DependencyGraph, dashed: frozenset[tuple[str, str]] = frozenset()) -> None:
     """Draw ``graph`` with the forward quantities on top and the backward ones below (as in Figure 1)."""
     pos = _positions(graph.depth)
     for a, b in sorted(graph.edges):

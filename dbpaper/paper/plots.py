@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from .figures import page_width
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike
+
+    from ..diagnostics import AdjointErrors
 
 #: The width of a figure drawn for the whole content column (inches).
 COLUMN_IN = page_width()
@@ -100,7 +107,7 @@ def fit_and_regions(xs, target, fit, edges, s_pieces, ts, cdb, boundaries, figsi
     return fig
 
 
-def slice_panels(panels: Sequence[Mapping], figsize=(8, 2.9)):
+def slice_panels(panels: Sequence[Mapping[str, Any]], figsize: tuple[float, float] = (8, 2.9)) -> Figure:
     """Figures 3–7: one panel per slice (``w`` left, ``b`` right), a quantity against the sliced parameter.
 
     Each panel is a mapping with ``ts``, ``f`` (the values), ``var`` (``"w"`` or ``"b"``),
@@ -162,7 +169,8 @@ def smoothing(ts, first_batch: Mapping[int, np.ndarray], rows, single_jumps: Map
 
 
 # ---------------------------------------------------------------- background: derivatives
-def step_size_errors(hs, rel_error: Mapping[str, np.ndarray], eps: float, floor: float = 1e-17, figsize=(6.4, 4.0)):
+def step_size_errors(hs: ArrayLike, rel_error: Mapping[str, np.ndarray], eps: float, floor: float = 1e-17,
+                     figsize: tuple[float, float] = (6.4, 4.0)) -> Figure:  # fmt: skip
     """The error of finite differences and the complex step against the step size, with the error balance."""
     hs = np.asarray(hs, dtype=float)
     fig, ax = plt.subplots(figsize=figsize)
@@ -188,8 +196,8 @@ def step_size_errors(hs, rel_error: Mapping[str, np.ndarray], eps: float, floor:
     return fig
 
 
-def random_gradient_errors(sample_sizes, rmse: Mapping, evaluations: Mapping[str, Sequence[int]], n: int,
-                           figsize=(8.4, 3.6)):
+def random_gradient_errors(sample_sizes: ArrayLike, rmse: Mapping[tuple[str, str], ArrayLike],
+                           evaluations: Mapping[str, Sequence[int]], n: int, figsize: tuple[float, float] = (8.4, 3.6)) -> Figure:
     """RMS error of random-direction gradient estimators against the number of evaluations (exact, noisy).
 
     ``rmse[objective, name]`` lists the errors over ``sample_sizes``; ``evaluations[name]`` the matching
@@ -265,8 +273,8 @@ def generator_curves(clean, targets, curves: Mapping[str, np.ndarray], t, clean_
 
 
 # ---------------------------------------------------------------- Sections 2–3
-def adjoint_defects(errors: Mapping, names: Sequence[str], short: Sequence[str], eps: Mapping[str, float],
-                    floor: float = 1e-19, figsize=(7.5, 3.6)):
+def adjoint_defects(errors: Mapping[tuple[str, str], AdjointErrors], names: Sequence[str], short: Sequence[str],
+                    eps: Mapping[str, float], floor: float = 1e-19, figsize: tuple[float, float] = (7.5, 3.6)) -> Figure:
     """Normalised adjoint defects per operator and dtype (``errors[(name, dtype)]`` has ``transpose`` and
     ``weight_adjoint``), with the machine epsilons."""
     fig, ax = plt.subplots(figsize=figsize)
@@ -311,7 +319,7 @@ def activation_curves(activations: Mapping, t, figsize=(COLUMN_IN, 3.9)):
     return fig
 
 
-def power_iterations(iters, ratios, figsize=(5.5, 3.2)):
+def power_iterations(iters: ArrayLike, ratios: ArrayLike, figsize: tuple[float, float] = (5.5, 3.2)) -> Figure:
     """The power-method lower bound of the operator norm over its spectral norm, per input and on average."""
     ratios = np.asarray(ratios)
     fig, ax = plt.subplots(figsize=figsize)

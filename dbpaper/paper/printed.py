@@ -7,9 +7,15 @@ next to the corrected formula and to autograd. See ``book/errata``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..seeds import ConstantSeed, _dot, softmax_jacobian_apply
+
+if TYPE_CHECKING:
+    from ..network import Network
 
 __all__ = [
     "FIXES",
@@ -49,15 +55,15 @@ def r_cdb_section_6_3(dx_L_dx0: torch.Tensor, x_L: torch.Tensor, y: torch.Tensor
 
 
 # ---------------------------------------------------------------- Algorithm 4 (Appendix C), transcribed
-class Memory(dict):
+class Memory(dict[str, torch.Tensor]):
     """The variables of the printed program; using a deleted or undefined one raises a KeyError."""
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self:
             raise KeyError(f"'{name}' is used after it was deleted, or was never defined")
         return super().__getitem__(name)
 
-    def delete(self, *names):
+    def delete(self, *names: str) -> None:
         """The printed ``delete``."""
         for name in names:
             self.pop(name, None)
@@ -67,7 +73,7 @@ class Memory(dict):
 FIXES = ("theta_hat", "keep_x_L", "final_loop", "keep_eta_hat", "eta_L", "zeta_L")
 
 
-def algorithm_4(net, x, fixes=()):
+def algorithm_4(net: Network, x: torch.Tensor, fixes: Iterable[str] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Appendix C, Algorithm 4, line by line, for one example ``x`` of a dense ReLU network with a softmax output.
 
     Returns ``(R, gradients)`` (weights and biases, layer by layer); ``fixes`` switches on the corrections

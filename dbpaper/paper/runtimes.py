@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .bench import REGISTERED
 from .tables import Table, table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "compiled_rows",
@@ -118,7 +122,7 @@ def _speedup_target(data: dict, name: str) -> float:
     return targets.get(name, targets["*"])
 
 
-def default_rows(data: dict) -> list[dict]:
+def default_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Per workload: what the default call picks, its predicted FLOPs against autograd's, and how it fares."""
     rows = []
     for w in data["workloads"]:
@@ -140,13 +144,13 @@ def default_rows(data: dict) -> list[dict]:
     return rows
 
 
-def memory_growth(data: dict, lo: int = 10, hi: int = 1000) -> dict[str, float]:
+def memory_growth(data: dict[str, Any], lo: int = 10, hi: int = 1000) -> dict[str, float]:
     """Working memory at ``C = hi`` over ``C = lo`` per method (the classes sweep)."""
     sweep = {w["params"]["x"]: w["results"] for w in data["workloads"] if w["group"] == "classes"}
     return {m: sweep[hi][m]["working_mib"] / max(sweep[lo][m]["working_mib"], 1e-9) for m in sweep[lo] if m in sweep[hi]}
 
 
-def target_rows(data: dict) -> list[dict]:
+def target_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     """This project's goals (``data["targets"]``, not the paper's) against the measurements."""
     t = data["targets"]
     rows = default_rows(data)
@@ -172,7 +176,7 @@ def target_rows(data: dict) -> list[dict]:
     return out
 
 
-def plot_methods(data: dict, name: str, path_stem: str | None = None):
+def plot_methods(data: dict[str, Any], name: str, path_stem: str | None = None) -> Figure:
     """Bar charts of time, FLOPs and working memory per method on one workload."""
     import matplotlib.pyplot as plt
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["Table", "fmt", "markup", "table"]
@@ -63,21 +63,21 @@ class Table:
         ``"l"`` or ``"r"`` per column (default: the first column left, the others right).
     """
 
-    def __init__(self, rows, columns: Sequence[str], caption: str | None = None, digits: int = 3,
+    def __init__(self, rows: Iterable[Sequence[Any] | Mapping[str, Any]], columns: Sequence[str], caption: str | None = None, digits: int = 3,
                  align: str | None = None, formatter: Callable[[Any], str] | None = None):
-        self.columns = [str(c) for c in columns]
+        self.columns: list[str] = [str(c) for c in columns]
         if not self.columns:
             raise ValueError("table: at least one column")
         fmt_cell = formatter or (lambda v: fmt(v, digits))
-        body = []
+        body: list[list[str]] = []
         for row in rows:
             cells = [row[c] for c in columns] if isinstance(row, Mapping) else list(row)
             if len(cells) != len(self.columns):
                 raise ValueError(f"table: a row has {len(cells)} cells for {len(self.columns)} columns: {row!r}")
             body.append([fmt_cell(c) for c in cells])
-        self.rows = body
-        self.caption = caption
-        self.align = align or ("l" + "r" * (len(self.columns) - 1))
+        self.rows: list[list[str]] = body
+        self.caption: str | None = caption
+        self.align: str = align or ("l" + "r" * (len(self.columns) - 1))
         if len(self.align) != len(self.columns) or set(self.align) - {"l", "r"}:
             raise ValueError(f"table: align must have one 'l' or 'r' per column, got {self.align!r}")
 
@@ -102,7 +102,7 @@ class Table:
         return "\n".join(out + [line(self.columns)] + [line(r) for r in self.rows])
 
 
-def table(rows, columns: Sequence[str], caption: str | None = None, digits: int = 3, align: str | None = None,
+def table(rows: Iterable[Sequence[Any] | Mapping[str, Any]], columns: Sequence[str], caption: str | None = None, digits: int = 3, align: str | None = None,
           formatter: Callable[[Any], str] | None = None) -> Table:
     """A :class:`Table` (the last expression of a cell, or ``display(table(...))``)."""
     return Table(rows, columns, caption=caption, digits=digits, align=align, formatter=formatter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ from ...network import Network
 from ...penalties import OutputNodeGradient, Penalty
 from .sine import single_thread
 from .slices import Slice
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 def input_gradients(net: Network, x: torch.Tensor, output: int = 0) -> torch.Tensor:
@@ -141,7 +145,7 @@ def sweep(
     net: Network,
     x: torch.Tensor,
     sl: Slice,
-    ts,
+    ts: ArrayLike,
     penalties: Mapping[str, Penalty] | None = None,
     y: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SweepResult:

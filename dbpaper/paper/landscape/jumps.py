@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ...network import Network
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -28,7 +32,7 @@ class Limits:
 
 def limits(
     evaluate: Callable[[np.ndarray], np.ndarray],
-    points,
+    points: ArrayLike,
     lo: float,
     hi: float,
     rel_delta: float = 1e-6,
@@ -72,7 +76,7 @@ def limits(
     return Limits(points=pts, left=left, right=right, delta=delta)
 
 
-def grid_increments(ts, f, boundaries) -> tuple[float, np.ndarray]:
+def grid_increments(ts: ArrayLike, f: ArrayLike, boundaries: ArrayLike) -> tuple[float, np.ndarray]:
     """Increments ``|f(t_{k+1}) − f(t_k)|`` of a sampled function, split by whether a boundary lies between.
 
     Returns the largest increment over grid intervals that contain no boundary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,6 +13,9 @@ from ... import activations as act
 from ...network import Network
 from ...operators import Dense
 from .slices import Slice
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 def _affine_layers(net: Network):
@@ -67,10 +71,10 @@ class Regions:
     lo: float
     hi: float
     boundaries: np.ndarray
-    crossings: tuple
-    patterns: tuple
-    jacobian: tuple
-    output: tuple
+    crossings: tuple[tuple[tuple[int, int], ...], ...]
+    patterns: tuple[tuple[np.ndarray, ...], ...]
+    jacobian: tuple[tuple[np.ndarray, np.ndarray], ...]
+    output: tuple[tuple[np.ndarray, np.ndarray], ...]
 
     @property
     def edges(self) -> np.ndarray:
@@ -83,17 +87,17 @@ class Regions:
         e = self.edges
         return 0.5 * (e[:-1] + e[1:])
 
-    def region_of(self, t) -> np.ndarray:
+    def region_of(self, t: ArrayLike) -> np.ndarray:
         """Index of the region containing each ``t`` (a point on a boundary counts to the right)."""
         return np.searchsorted(self.boundaries, np.asarray(t, dtype=np.float64), side="right")
 
-    def jacobian_at(self, t) -> np.ndarray:
+    def jacobian_at(self, t: ArrayLike) -> np.ndarray:
         """``dz_L/dx_0`` at each ``t`` from the affine pieces, shape ``(T, C, d)``."""
         t = np.atleast_1d(np.asarray(t, dtype=np.float64))
         r = self.region_of(t)
         return np.stack([self.jacobian[k][0] + tk * self.jacobian[k][1] for k, tk in zip(r, t)])
 
-    def output_at(self, t) -> np.ndarray:
+    def output_at(self, t: ArrayLike) -> np.ndarray:
         """``z_L`` at each ``t`` from the affine pieces, shape ``(T, C)``."""
         t = np.atleast_1d(np.asarray(t, dtype=np.float64))
         r = self.region_of(t)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from ...network import Network
 
 
 @contextlib.contextmanager
-def single_thread():
+def single_thread() -> Iterator[None]:
     """Run torch single-threaded inside the block (restored afterwards).
 
     The networks of Section 6.3 are tiny: one thread is faster than several
@@ -30,7 +30,9 @@ def single_thread():
         torch.set_num_threads(old)
 
 
-def sine_data(n: int = 1500, seed: int = 0, dtype: torch.dtype = torch.float64, device=None):
+def sine_data(
+    n: int = 1500, seed: int = 0, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The data set of Section 6.3: ``n`` points ``x ~ U[-π, π]`` and ``y = sin x``.
 
     Parameters
@@ -108,7 +110,7 @@ def train_sine_model(
     seed: int = 0,
     hidden: Sequence[int] = (8, 5),
     dtype: torch.dtype = torch.float64,
-    device=None,
+    device: torch.device | str | None = None,
 ) -> TrainedSine:
     """Fit :func:`sine_model` to :func:`sine_data` with full-batch Adam on the squared loss (Section 6.3).
 
@@ -141,7 +143,7 @@ def train_sine_model(
     return TrainedSine(model=model, x=x, y=y, losses=losses)
 
 
-def printed_cdb_penalty(s: torch.Tensor | np.ndarray, residual: torch.Tensor | np.ndarray):
+def printed_cdb_penalty(s: torch.Tensor | np.ndarray, residual: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     """The classical penalty as *printed* in Section 6.3, ``((∂_{x_0}(x_L − y))²)² = s⁴``.
 
     With a label ``y`` that does not depend on ``x_0``, ``∂_{x_0}(x_L − y) = s``.

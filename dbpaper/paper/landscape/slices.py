@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ...network import Network
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +30,7 @@ class Slice:
     layer: int = 1
     index: tuple[int, ...] = (0,)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in ("input", "weight", "bias"):
             raise ValueError(f"Slice: kind must be 'input', 'weight' or 'bias', got {self.kind!r}")
         if not isinstance(self.layer, int) or self.layer < 1:
@@ -78,7 +83,7 @@ class Slice:
         return float(self._tensor(net).detach()[self.index])
 
     @contextlib.contextmanager
-    def at(self, net: Network, t: float):
+    def at(self, net: Network, t: float) -> Iterator[None]:
         """Set the sliced parameter to ``t`` inside the block (restored afterwards); parameter slices only."""
         if self.kind == "input":
             raise ValueError("Slice.at: input slices move x_0, not a parameter; use Slice.inputs")
@@ -93,7 +98,7 @@ class Slice:
             with torch.no_grad():
                 tensor[self.index] = old
 
-    def inputs(self, x: torch.Tensor, ts) -> torch.Tensor:
+    def inputs(self, x: torch.Tensor, ts: ArrayLike) -> torch.Tensor:
         """The batch ``x_0(t)`` for all ``t`` in ``ts`` from the single example ``x`` (input slices)."""
         if self.kind != "input":
             raise ValueError("Slice.inputs: only for input slices")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,7 +101,7 @@ def smoothing_study(
     penalties: Mapping[str, Penalty] | None = None,
     sizes: Sequence[int] = (1, 4, 16, 64, 256, 1024),
     grid: int = 801,
-) -> tuple[list[SmoothingRow], dict]:
+) -> tuple[list[SmoothingRow], dict[str, Any]]:
     """How averaging over a batch of ``M`` examples smooths ``∂_t R`` (Section 6.2; Figures 6 and 7).
 
     The ``N`` examples ``x`` (with targets ``y``) are split into ``N / M``
