@@ -1,7 +1,7 @@
 """Penalty terms of Section 4.1: ``R = p((dx_L/dx_0)* v)``, eq. (10).
 
 A penalty is a choice of ``p`` and of one or more ``v``; its value is the
-mean over the batch of the per-example penalty, summed over its ``v``'s:
+mean over the batch of the per-example penalty, summed over its ``v``'s::
 
     R = Σ_k (1/N) Σ_n p(ξ_0^{(k, n)}),   ξ_0^{(k, n)} = (dx_L/dx_0)* v^{(k, n)}.
 
