@@ -155,8 +155,17 @@ def problems(rows: list[dict] | None = None, root: Path = ROOT) -> list[str]:
 # ---------------------------------------------------------------- rendering
 
 
+_SCRIPT = re.compile(r"([_^])\{([^{}]*)\}")
+
+
 def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """A table cell's text: one line, pipes escaped, braced sub- and superscripts (``∇_{z_j}R``) as HTML."""
+    out = " ".join(str(text).split()).replace("|", "\\|")
+    while True:  # innermost first
+        new = _SCRIPT.sub(lambda m: f"<{'sub' if m[1] == '_' else 'sup'}>{m[2]}</{'sub' if m[1] == '_' else 'sup'}>", out)
+        if new == out:
+            return out
+        out = new
 
 
 def _check_link(check: str) -> str:
