@@ -38,6 +38,7 @@ from .operators import (
     MaxPool1d,
     MaxPool2d,
 )
+from ._reduction import REDUCTIONS, Reduction
 from .planning import ALGORITHM_NAMES, AlgorithmName, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
 
 # the one place the package registers its built-in layer readers and algorithms (importing a module registers nothing)
@@ -49,6 +50,8 @@ __version__ = "0.5.0"
 __all__ = [
     "ALGORITHM_NAMES",
     "AlgorithmName",
+    "REDUCTIONS",
+    "Reduction",
     "ExecutionPlan",
     "BatchMixingWarning",
     "FallbackWarning",

@@ -42,7 +42,7 @@ from .algorithms.passes import input_gradient
 from .algorithms.registry import REGISTRY
 from .network import ForwardRecord, Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
-from .planning import resolve
+from .planning import penalty_key, resolve
 
 __all__ = ["clear_cache", "model_signature", "read_cached", "read_with_plans", "record", "resolve_cached", "resolve_in", "compute_input", "run_explicit"]
 
@@ -159,7 +159,7 @@ def resolve_cached(model, net: Network, penalty: Penalty, algorithm: str, batch:
 def resolve_in(plans: dict, net: Network, penalty: Penalty, algorithm: str, batch: int) -> str:
     """The registered algorithm to run, memoised in ``plans`` (from :func:`read_with_plans`)."""
     key = (
-        net.in_shape, type(penalty), repr(penalty), batch, algorithm,
+        net.in_shape, penalty_key(penalty), batch, algorithm,
         J.DEFAULT_CHUNK_SIZE, J.TARGET_CHUNK_BYTES, tuple((k, id(v)) for k, v in REGISTRY.items()),
     )  # fmt: skip
     name = plans.get(key)

@@ -41,12 +41,17 @@ from torch import nn
 
 from ._network_calls import as_network, count_operations, double_backprop, objective_gradients
 from ._pipeline import compute_input, read_with_plans, record, resolve_in, run_explicit
-from .algorithms._dispatch import penalty_value
-from .fallback import autograd_value, objective_by_autograd, run_fallback
-from .losses import LOSSES, loss_for, loss_value
-from .network import Network, UnsupportedModelError, unwrap
+from ._precomputed import flat_gradients, guard_second_order, is_ddp
+from ._reduction import PerExample, Reduction, check_reduction, per_example_autograd, weighted
+from .algorithms._dispatch import compute, penalty_value, per_example_values
+from .algorithms.general import loss_gradients, loss_seed
+from .algorithms.passes import input_gradient
+from .algorithms.registry import REGISTRY
+from .fallback import autograd_value, objective_by_autograd, penalty_by_autograd, run_fallback, warn_if_mixing
+from .losses import LOSSES, loss_for, loss_per_example, loss_value
+from .network import Network, UnsupportedModelError, output_map_of, unwrap
 from .penalties import Penalty
-from .planning import AlgorithmName, validate_call, warn_fallback
+from .planning import AlgorithmName, resolve, validate_call, warn_fallback
 
 __all__ = [
     "LOSSES",
@@ -151,6 +156,7 @@ def penalty(
     y: torch.Tensor | None = None,
     *,
     algorithm: AlgorithmName = "auto",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """``R`` of eq. (10), differentiable (once) with respect to the model's parameters and ``x``.
 
@@ -173,11 +179,18 @@ def penalty(
         ``"general"``, ``"minimal"``, ``"optimized"``, ``"optimized-shortcuts"``,
         ``"optimized-chunked"``, ``"autograd"`` (:data:`dbpaper.AlgorithmName`),
         or the name of a registered algorithm.
+    reduction : {"mean", "sum", "none"}
+        ``"mean"`` (default): ``R``, the batch mean of the per-example penalty
+        ``R_n``; ``"sum"``: ``Σ_n R_n``; ``"none"``: the vector ``(R_n)`` of
+        shape ``(N,)``, whose backward with any weights ``w`` delivers the exact
+        gradients of ``Σ_n w_n R_n`` (computed when ``backward`` runs, by the
+        explicit algorithms that take a per-example weighted ``p``; see
+        :mod:`dbpaper._reduction`).
 
     Returns
     -------
     torch.Tensor
-        The scalar ``R`` (the batch mean of the per-example penalty).
+        The scalar ``R`` (the batch mean of the per-example penalty), or as ``reduction`` says.
 
     Notes
     -----
@@ -206,10 +219,15 @@ def penalty(
     >>> bool(torch.allclose(R, by_autograd))
     True
     """
+    reduction = check_reduction(reduction)
     validate_call(x, penalty, y, algorithm)
+    if reduction == "none":
+        return _per_example(model, x, penalty, y, algorithm, None, None)
     if _value_only_mode():
-        return _value_only(model, x, penalty, y, algorithm, None, None)
-    return _run(model, x, penalty, y, algorithm, None, None)
+        value = _value_only(model, x, penalty, y, algorithm, None, None)
+    else:
+        value = _run(model, x, penalty, y, algorithm, None, None)
+    return value if reduction == "mean" else value * x.shape[0]
 
 
 def objective(
@@ -221,13 +239,14 @@ def objective(
     *,
     loss: str | None = None,
     algorithm: AlgorithmName = "auto",
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """``ℓ + λR`` with both gradients from one run of the algorithms (Section 4.5).
 
     Parameters
     ----------
-    model, x, penalty, algorithm
-        As in :func:`penalty`.
+    model, x, penalty, algorithm, reduction
+        As in :func:`penalty` (``reduction`` applies to ``ℓ_n + λR_n``).
     y : torch.Tensor
         Labels (integer class indices) or float targets shaped like the output.
     lam : float
@@ -270,6 +289,7 @@ def objective(
     """
     if y is None:
         raise ValueError("objective needs y (labels or targets) for the loss ℓ")
+    reduction = check_reduction(reduction)
     validate_call(x, penalty, y, algorithm, y_used_by_loss=True)
     if (
         isinstance(lam, bool)
@@ -277,6 +297,80 @@ def objective(
         and not (isinstance(lam, torch.Tensor) and lam.numel() == 1)
     ):
         raise TypeError(f"lam must be a real number, got {lam!r}")
+    if reduction == "none":
+        return _per_example(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
     if _value_only_mode():
-        return _value_only(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
-    return _run(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
+        value = _value_only(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
+    else:
+        value = _run(model, x, penalty, y, algorithm, float(lam), loss_for(y, loss))
+    return value if reduction == "mean" else value * x.shape[0]
+
+
+def _per_example(model, x, pen: Penalty, y, algorithm: str, lam: float | None, loss: str | None) -> torch.Tensor:
+    """``reduction="none"``: the vector ``(R_n)`` (or ``(ℓ_n + λR_n)``), gradients at backward time (see :mod:`dbpaper._reduction`)."""
+    if is_ddp(model):
+        raise ValueError(
+            "reduction='none' is not supported for a DistributedDataParallel model (its gradients are averaged "
+            "over the ranks when the call returns); use reduction='mean' or 'sum'"
+        )
+    inner = unwrap(model)
+    net = None
+    if algorithm != "autograd":
+        if not isinstance(inner, nn.Module | Network):
+            if not callable(model):
+                raise TypeError(
+                    f"model must be a torch.nn.Module, a dbpaper.Network or a callable, got {type(model).__name__}"
+                )
+            err = UnsupportedModelError(
+                "a plain callable, not an nn.Module", getattr(model, "__name__", type(model).__name__), "not an nn.Module"
+            )
+            if algorithm != "auto":
+                raise err
+            warn_fallback(inner, err)
+        else:
+            try:
+                net, _ = read_with_plans(model, x)
+            except UnsupportedModelError as err:
+                if algorithm != "auto":
+                    raise
+                warn_fallback(inner, err)
+                warn_if_mixing(inner)
+    if net is not None:
+        xc, precision = _checked_input(net, x, pen, y)
+        if torch.compiler.is_compiling() or _all_finite(x):
+            return _per_example_explicit(net, x, xc, precision, pen, y, algorithm, lam, loss)
+    with torch.inference_mode(False), torch.enable_grad():
+        xin = x.clone() if x.is_inference() else x
+        values, out = penalty_by_autograd(inner, xin, per_example_autograd(pen), y, return_output=True)
+        if lam is not None:
+            values = loss_per_example(output_map_of(inner), out, y, loss) + lam * values
+    return values.detach() if _value_only_mode() else values
+
+
+def _per_example_explicit(net: Network, x, xc, precision, pen: Penalty, y, algorithm: str, lam, loss) -> torch.Tensor:
+    n = x.shape[0]
+    with precision:
+        rec = record(net, xc)
+        at = net.at(rec)
+        with torch.no_grad():
+            values, seeds = per_example_values(at, rec, pen, y)
+            if lam is not None:
+                values = loss_per_example(at.output_map, rec.output, y, loss, rec.logits) + lam * values
+    if _value_only_mode():
+        return values
+
+    def backward(w: torch.Tensor):
+        with precision, torch.no_grad():
+            c = w.detach().to(rec.output.dtype).reshape(n) * n  # mean_n (N w_n) p = Σ_n w_n p
+            wp = weighted(pen, xc, y, c, seeds)
+            wanted = algorithm if algorithm != "auto" and REGISTRY[algorithm].applies(at, wp) else "auto"
+            grads = compute(net, rec, wp, y, name=resolve(net, wp, wanted, batch=n)).gradients
+            if lam is not None:
+                grads = grads.scaled(lam)
+                zeta = loss_seed(at, rec, y, loss)
+                grads.add(loss_gradients(at, rec, y, loss, None, zeta_L=zeta * c.reshape((-1,) + (1,) * (zeta.ndim - 1))))
+            flat = flat_gradients(net, grads)
+            gx = input_gradient(at, grads) if x.requires_grad else None
+        return (None if gx is None else gx.reshape(x.shape).to(x.dtype)), flat
+
+    return guard_second_order(PerExample.apply(values, backward, x, *net.parameters()))

@@ -22,7 +22,7 @@ from .penalties import (
 )
 from .planning import BatchMixingWarning, caller_stacklevel, warn_fallback
 
-__all__ = ["autograd_value", "objective_by_autograd", "penalty_by_autograd", "penalty_from_output", "run_fallback"]
+__all__ = ["autograd_value", "objective_by_autograd", "penalty_by_autograd", "penalty_from_output", "run_fallback", "warn_if_mixing"]
 
 
 @overload
@@ -122,6 +122,12 @@ def run_fallback(
     inner = unwrap(model)
     if err is not None:
         warn_fallback(inner, err)
+    warn_if_mixing(inner)
+    return autograd_value(model, x, pen, y, lam, loss)
+
+
+def warn_if_mixing(inner: nn.Module) -> None:
+    """A :class:`~dbpaper.BatchMixingWarning` if ``inner`` mixes the examples of a batch (BatchNorm in training mode)."""
     mixer = _mixes_examples(inner)
     if mixer is not None:
         warnings.warn(
@@ -131,4 +137,3 @@ def run_fallback(
             BatchMixingWarning,
             stacklevel=caller_stacklevel(),
         )
-    return autograd_value(model, x, pen, y, lam, loss)

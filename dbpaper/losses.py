@@ -17,7 +17,7 @@ import torch
 
 from .activations import OutputMap, Softmax
 
-__all__ = ["LOSSES", "loss_for", "loss_target", "loss_value"]
+__all__ = ["LOSSES", "loss_for", "loss_per_example", "loss_target", "loss_value"]
 
 #: The losses the entry points know.
 LOSSES = ("nll", "mse")
@@ -80,3 +80,17 @@ def loss_value(
         return -torch.sum(target * torch.log_softmax(z_L, dim=-1)) / x_L.shape[0]
     # −log x_L[y]: the target class only (``target`` is one-hot: nll takes class indices)
     return -torch.sum(torch.log(x_L.gather(-1, y.reshape(-1, 1).long()))) / x_L.shape[0]
+
+
+def loss_per_example(
+    output_map: OutputMap, x_L: torch.Tensor, y: torch.Tensor, loss: str, z_L: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``ℓ(x_{L,n}, y_n)`` per example, shape ``(N,)``: the terms whose batch mean :func:`loss_value` is."""
+    target = loss_target(x_L, y, loss)
+    if loss == "mse":
+        return ((x_L - target) ** 2).reshape(x_L.shape[0], -1).sum(dim=1)
+    if not isinstance(output_map, Softmax):
+        return -(target * torch.log_softmax(x_L, dim=-1)).sum(dim=-1)
+    if z_L is not None:
+        return -(target * torch.log_softmax(z_L, dim=-1)).sum(dim=-1)
+    return -torch.log(x_L.gather(-1, y.reshape(-1, 1).long())).reshape(-1)

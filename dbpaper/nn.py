@@ -12,6 +12,7 @@ from torch import nn
 from .operators import LocallyConnected2d as _LCOperator
 
 if TYPE_CHECKING:
+    from ._reduction import Reduction
     from .penalties import Penalty
     from .planning import AlgorithmName
 
@@ -106,9 +107,11 @@ class PenaltyTerm(nn.Module):
     penalty: Penalty
     weight: float
     algorithm: AlgorithmName
+    reduction: Reduction
 
-    def __init__(self, penalty: Penalty, weight: float = 1.0, *, algorithm: AlgorithmName = "auto"):
+    def __init__(self, penalty: Penalty, weight: float = 1.0, *, algorithm: AlgorithmName = "auto", reduction: Reduction = "mean"):
         super().__init__()
+        from ._reduction import check_reduction
         from .penalties import Penalty
 
         if not isinstance(penalty, Penalty):
@@ -118,13 +121,16 @@ class PenaltyTerm(nn.Module):
         self.penalty = penalty
         self.weight = float(weight)
         self.algorithm = algorithm
+        self.reduction = check_reduction(reduction)
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         from .api import penalty as _penalty
 
-        return self.weight * _penalty(model, x, self.penalty, y, algorithm=self.algorithm)
+        return self.weight * _penalty(model, x, self.penalty, y, algorithm=self.algorithm, reduction=self.reduction)
 
     def extra_repr(self) -> str:
-        return f"{self.penalty!r}, weight={self.weight}" + (
-            "" if self.algorithm == "auto" else f", algorithm={self.algorithm!r}"
+        return (
+            f"{self.penalty!r}, weight={self.weight}"
+            + ("" if self.algorithm == "auto" else f", algorithm={self.algorithm!r}")
+            + ("" if self.reduction == "mean" else f", reduction={self.reduction!r}")
         )

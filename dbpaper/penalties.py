@@ -359,7 +359,12 @@ class Penalty(abc.ABC):
             raise ValueError(f"{self!r} needs y (labels or targets)")
         self.check_outputs(net.layers[-1].op.out_numel)
 
+    #: set on a copy by ``reduction="none"``: the autograd terms per example, shape ``(N,)``, not batch means
+    _per_example: bool = False
+
     def _mean_p(self, xi: torch.Tensor) -> torch.Tensor:
+        if self._per_example:
+            return self.p.value(xi)
         return self.p.value(xi).sum() / xi.shape[0]
 
     def _vjp_terms(self, xin: torch.Tensor, out: torch.Tensor, vs) -> list[torch.Tensor]:

@@ -128,6 +128,16 @@ def _applicable(net: Network, penalty: Penalty) -> list[str]:
 _CHOICES: dict[tuple, tuple[str, dict[str, Estimate]]] = {}
 
 
+def penalty_key(penalty: Penalty) -> tuple:
+    """What a plan depends on in a penalty: its class and settings (``repr``) and the declared properties of its ``p``.
+
+    ``repr`` alone does not name ``p`` for every penalty (``R1(gamma=10)``), and a
+    penalty whose ``p`` is replaced (``reduction="none"`` weights it per example)
+    must not reuse a plan made for a plain squared norm.
+    """
+    return (type(penalty), repr(penalty), type(penalty.p), penalty.squared_norm_scale, penalty.sums_unit_outputs)
+
+
 def _signature(net: Network, penalty: Penalty, batch: int) -> tuple:
     """Everything the cost model reads: layer shapes and kinds, the batch, the penalty and the chunking settings."""
 
@@ -139,8 +149,7 @@ def _signature(net: Network, penalty: Penalty, batch: int) -> tuple:
     return (
         layers,
         batch,
-        type(penalty),
-        repr(penalty),
+        penalty_key(penalty),
         J.DEFAULT_CHUNK_SIZE,
         J.TARGET_CHUNK_BYTES,
         tuple((k, id(v)) for k, v in REGISTRY.items()),

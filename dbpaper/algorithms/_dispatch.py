@@ -14,7 +14,7 @@ from .general import Linearization, Result, _reusable, loss_gradients, loss_seed
 from .passes import backward_pass
 from .registry import REGISTRY, LossFold
 
-__all__ = ["compute", "compute_objective", "penalty_value"]
+__all__ = ["compute", "compute_objective", "penalty_value", "per_example_values"]
 
 
 def penalty_value(net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None) -> torch.Tensor:
@@ -27,6 +27,25 @@ def penalty_value(net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.T
         for seed in penalty.seeds(net, rec, y, Linearization(net, rec)):
             value = value + penalty.p.value(backward_pass(net, rec, seed.zeta_L()).xis[0]).sum() / n
     return value
+
+
+def per_example_values(net: Network, rec: ForwardRecord, penalty: Penalty, y: torch.Tensor | None) -> tuple[torch.Tensor, list]:
+    """``R_n = Σ_k p(ξ_{0,n}^{(k)})`` per example, shape ``(N,)`` (``net`` linearised at ``rec``), and the seeds it used.
+
+    Algorithm 1 once per ``v``. The seeds are returned so that the gradients of
+    the same ``R_n`` can be computed later with the same ``v``'s (a random
+    ``v`` is drawn once).
+    """
+    value = None
+    penalty = penalty.bind(rec.xs[0], y)
+    with torch.no_grad():
+        seeds = list(penalty.seeds(net, rec, y, Linearization(net, rec)))
+        for seed in seeds:
+            term = penalty.p.value(backward_pass(net, rec, seed.zeta_L()).xis[0])
+            value = term if value is None else value + term
+    if value is None:
+        raise ValueError(f"{penalty!r} has no v for this network")
+    return value, seeds
 
 
 def compute(
