@@ -630,6 +630,7 @@ def workloads(quick: bool = False) -> list[Workload]:
         ("output-node", "output-node penalty, node 3", Task("output-node"), True),
         ("operator-norm", "operator-norm penalty, two power iterations", Task("operator-norm"), True),
         ("objective", "objective cross-entropy + 0.1 x Jacobian penalty", Task("jacobian", lam=0.1), False),
+        ("objective-classical", "objective cross-entropy + 0.1 x classical double backpropagation (NLL)", Task("classical-nll", lam=0.1), True),
     ]
     for name, what, task, softmax in others:
         out.append(
