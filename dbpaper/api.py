@@ -70,16 +70,7 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
     if algorithm == "autograd":
         return run_fallback(model, x, pen, y, lam, loss, None)
     if not isinstance(unwrap(model), nn.Module | Network):
-        if not callable(model):
-            raise TypeError(
-                f"model must be a torch.nn.Module, a dbpaper.Network or a callable, got {type(model).__name__}"
-            )
-        err = UnsupportedModelError(
-            "a plain callable, not an nn.Module", getattr(model, "__name__", type(model).__name__), "not an nn.Module"
-        )
-        if algorithm != "auto":
-            raise err
-        return run_fallback(model, x, pen, y, lam, loss, err)
+        return run_fallback(model, x, pen, y, lam, loss, _plain_callable(model, algorithm))
     try:
         net, plans = read_with_plans(model, x)
     except UnsupportedModelError as err:
@@ -92,6 +83,18 @@ def _run(model, x, pen, y, algorithm: str, lam: float | None, loss: str | None) 
         return autograd_value(model, x, pen, y, lam, loss)
     name = resolve_in(plans, net, pen, algorithm, x.shape[0])
     return run_explicit(model, net, x, xc, precision, pen, y, name, lam, loss)
+
+
+def _plain_callable(model, algorithm: str) -> UnsupportedModelError:
+    """Why a model that is not an ``nn.Module`` takes the fallback; raised at once unless ``algorithm="auto"``."""
+    if not callable(model):
+        raise TypeError(f"model must be a torch.nn.Module, a dbpaper.Network or a callable, got {type(model).__name__}")
+    err = UnsupportedModelError(
+        "a plain callable, not an nn.Module", getattr(model, "__name__", type(model).__name__), "not an nn.Module"
+    )
+    if algorithm != "auto":
+        raise err
+    return err
 
 
 @torch.compiler.disable  # a scalar read: always eager (a caller that dynamo runs eagerly would otherwise trace it alone)
@@ -317,16 +320,7 @@ def _per_example(model, x, pen: Penalty, y, algorithm: str, lam: float | None, l
     net = None
     if algorithm != "autograd":
         if not isinstance(inner, nn.Module | Network):
-            if not callable(model):
-                raise TypeError(
-                    f"model must be a torch.nn.Module, a dbpaper.Network or a callable, got {type(model).__name__}"
-                )
-            err = UnsupportedModelError(
-                "a plain callable, not an nn.Module", getattr(model, "__name__", type(model).__name__), "not an nn.Module"
-            )
-            if algorithm != "auto":
-                raise err
-            warn_fallback(inner, err)
+            warn_fallback(inner, _plain_callable(model, algorithm))
         else:
             try:
                 net, _ = read_with_plans(model, x)
