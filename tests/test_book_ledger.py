@@ -177,3 +177,16 @@ def test_rendered_ledger_links_every_place(ledger, docs):
         for label in row.get("places", []):
             assert f"<{label}>`" in text
     assert "(missing)" not in text and "`? <" not in text
+
+
+def test_api_page_groups_every_public_name():
+    """The API page is generated from ``dbpaper.__all__``: a new public name must join a group (else the
+    book build fails), and every data name or type alias needs its one-line summary."""
+    body = bl.api_directives()
+    import dbpaper
+
+    for name in dbpaper.__all__:
+        assert f"dbpaper.{name}" in body, name
+        obj = getattr(dbpaper, name)
+        if bl._kind(obj) in ("data", "alias"):
+            assert bl.API_DATA_SUMMARIES.get(name), f"{name} has no summary in API_DATA_SUMMARIES"

@@ -410,7 +410,8 @@ API_MARKER = "<!-- api: the autodoc directives below are generated from dbpaper.
 API_GROUPS: list[tuple[str, str, list[str]]] = [
     ("Entry points", "What a training loop calls: the penalty or the whole objective, the plan the default "
      "call follows, the explicit algorithms and the operation counts of Section 5.",
-     ["penalty", "objective", "plan", "ExecutionPlan", "double_backprop", "count_operations"]),
+     ["penalty", "objective", "plan", "ExecutionPlan", "double_backprop", "count_operations",
+      "REDUCTIONS", "Reduction"]),
     ("Penalties", "The penalty terms of Section 4.1 and the functions p they apply.", ["penalties"]),
     ("Registries and planning", "Where layers are read into the network model, where algorithms are "
      "registered, and how the default call chooses among them.",
@@ -434,6 +435,8 @@ API_GROUPS: list[tuple[str, str, list[str]]] = [
 API_DATA_SUMMARIES = {
     "ALGORITHM_NAMES": "The values the `algorithm` argument of the entry points accepts.",
     "AlgorithmName": "The type of the `algorithm` argument: a `Literal` of `ALGORITHM_NAMES`.",
+    "REDUCTIONS": "The values the `reduction` argument of `penalty`, `objective` and `dbpaper.nn.PenaltyTerm` accepts.",
+    "Reduction": "The type of the `reduction` argument: a `Literal` of `REDUCTIONS`.",
 }
 
 
