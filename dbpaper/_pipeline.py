@@ -40,6 +40,7 @@ from .algorithms import jacobian as J
 from .algorithms._dispatch import compute, compute_objective
 from .algorithms.passes import input_gradient
 from .algorithms.registry import REGISTRY
+from .fallback import warn_mixing
 from .network import ForwardRecord, Network, UnsupportedModelError, unwrap
 from .penalties import Penalty
 from .planning import penalty_key, resolve
@@ -172,7 +173,15 @@ def resolve_in(plans: dict, net: Network, penalty: Penalty, algorithm: str, batc
 
 
 def record(net: Network, x: torch.Tensor) -> ForwardRecord:
-    """One recorded forward pass without an autograd graph (``x`` already checked against ``net``)."""
+    """One recorded forward pass without an autograd graph (``x`` already checked against ``net``).
+
+    A network with BatchNorm in training mode gives its :class:`~dbpaper.BatchMixingWarning`
+    (information: the penalty is that of the batch function) and updates the running statistics, once.
+    """
+    if net.has_coupled:
+        mixer = net.batch_mixer
+        if mixer is not None:
+            warn_mixing(mixer)
     with torch.no_grad():
         return net.forward(x.detach(), check=False)
 

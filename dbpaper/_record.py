@@ -9,6 +9,7 @@ import torch
 
 if TYPE_CHECKING:
     from .activations import Activation
+    from .normalisation import NormState
     from .operators import BilinearOperator
 
 __all__ = ["ForwardRecord", "relu_slope"]
@@ -39,17 +40,25 @@ class ForwardRecord:
     (``None`` where it is identically zero). ``unit[j]`` is ``True`` where
     ``g_j`` is the identity: :meth:`slope` then returns its argument (pooling
     layers between convolutions). Index 0 and ``L`` hold ``None``.
+
+    A normalisation (an activation that is not coordinate-wise,
+    :class:`dbpaper.normalisation.Normalisation`) has ``coupled[j] = True``:
+    ``slope_in[j]`` is then its :class:`~dbpaper.normalisation.NormState`,
+    ``d2g[j]`` is ``None``, and its ``g''`` enters through :meth:`source`, one
+    bilinear evaluation per seed (:meth:`curved` says where a source term exists).
     """
 
     xs: list[torch.Tensor | None]
     d2g: list[torch.Tensor | None]
     acts: list[Activation | None] | None = None
-    slope_in: list[torch.Tensor | None] | None = None
+    slope_in: list[torch.Tensor | NormState | None] | None = None
     unit: list[bool] | None = None
     #: ``z_L`` where the output map is the softmax (for a stable ``log_softmax`` in the loss), else ``None``
     logits: torch.Tensor | None = None
     #: layer ``j`` -> the linear map its operator selected on this pass (max-pooling), else ``None``
     selections: dict[int, BilinearOperator] | None = None
+    #: ``coupled[j]``: ``g_j`` is a normalisation (not coordinate-wise); ``None`` where no layer is
+    coupled: list[bool] | None = None
 
     def slope(self, j: int, t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``M(g'_j(z_j), t) = g'_j(z_j) ⊙ t`` in one pass (``t`` itself where ``g_j`` is the identity).
@@ -60,6 +69,27 @@ class ForwardRecord:
         if self.unit is not None and self.unit[j]:
             return t if out is None or out is t else out.copy_(t)
         return self.acts[j].slope(t, self.slope_in[j], out)
+
+    def is_coupled(self, j: int) -> bool:
+        """Whether ``g_j`` is a normalisation, whose ``g'`` and ``g''`` act on groups of coordinates."""
+        return self.coupled is not None and self.coupled[j]
+
+    def curved(self, j: int) -> bool:
+        """Whether layer ``j`` has a source term ``M(G''_j(z_j) h_j, ξ_j)`` in eq. (28) (``g''_j`` not identically zero)."""
+        return self.d2g[j] is not None or self.is_coupled(j)
+
+    def source(self, j: int, h: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """``M(G''_j(z_j) h_j, ξ_j)`` of eq. (28), shaped like ``ξ_j`` (``k`` classes may be stacked along the batch).
+
+        ``g''_j ⊙ h_j ⊙ ξ_j`` for a coordinate-wise ``g_j``, the bilinear
+        ``g''_j(z_j)[h_j, ξ_j]`` of a normalisation (per seed: it is no diagonal
+        that the seeds could share).
+        """
+        if self.is_coupled(j):
+            state = self.slope_in[j]
+            return self.acts[j].curvature(state, h.reshape(-1, *state.shape), xi.reshape(-1, *state.shape)).reshape(xi.shape)
+        d2g = self.d2g[j]
+        return (d2g * h.reshape(-1, *d2g.shape) * xi.reshape(-1, *d2g.shape)).reshape(xi.shape)
 
     @property
     def output(self) -> torch.Tensor:

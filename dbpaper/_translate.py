@@ -15,6 +15,14 @@ connections). A block whose input is the node ``x_a`` is read as
   with an activation (the sum comes after it), a parameter-free identity layer
   ``z = x + x_s`` is appended. An activation that follows the block acts on the sum.
 
+A normalisation module (LayerNorm, RMSNorm, GroupNorm, BatchNorm in training
+mode; :class:`~dbpaper.readers.NormPart`) closes the layer being read with its
+normalisation as the activation, and its affine part opens the next layer.
+Where no linear module precedes it (at the input, after an activation, at
+the start of a block) a parameter-free identity layer is inserted for it to
+act on; so is one after a normalisation without affine part that an
+activation follows or that ends the model.
+
 A BatchNorm in eval mode right after a dense layer or a convolution is folded
 into it (:func:`~dbpaper.readers.fold_channel_scale`): one layer with the
 derived ``θ = s ⊙ W``, ``b = s ⊙ b + t``, whose gradients go back to both modules.
@@ -32,7 +40,7 @@ from torch import nn
 from . import activations as act
 from . import nn as dbnn
 from .operators import IdentityMap
-from .readers import LinearPart, UnsupportedOption, fold_channel_scale, reader_for, supported_modules
+from .readers import LinearPart, NormPart, UnsupportedOption, fold_channel_scale, reader_for, supported_modules
 
 __all__ = ["UnsupportedModelError", "read_layers"]
 
@@ -113,6 +121,7 @@ _READ_TYPES = {
     "output": (act.OutputMap,),
     "reshape": (tuple,),
     "skip": (type(None),),
+    "normalisation": (NormPart,),
 }
 
 
@@ -130,6 +139,8 @@ def _read(reader, m: nn.Module, shape: tuple[int, ...], where: str):
             f"Network: {where}: the reader of {reader.module.__name__} (kind {reader.kind!r}) must return "
             f"{' or '.join(t.__name__ for t in expected)}, got {type(part).__name__}"
         )
+    if reader.kind == "normalisation" and part.activation is not None and not getattr(part.activation, "coupled", False):
+        raise TypeError(f"Network: {where}: the reader of {reader.module.__name__} must give a normalisation (coupled activation)")
     if reader.kind == "linear" and part.op.in_shape != tuple(shape) and math.prod(part.op.in_shape) != math.prod(shape):
         raise TypeError(f"Network: {where}: the reader's operator takes inputs of shape {part.op.in_shape}, not {tuple(shape)}")
     return part
@@ -179,6 +190,24 @@ class _Reading:
             return None
         return fold_channel_scale(self.pending["part"], part)
 
+    def after_normalisation(self) -> bool:
+        """Whether nothing is pending and the node read next is a normalisation's output (no affine part after it)."""
+        return self.pending is None and self.node > 0 and getattr(self.layers[self.node - 1]["activation"], "coupled", False)
+
+    def identity_layer(self, name: str) -> None:
+        """Open a parameter-free identity layer ``z = x`` on the current node (for an activation to act on)."""
+        self.open(LinearPart(IdentityMap(self.shape), None, None), (name,))
+
+    def normalisation(self, name: str, part: NormPart) -> None:
+        """A normalisation closes the pending layer (or an identity layer); its affine part opens the next."""
+        if self.pending is None:
+            self.identity_layer(name)
+        else:
+            self.pending["module_names"] += (name,)
+        self.close(part.activation)
+        if part.affine is not None:
+            self.open(part.affine, (name,))
+
     def sequence(self, modules, last: bool) -> None:
         """Read ``modules`` (``(name, module)`` pairs) in order; ``last``: they end the model."""
         modules = list(modules)
@@ -201,7 +230,12 @@ class _Reading:
             self.settle()
             self.shape = part
             return
-        if reader.kind == "linear":
+        if reader.kind == "normalisation":
+            if part.activation is not None:
+                self.normalisation(name, part)
+                return
+            part = part.affine  # BatchNorm in eval mode: a linear part, folded where it can be
+        if reader.kind in ("linear", "normalisation"):
             folded = self.fold(part)
             if folded is not None:  # BatchNorm (eval) after a dense layer or convolution: one layer
                 self.pending.update(weight=folded.weight, bias=folded.bias, part=folded)
@@ -212,6 +246,8 @@ class _Reading:
             return
         if reader.kind == "output" and not last:
             raise UnsupportedModelError(f"Network: {where}: {type(m).__name__} is only supported as the final module (Appendix B)", where, "softmax not last")
+        if self.after_normalisation():
+            self.identity_layer(name)
         if self.pending is None:
             raise UnsupportedModelError(f"Network: {where}: an activation must follow a linear module (eq. (8))", where, "activation without a linear module")
         self.pending["module_names"] += (name,)
@@ -253,6 +289,8 @@ def read_layers(model: nn.Module, shape: tuple[int, ...]) -> list[dict]:
     modules = list(_modules(model))
     reading = _Reading(shape)
     reading.sequence(modules, last=True)
+    if reading.after_normalisation():  # a model that ends with a normalisation: an identity output layer after it
+        reading.identity_layer(reading.layers[-1]["module_names"][-1])
     if reading.pending is not None:
         reading.close(act.IdentityOutput())
     if not reading.layers:

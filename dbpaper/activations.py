@@ -105,6 +105,11 @@ class Activation(abc.ABC):
     #: ``True`` when ``g'' = 0`` almost everywhere (Section 5.2).
     locally_linear: bool = False
 
+    #: ``True`` for an activation that is not coordinate-wise (a normalisation,
+    #: :class:`dbpaper.normalisation.Normalisation`): ``slope`` is a symmetric linear map
+    #: of a group of coordinates and ``curvature`` its second derivative.
+    coupled: bool = False
+
     #: ``True`` when the forward pass should take ``g''`` from the output ``g(z)`` (one
     #: transcendental function per layer instead of two; torch's own backward of tanh and the
     #: sigmoid uses the output too, so the values agree with autograd's).

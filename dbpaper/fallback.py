@@ -22,7 +22,7 @@ from .penalties import (
 )
 from .planning import BatchMixingWarning, caller_stacklevel, warn_fallback
 
-__all__ = ["autograd_value", "objective_by_autograd", "penalty_by_autograd", "penalty_from_output", "run_fallback", "warn_if_mixing"]
+__all__ = ["autograd_value", "objective_by_autograd", "penalty_by_autograd", "penalty_from_output", "run_fallback", "warn_if_mixing", "warn_mixing"]
 
 
 @overload
@@ -130,10 +130,15 @@ def warn_if_mixing(inner: nn.Module) -> None:
     """A :class:`~dbpaper.BatchMixingWarning` if ``inner`` mixes the examples of a batch (BatchNorm in training mode)."""
     mixer = _mixes_examples(inner)
     if mixer is not None:
-        warnings.warn(
-            f"dbpaper: {mixer} is BatchNorm in training mode, which mixes the examples of the batch: the penalty "
-            "is that of the batch function (an example's input gradient depends on the others). For the "
-            "per-example penalty, put the model in eval mode (model.eval()) for the penalty's call.",
-            BatchMixingWarning,
-            stacklevel=caller_stacklevel(),
-        )
+        warn_mixing(mixer)
+
+
+def warn_mixing(mixer: str) -> None:
+    """The :class:`~dbpaper.BatchMixingWarning` for the module ``mixer``: information, on the explicit path and the fallback alike."""
+    warnings.warn(
+        f"dbpaper: {mixer} is BatchNorm in training mode, which mixes the examples of the batch: the penalty "
+        "is that of the batch function (an example's input gradient depends on the others). For the "
+        "per-example penalty, put the model in eval mode (model.eval()) for the penalty's call.",
+        BatchMixingWarning,
+        stacklevel=caller_stacklevel(),
+    )

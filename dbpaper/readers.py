@@ -10,6 +10,9 @@ A *reader* says what a module contributes to a layer ``z_j = K_j(θ_j, x_{j-1}) 
 * ``"activation"`` — a coordinate-wise ``g_j`` (:class:`~dbpaper.activations.Activation`);
   at the end of a model it is the output map ``g_L``;
 * ``"output"`` — an output map that is not coordinate-wise (the softmax);
+* ``"normalisation"`` — a normalisation layer (:class:`NormPart`): an activation
+  that is not coordinate-wise (:mod:`dbpaper.normalisation`) and its affine part,
+  a linear layer after it; or, for BatchNorm in eval mode, a linear part alone;
 * ``"reshape"`` — a change of the per-example shape that is no layer (``Flatten``);
 * ``"skip"`` — nothing (``Identity``).
 
@@ -48,6 +51,7 @@ from .operators import (
 __all__ = [
     "READERS",
     "LinearPart",
+    "NormPart",
     "Reader",
     "UnsupportedOption",
     "fold_channel_scale",
@@ -58,7 +62,7 @@ __all__ = [
     "unwrap",
 ]
 
-KINDS = ("linear", "activation", "output", "reshape", "skip")
+KINDS = ("linear", "activation", "output", "reshape", "skip", "normalisation")
 
 
 class UnsupportedOption(ValueError):
@@ -102,6 +106,22 @@ class LinearPart:
         return tuple(t for t in (self.weight, self.bias) if t is not None)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class NormPart:
+    """What a normalisation module contributes: ``activation``, then its affine part ``affine`` as a layer of its own.
+
+    ``activation`` is a :class:`~dbpaper.normalisation.Normalisation` (``None``
+    where the module is affine by itself, BatchNorm in eval mode: then
+    ``affine`` is read like a linear module's part, folded into the layer
+    before it where it can be). ``affine`` is ``None`` without weight and bias.
+    Where no linear module precedes the normalisation, the reading inserts a
+    parameter-free identity layer for it to act on.
+    """
+
+    activation: act.Activation | None
+    affine: LinearPart | None
+
+
 @dataclasses.dataclass(frozen=True)
 class Reader:
     """How one torch module type is read (see the module docstring)."""
@@ -125,8 +145,8 @@ def register_reader(module: type, kind: str, read: Callable[..., Any], *, exampl
     ``read(m, shape)`` gets the module and the per-example shape of its input
     and returns, by ``kind``: a :class:`LinearPart` (``"linear"``), an
     :class:`~dbpaper.activations.Activation` (``"activation"``), an
-    :class:`~dbpaper.activations.OutputMap` (``"output"``), the new per-example
-    shape (``"reshape"``), or ``None`` (``"skip"``). It raises
+    :class:`~dbpaper.activations.OutputMap` (``"output"``), a :class:`NormPart`
+    (``"normalisation"``), the new per-example shape (``"reshape"``), or ``None`` (``"skip"``). It raises
     :class:`UnsupportedOption` for an option outside the framework and
     ``ValueError`` for a shape that does not fit. ``example()`` builds a
     representative module (the tests draw random models from these).
@@ -358,14 +378,13 @@ def _softmax(m, shape):
 
 def register_builtin() -> None:
     """The readers of the torch modules the package supports, in the order of the README's table (called once, by ``dbpaper``)."""
+    from . import _norm_readers
+
     register_reader(nn.Linear, "linear", _linear, example=lambda: nn.Linear(5, 4), description="dense layer")
     register_reader(nn.Conv1d, "linear", _conv, example=lambda: nn.Conv1d(2, 3, 3, padding=1), description="zero padding; any stride, dilation, groups")
     register_reader(nn.Conv2d, "linear", _conv, example=lambda: nn.Conv2d(2, 3, 3, padding=1), description="zero padding; any stride, dilation, groups")
     register_reader(dbnn.LocallyConnected2d, "linear", _locally_connected, description="unshared weights per position")
-    register_reader(nn.BatchNorm1d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm1d),
-                    description="eval mode: θ = γ/√(σ²+ε), b = β − θμ, folded into a dense layer or convolution right before it (train mode mixes examples: autograd)")  # fmt: skip
-    register_reader(nn.BatchNorm2d, "linear", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm2d),
-                    description="eval mode, as BatchNorm1d")  # fmt: skip
+    _norm_readers.register_builtin()  # BatchNorm (eval and training mode), LayerNorm, RMSNorm, GroupNorm
     register_reader(nn.AvgPool2d, "linear", _avg_pool, example=lambda: nn.AvgPool2d(2), description="parameter-free; no divisor_override")
     register_reader(nn.AdaptiveAvgPool2d, "linear", _adaptive_avg_pool, example=lambda: nn.AdaptiveAvgPool2d(1),
                     description="parameter-free; output size dividing the input size")  # fmt: skip

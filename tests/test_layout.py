@@ -231,10 +231,10 @@ def test_library_functions_are_short(path):
 # path); the book's wing dbpaper.paper is public as a whole.
 PUBLIC_MODULES = {
     "dbpaper", "dbpaper.__main__", "dbpaper.activations", "dbpaper.api", "dbpaper.counting", "dbpaper.diagnostics",
-    "dbpaper.fallback", "dbpaper.losses", "dbpaper.network", "dbpaper.nn", "dbpaper.numdiff", "dbpaper.oracles",
+    "dbpaper.fallback", "dbpaper.losses", "dbpaper.network", "dbpaper.nn", "dbpaper.normalisation", "dbpaper.numdiff", "dbpaper.oracles",
     "dbpaper.penalties", "dbpaper.planning", "dbpaper.readers", "dbpaper.seeds",
     "dbpaper.algorithms", *(f"dbpaper.algorithms.{m}" for m in ("algorithm4", "costs", "general", "jacobian", "passes", "registry", "shortcuts", "variants")),
-    "dbpaper.operators", *(f"dbpaper.operators.{m}" for m in ("base", "channel_scale", "conv", "dense", "hadamard", "locally_connected", "max_pool", "parameter_free")),
+    "dbpaper.operators", *(f"dbpaper.operators.{m}" for m in ("base", "channel_scale", "conv", "dense", "feature_scale", "hadamard", "locally_connected", "max_pool", "parameter_free")),
 }  # fmt: skip
 
 

@@ -109,12 +109,14 @@ class Accumulators:
     sources: list[torch.Tensor | None]
     eta_L: torch.Tensor | None
     value: torch.Tensor
+    #: the forward record (a normalisation's source term is its bilinear ``g''_j[h_j, ξ_j]``, formed per seed)
+    rec: ForwardRecord | None = None
 
     @classmethod
     def empty(cls, ctx: Context, eta_L: bool) -> Accumulators:
         out = ctx.rec.output
         slots = [None] * (ctx.depth + 1)
-        return cls(list(slots), list(slots), torch.zeros_like(out) if eta_L else None, out.new_zeros(()))
+        return cls(list(slots), list(slots), torch.zeros_like(out) if eta_L else None, out.new_zeros(()), ctx.rec)
 
     def add_value(self, term: torch.Tensor) -> None:
         self.value = self.value + term
@@ -124,7 +126,18 @@ class Accumulators:
         self.weights[j] = layer.Kbox_into(self.weights[j], q, zeta)
 
     def add_source(self, j: int, xi: torch.Tensor, h: torch.Tensor) -> None:
-        """``Σ_i h_j ⊙ ξ_j`` += ``h_j ⊙ ξ_j`` of the stacked classes (``ξ_j`` may be overwritten)."""
+        """``Σ_i h_j ⊙ ξ_j`` += ``h_j ⊙ ξ_j`` of the stacked classes (``ξ_j`` may be overwritten).
+
+        For a normalisation ``g_j`` the sum is of the source terms themselves,
+        ``Σ_i g''_j[h_j^{(i)}, ξ_j^{(i)}]``: its ``g''`` is bilinear, not one diagonal for all seeds.
+        """
+        if self.rec is not None and self.rec.is_coupled(j):
+            term, acc = self.rec.source(j, h, xi), self.sources[j]
+            if acc is None:
+                self.sources[j] = term  # the first, largest chunk: room for every later one
+            else:
+                acc[: term.shape[0]].add_(term)
+            return
         self.sources[j] = _source_(self.sources[j], xi, h)
 
     def fold_in(self, extra_eta_L: torch.Tensor | None) -> None:
@@ -142,6 +155,9 @@ class Accumulators:
         s, self.sources[j] = self.sources[j], None
         if s is None:
             return _slope_(rec, j, gamma, 1) if gamma is not None else None
+        if rec.is_coupled(j):  # S_j = Σ_i g''_j[h_j^{(i)}, ξ_j^{(i)}], summed over the stacked classes
+            s = _sum_chunk(s, rec.slope_in[j].shape)
+            return s if gamma is None else _slope_(rec, j, gamma, 1).view(s.shape).add_(s)
         d2g = rec.d2g[j]
         s = _sum_chunk(s, d2g.shape)
         if gamma is None:
@@ -219,7 +235,7 @@ def chunk_backward(ctx: Context, chunk: Chunk, xi: torch.Tensor | None, lowest: 
         if j > 1:
             unit = rec.unit is not None and rec.unit[j - 1]
             xi = slots.take(j - 1, copy=not unit)  # g_{j-1} = id: ζ_{j-1} = ξ_{j-1} is only read, a borrowed ζ serves
-            if rec.d2g[j - 1] is None:
+            if not rec.curved(j - 1):
                 zetas[j - 1] = _slope_(rec, j - 1, xi, k)  # ζ_{j-1} = M(g'_{j-1}, ξ_{j-1}), in place
             else:  # the source term needs ξ_{j-1} as well
                 zetas[j - 1] = _slope_into(rec, j - 1, xi, k, ctx.zeta_buffer(j - 1, xi))

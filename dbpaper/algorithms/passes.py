@@ -223,8 +223,8 @@ def forward_backward_pass(
 
     def eta(j: int, gamma: torch.Tensor | None) -> torch.Tensor | None:  # eq. (28)
         terms = []
-        if rec.d2g[j] is not None:
-            terms.append(rec.d2g[j] * bbp.hs[j] * bp.xis[j])  # M(G''(z_j) h_j, ξ_j)
+        if rec.curved(j):
+            terms.append(rec.source(j, bbp.hs[j], bp.xis[j]))  # M(G''(z_j) h_j, ξ_j)
         if gamma is not None:
             terms.append(rec.slope(j, gamma))  # G'(z_j) γ_j
         return sum(terms[1:], terms[0]) if terms else None

@@ -4,6 +4,7 @@ from .base import BilinearOperator
 from .channel_scale import ChannelScale
 from .conv import Conv1d, Conv2d
 from .dense import Dense
+from .feature_scale import FeatureScale
 from .hadamard import Hadamard
 from .locally_connected import LocallyConnected2d
 from .max_pool import MaxPool1d, MaxPool2d, Selection
@@ -16,6 +17,7 @@ __all__ = [
     "Conv1d",
     "Conv2d",
     "Dense",
+    "FeatureScale",
     "Hadamard",
     "IdentityMap",
     "InvertibleDownsampling",

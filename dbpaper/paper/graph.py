@@ -52,6 +52,7 @@ class DependencyGraph:
 
 def _named_run(net: Network, x: torch.Tensor, penalty, y):
     net.require_chain("dependency_graph")
+    net.require_coordinatewise("dependency_graph")
     L = net.depth
     named: dict[str, torch.Tensor] = {}
     with torch.enable_grad():

@@ -80,6 +80,7 @@ def algorithm_4(net: Network, x: torch.Tensor, fixes: Iterable[str] = ()) -> tup
     named in :data:`FIXES` (errata E11–E15). Without them the printed program uses deleted variables.
     """
     net.require_chain("algorithm_4 (the printed program)")
+    net.require_coordinatewise("algorithm_4 (the printed program)")
     unknown = set(fixes) - set(FIXES)
     if unknown:
         raise ValueError(f"algorithm_4: unknown corrections {sorted(unknown)}; known: {FIXES}")

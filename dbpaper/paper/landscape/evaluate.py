@@ -50,6 +50,7 @@ def _entry_pairing(layer, index: tuple[int, ...], a: torch.Tensor, b: torch.Tens
 def _per_example_many(net: Network, x: torch.Tensor, penalties: Mapping[str, Penalty], y, sl: Slice | None):
     """``{name: (R_n, ∂_t R_n or None)}`` for several penalties sharing one recorded forward pass."""
     net.require_chain("the loss-landscape evaluation")
+    net.require_coordinatewise("the loss-landscape evaluation")
     out = {}
     with torch.no_grad():
         rec = net.forward(x)
