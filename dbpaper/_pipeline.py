@@ -178,7 +178,7 @@ def record(net: Network, x: torch.Tensor) -> ForwardRecord:
     A network with BatchNorm in training mode gives its :class:`~dbpaper.BatchMixingWarning`
     (information: the penalty is that of the batch function) and updates the running statistics, once.
     """
-    if net.has_coupled:
+    if net.has_coupled and not torch.compiler.is_compiling():  # (a traced warning would break the graph)
         mixer = net.batch_mixer
         if mixer is not None:
             warn_mixing(mixer)

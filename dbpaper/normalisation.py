@@ -253,25 +253,28 @@ class BatchNormalisation(Normalisation):
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {torch.Size(shape)}")
         return shape, (-len(shape),) + tuple(range(-len(shape) + 2, 0))
 
-    def record(self, z: torch.Tensor) -> tuple[torch.Tensor, NormState]:
-        x, state = super().record(z)
-        m = self.module
-        if m is not None and m.training and getattr(m, "track_running_stats", False) and m.running_mean is not None:
-            self._update_running_stats(m, z, state)
-        return x, state
+    def f(self, z: torch.Tensor) -> torch.Tensor:
+        self._layout(tuple(z.shape))
+        return torch.native_batch_norm(z, None, None, None, None, True, 0.0, self._eps(z))[0]
 
-    @staticmethod
-    def _update_running_stats(m: torch.nn.Module, z: torch.Tensor, state: NormState) -> None:
-        """``running ← (1 − f) running + f batch`` (the unbiased variance), ``f`` the momentum or ``1/batches`` as torch does."""
-        with torch.no_grad():
-            dims = tuple(d % z.ndim for d in state.dims)
-            mean = z.mean(dim=dims)
-            var = z.var(dim=dims, unbiased=True)
+    def record(self, z: torch.Tensor) -> tuple[torch.Tensor, NormState]:
+        """``(x, state)`` by torch's own kernel (``native_batch_norm``), which also updates the running statistics as the module's forward does.
+
+        The update is torch's: the momentum, or ``1/num_batches_tracked`` with
+        ``momentum=None``; like the module's forward it leaves the version
+        counters of the running statistics alone, so that a graph of an earlier
+        forward of the model (the loss of a training step) stays valid.
+        """
+        grouped, dims = self._layout(tuple(z.shape))
+        m, factor, running = self.module, 0.0, (None, None)
+        if m is not None and m.training and getattr(m, "track_running_stats", False) and m.running_mean is not None:
             if m.num_batches_tracked is not None:
                 m.num_batches_tracked.add_(1)
             factor = (1.0 / float(m.num_batches_tracked)) if m.momentum is None else float(m.momentum)
-            m.running_mean.mul_(1 - factor).add_(mean.to(m.running_mean.dtype), alpha=factor)
-            m.running_var.mul_(1 - factor).add_(var.to(m.running_var.dtype), alpha=factor)
+            running = (m.running_mean, m.running_var)
+        x, _, invstd = torch.native_batch_norm(z, None, None, running[0], running[1], True, factor, self._eps(z))
+        inv = invstd.to(z.dtype).reshape((1, -1) + (1,) * (z.ndim - 2))
+        return x, NormState(x, inv, dims, True, tuple(z.shape))
 
     def __repr__(self) -> str:
         return f"BatchNormalisation(eps={self.eps})"

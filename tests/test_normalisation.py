@@ -135,7 +135,7 @@ def random_normalised_model(family: str, seed: int, classes: int = CLASSES):
     elif family == "mlp":
         d = 4
         mods, width = [], d
-        for i in range(2):
+        for _ in range(2):
             mods += [nn.Linear(width, 5), _norm(pick(["rms", "bn", "ln"]), 5, g), _act(g)]
             width = 5
         mods.append(nn.Linear(width, classes))
@@ -162,14 +162,14 @@ FAMILIES = {"prenorm": (0, 1, 2, 3), "mlp": (0, 1, 2, 3), "conv": (0, 1)}
 NETWORKS = [(family, seed) for family, seeds in FAMILIES.items() for seed in seeds]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _network(family, seed):
     model, shape = random_normalised_model(family, seed)
     x = torch.randn((4, *shape), generator=torch.Generator().manual_seed(seed + 77), dtype=F64)
     return model, x, dbpaper.Network.from_sequential(model, shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _oracle(family, seed, pen_name):
     model, x, _ = _network(family, seed)
     return oracle(model, x, PENALTIES[pen_name][0](), penalty_targets(pen_name, x, seed))
@@ -246,11 +246,11 @@ def test_batchnorm_running_statistics_are_updated_once_as_by_a_plain_forward():
         plain = copy.deepcopy(model)
         x, y = torch.randn(5, 2, 4, 4, dtype=F64), torch.randint(0, 2, (5,))
         for call in (
-            lambda: dbpaper.penalty(model, x, JacobianFrobenius()).backward(),
-            lambda: dbpaper.objective(model, x, ClassicalDoubleBackprop("nll"), y, 0.5).backward(),
-            lambda: dbpaper.penalty(model, x, JacobianFrobenius(), reduction="none").sum().backward(),
+            lambda m, x, y: dbpaper.penalty(m, x, JacobianFrobenius()).backward(),
+            lambda m, x, y: dbpaper.objective(m, x, ClassicalDoubleBackprop("nll"), y, 0.5).backward(),
+            lambda m, x, y: dbpaper.penalty(m, x, JacobianFrobenius(), reduction="none").sum().backward(),
         ):
-            call()
+            call(model, x, y)
             with torch.no_grad():
                 plain(x)
             for a, b in zip(model.buffers(), plain.buffers()):
@@ -354,3 +354,15 @@ def test_a_mutated_layer_norm_curvature_fails_the_grid(monkeypatch, mutant):
     monkeypatch.setattr(N.LayerNormalisation, "curvature", fake)
     failed, compared = _failures(model, x)
     assert compared >= 5 and failed == compared
+
+
+def test_a_training_step_with_batchnorm_runs_the_loss_forward_first():
+    """``ℓ(model(x)) + λR``: the penalty's update of the running statistics leaves the loss's graph valid (as a second forward would)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double().train()
+    x, y = torch.randn(8, 4, dtype=F64), torch.randint(0, 3, (8,))
+    params = list(model.parameters())
+    got = torch.autograd.grad(F.cross_entropy(model(x), y) + 0.1 * dbpaper.penalty(model, x, JacobianFrobenius()), params)
+    want = torch.autograd.grad(F.cross_entropy(model(x), y) + 0.1 * dbpaper.penalty(model, x, JacobianFrobenius(), algorithm="autograd"), params)
+    assert_matches((torch.zeros(()), got), (torch.zeros(()), want), rtol=1e-10)
+    assert int(model[1].num_batches_tracked) == 4

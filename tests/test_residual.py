@@ -10,6 +10,8 @@ autograd oracle (relative error ≤ 1e-10).
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from .helpers import (
     PENALTIES,
     applicable_algorithms,
     assert_matches,
+    assert_same_gradients,
     flat_gradients,
     oracle,
     penalty_targets,
@@ -233,11 +236,15 @@ def test_degenerate_blocks():
         assert torch.isfinite(dbpaper.penalty(odd, x, pen))
 
 
-def test_batchnorm_in_training_mode_inside_a_block_falls_back_with_its_warning():
+def test_batchnorm_in_training_mode_inside_a_block_is_read_with_its_warning():
+    """The batch function's penalty by the explicit algorithms (the warning is information, no fallback)."""
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Residual(nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2)),
                           nn.Flatten(), nn.Linear(2 * 16, 3)).double()  # fmt: skip
     model.train()
     x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dbpaper.FallbackWarning)
+        with pytest.warns(dbpaper.BatchMixingWarning):
+            value = dbpaper.penalty(model, x, dbpaper.penalties.JacobianFrobenius())
     with pytest.warns(dbpaper.BatchMixingWarning):
-        value = dbpaper.penalty(model, x, dbpaper.penalties.JacobianFrobenius())
-    assert torch.isfinite(value)
+        assert_same_gradients(model, x, value, dbpaper.penalty(model, x, dbpaper.penalties.JacobianFrobenius(), algorithm="autograd"), with_x=False)

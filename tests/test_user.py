@@ -18,6 +18,8 @@ import dbpaper
 from dbpaper import penalties as P
 from dbpaper.planning import FallbackWarning
 
+from .helpers import unsupported_activation
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -87,7 +89,7 @@ def test_the_readme_loop_runs_one_forward_per_step_and_matches_autograd():
 
 
 def _unsupported_model():
-    return nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    return nn.Sequential(nn.Linear(3, 4), unsupported_activation(), nn.Linear(4, 2))
 
 
 def test_the_fallback_warning_names_the_users_line():

@@ -21,6 +21,7 @@ ROLE = {
     "output": "output map (last module only)",
     "reshape": "reshape, no layer",
     "skip": "nothing",
+    "normalisation": "normalisation `g` (not coordinate-wise), then its affine part as a linear layer",
 }
 
 
