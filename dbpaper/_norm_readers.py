@@ -6,7 +6,7 @@ followed by their affine part: per channel a
 :class:`~dbpaper.operators.ChannelScale` (GroupNorm, BatchNorm), per feature a
 :class:`~dbpaper.operators.FeatureScale` (LayerNorm, RMSNorm), with the
 module's own ``weight`` and ``bias``. BatchNorm in eval mode with running
-statistics is affine by itself (:func:`dbpaper.readers._batch_norm`).
+statistics is affine by itself (``_batch_norm_eval``), folded into the layer before it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from . import normalisation as norm
-from . import readers
 from .operators import ChannelScale, FeatureScale
 from .readers import LinearPart, NormPart, UnsupportedOption, register_reader
 
@@ -27,10 +26,50 @@ def _batch_stats(m: nn.modules.batchnorm._BatchNorm) -> bool:
     return m.training or (m.running_mean is None and m.running_var is None)
 
 
+def _batch_norm_eval(m: nn.modules.batchnorm._BatchNorm, shape) -> LinearPart:
+    """BatchNorm in eval mode: ``θ = γ/√(σ² + ε)`` (per channel) and ``b = β − θ μ``, derived afresh on every call."""
+    if m.training or not m.track_running_stats or m.running_mean is None:
+        raise UnsupportedOption(
+            "BatchNorm in training mode (or without running statistics) normalises by the batch's statistics, "
+            "which mixes the examples; eq. (8) reads it in eval mode (model.eval())"
+        )
+    dims = (1, 2) if isinstance(m, nn.BatchNorm1d) else (3,)  # (C,) or (C, L); (C, H, W)
+    if len(shape) not in dims or shape[0] != m.num_features:
+        raise ValueError(f"input of per-example shape {shape} does not fit num_features={m.num_features}")
+
+    def derive():
+        scale = torch.rsqrt(m.running_var + m.eps)
+        theta = m.weight * scale if m.affine else scale
+        bias = (m.bias if m.affine else 0) - theta * m.running_mean
+        return theta, bias
+
+    def param_grads(grad_theta, grad_bias):
+        if not m.affine:
+            return []
+        # b = β − θ μ: the gradient of θ in full is ∇_θ − μ ∇_b; θ = γ/√(σ² + ε)
+        return [(grad_theta - grad_bias * m.running_mean) * torch.rsqrt(m.running_var + m.eps), grad_bias]
+
+    with torch.no_grad():
+        theta, bias = derive()
+    params = (m.weight, m.bias) if m.affine else ()
+    return LinearPart(ChannelScale(shape), theta, bias, params=params, param_grads=param_grads, derive=derive)
+
+
+def _batch_norm_example(cls, channels: int = 2):
+    """A BatchNorm in eval mode with running statistics and affine parameters away from the identity."""
+    m = cls(channels)
+    with torch.no_grad():
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.3, 0.3)
+    return m.eval()
+
+
 def _batch_norm(m: nn.modules.batchnorm._BatchNorm, shape) -> NormPart:
     """Eval mode: the affine map of the running statistics. Training mode: the batch's normalisation per channel, then ``γ``, ``β``."""
     if not _batch_stats(m):
-        return NormPart(None, readers._batch_norm(m, shape))
+        return NormPart(None, _batch_norm_eval(m, shape))
     dims = (1, 2) if isinstance(m, nn.BatchNorm1d) else (3,)  # (C,) or (C, L); (C, H, W)
     if len(shape) not in dims or shape[0] != m.num_features:
         raise ValueError(f"input of per-example shape {shape} does not fit num_features={m.num_features}")
@@ -100,7 +139,7 @@ def _batch_norm_train_example(cls, channels: int = 2) -> nn.Module:
 
 def register_builtin() -> None:
     """The normalisation readers, in the order of the README's table (called by :func:`dbpaper.readers.register_builtin`)."""
-    register_reader(nn.BatchNorm1d, "normalisation", _batch_norm, example=lambda: readers._batch_norm_example(nn.BatchNorm1d),
+    register_reader(nn.BatchNorm1d, "normalisation", _batch_norm, example=lambda: _batch_norm_example(nn.BatchNorm1d),
                     description="eval mode: θ = γ/√(σ²+ε), b = β − θμ, folded into a dense layer or convolution right before it; "
                     "training mode: the batch's normalisation per channel (the examples mix: the penalty of the batch function), then γ, β")  # fmt: skip
     register_reader(nn.BatchNorm2d, "normalisation", _batch_norm, example=lambda: _batch_norm_train_example(nn.BatchNorm2d),

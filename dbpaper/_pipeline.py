@@ -40,10 +40,10 @@ from .algorithms import jacobian as J
 from .algorithms._dispatch import compute, compute_objective
 from .algorithms.passes import input_gradient
 from .algorithms.registry import REGISTRY
-from .fallback import warn_mixing
 from .network import ForwardRecord, Network, UnsupportedModelError, unwrap
+from .normalisation import batch_mixer
 from .penalties import Penalty
-from .planning import penalty_key, resolve
+from .planning import penalty_key, resolve, warn_mixing
 
 __all__ = ["clear_cache", "model_signature", "read_cached", "read_with_plans", "record", "resolve_cached", "resolve_in", "compute_input", "run_explicit"]
 
@@ -178,10 +178,9 @@ def record(net: Network, x: torch.Tensor) -> ForwardRecord:
     A network with BatchNorm in training mode gives its :class:`~dbpaper.BatchMixingWarning`
     (information: the penalty is that of the batch function) and updates the running statistics, once.
     """
-    if net.has_coupled and not torch.compiler.is_compiling():  # (a traced warning would break the graph)
-        mixer = net.batch_mixer
-        if mixer is not None:
-            warn_mixing(mixer)
+    mixer = None if torch.compiler.is_compiling() else batch_mixer(net)  # (a traced warning would break the graph)
+    if mixer is not None:
+        warn_mixing(mixer)
     with torch.no_grad():
         return net.forward(x.detach(), check=False)
 

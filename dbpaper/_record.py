@@ -41,9 +41,9 @@ class ForwardRecord:
     ``g_j`` is the identity: :meth:`slope` then returns its argument (pooling
     layers between convolutions). Index 0 and ``L`` hold ``None``.
 
-    A normalisation (an activation that is not coordinate-wise,
-    :class:`dbpaper.normalisation.Normalisation`) has ``coupled[j] = True``:
-    ``slope_in[j]`` is then its :class:`~dbpaper.normalisation.NormState`,
+    Where ``g_j`` is a normalisation (an activation that is not coordinate-wise,
+    :class:`dbpaper.normalisation.Normalisation`, ``acts[j].coupled``),
+    ``slope_in[j]`` is its :class:`~dbpaper.normalisation.NormState`,
     ``d2g[j]`` is ``None``, and its ``g''`` enters through :meth:`source`, one
     bilinear evaluation per seed (:meth:`curved` says where a source term exists).
     """
@@ -57,8 +57,6 @@ class ForwardRecord:
     logits: torch.Tensor | None = None
     #: layer ``j`` -> the linear map its operator selected on this pass (max-pooling), else ``None``
     selections: dict[int, BilinearOperator] | None = None
-    #: ``coupled[j]``: ``g_j`` is a normalisation (not coordinate-wise); ``None`` where no layer is
-    coupled: list[bool] | None = None
 
     def slope(self, j: int, t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``M(g'_j(z_j), t) = g'_j(z_j) ⊙ t`` in one pass (``t`` itself where ``g_j`` is the identity).
@@ -72,7 +70,7 @@ class ForwardRecord:
 
     def is_coupled(self, j: int) -> bool:
         """Whether ``g_j`` is a normalisation, whose ``g'`` and ``g''`` act on groups of coordinates."""
-        return self.coupled is not None and self.coupled[j]
+        return self.acts is not None and self.acts[j] is not None and self.acts[j].coupled
 
     def curved(self, j: int) -> bool:
         """Whether layer ``j`` has a source term ``M(G''_j(z_j) h_j, ξ_j)`` in eq. (28) (``g''_j`` not identically zero)."""

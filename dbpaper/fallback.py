@@ -8,7 +8,6 @@ oracles and the benchmark peers live in :mod:`dbpaper.oracles`.
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal, overload
 
 import torch
@@ -20,9 +19,9 @@ from .network import UnsupportedModelError, output_map_of, unwrap
 from .penalties import (
     Penalty,
 )
-from .planning import BatchMixingWarning, caller_stacklevel, warn_fallback
+from .planning import warn_fallback, warn_mixing
 
-__all__ = ["autograd_value", "objective_by_autograd", "penalty_by_autograd", "penalty_from_output", "run_fallback", "warn_if_mixing", "warn_mixing"]
+__all__ = ["autograd_value", "objective_by_autograd", "penalty_by_autograd", "penalty_from_output", "run_fallback", "warn_if_mixing"]
 
 
 @overload
@@ -132,13 +131,3 @@ def warn_if_mixing(inner: nn.Module) -> None:
     if mixer is not None:
         warn_mixing(mixer)
 
-
-def warn_mixing(mixer: str) -> None:
-    """The :class:`~dbpaper.BatchMixingWarning` for the module ``mixer``: information, on the explicit path and the fallback alike."""
-    warnings.warn(
-        f"dbpaper: {mixer} is BatchNorm in training mode, which mixes the examples of the batch: the penalty "
-        "is that of the batch function (an example's input gradient depends on the others). For the "
-        "per-example penalty, put the model in eval mode (model.eval()) for the penalty's call.",
-        BatchMixingWarning,
-        stacklevel=caller_stacklevel(),
-    )

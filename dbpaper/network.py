@@ -146,7 +146,6 @@ class Network:
     in_shape: tuple[int, ...]
     node_shapes: list[tuple[int, ...]]
     is_chain: bool
-    has_coupled: bool
     last_use: list[int]
     unread_after_forward: tuple[int, ...]
 
@@ -192,8 +191,6 @@ class Network:
                 self.layers[-1].module_names[-1],
                 "softmax on a non-flat output",
             )
-        #: whether a hidden activation is a normalisation (not coordinate-wise, :mod:`dbpaper.normalisation`)
-        self.has_coupled = any(layer.activation.coupled for layer in self.layers[:-1])
 
     def _wire(self) -> None:
         """The graph of the layers: ``sources[j] = p(j)``, ``adds[j] = A(j)``, ``consumers[i]``; checked to be topological."""
@@ -299,23 +296,6 @@ class Network:
         return self.layers[-1].op.out_shape
 
     @property
-    def batch_mixer(self) -> str | None:
-        """The module of the first layer whose activation couples the examples (BatchNorm in training mode), else ``None``."""
-        for layer in self.layers[:-1]:
-            if getattr(layer.activation, "couples", None) == "batch":
-                return layer.module_names[-1]
-        return None
-
-    def require_coordinatewise(self, who: str) -> None:
-        """Raise a ValueError naming ``who`` unless every activation is coordinate-wise (no normalisation layer)."""
-        bad = [".".join(layer.module_names) for layer in self.layers[:-1] if layer.activation.coupled]
-        if bad:
-            raise ValueError(
-                f"{who} is written for coordinate-wise activations; the normalisation of {', '.join(bad)} is not "
-                "coordinate-wise (its g' is a linear map): use dbpaper.penalty or dbpaper.double_backprop"
-            )
-
-    @property
     def locally_linear(self) -> bool:
         """Whether every hidden activation is locally linear (Section 5.2)."""
         return all(layer.activation.locally_linear for layer in self.layers[:-1])
@@ -368,7 +348,6 @@ class Network:
             self.check_input(x)
         L = self.depth
         xs, d2g, acts, slope_in, unit = [x], [None] * (L + 1), [None] * (L + 1), [None] * (L + 1), [False] * (L + 1)
-        coupled = [False] * (L + 1) if self.has_coupled else None
         selections = {}
         for j, layer in enumerate(self.layers, start=1):
             if layer.op.selects:  # max-pooling: the value, and the linear map S_x it selected
@@ -381,9 +360,8 @@ class Network:
                 z = z.add_(xs[a].reshape(z.shape))  # z is this layer's own fresh tensor
             g = layer.activation
             if j < L and g.coupled:  # a normalisation: its record (ẑ, 1/σ) serves g' and g'' (running statistics updated once)
-                x_j, slope_in[j] = g.record(z)
+                acts[j], (x_j, slope_in[j]) = g, g.record(z)
                 xs.append(x_j)
-                acts[j], coupled[j] = g, True
                 continue
             xs.append(g.f(z))
             if j < L:
@@ -397,9 +375,8 @@ class Network:
         for i in self.unread_after_forward:  # x_i only fed a parameter-free operator or a skip connection
             xs[i] = None
         return ForwardRecord(
-            xs=xs, d2g=d2g, acts=acts, slope_in=slope_in, unit=unit, logits=logits, selections=selections or None,
-            coupled=coupled,
-        )  # fmt: skip
+            xs=xs, d2g=d2g, acts=acts, slope_in=slope_in, unit=unit, logits=logits, selections=selections or None
+        )
 
     def at(self, rec: ForwardRecord) -> Network:
         """This network linearised at the recorded point: every max-pooling layer's selection ``S_x`` fixed.

@@ -40,10 +40,14 @@ batch Jacobian). ``model.eval()`` gives the per-example penalty.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from .activations import Activation
+
+if TYPE_CHECKING:
+    from .network import Network
 
 __all__ = [
     "BatchNormalisation",
@@ -52,6 +56,8 @@ __all__ = [
     "NormState",
     "Normalisation",
     "RMSNormalisation",
+    "batch_mixer",
+    "require_coordinatewise",
 ]
 
 
@@ -284,3 +290,25 @@ class BatchNormalisation(Normalisation):
 
     def __hash__(self) -> int:
         return hash(("BatchNormalisation", self.eps, id(self.module)))
+
+
+def batch_mixer(net: Network) -> str | None:
+    """The module of ``net``'s first layer whose normalisation couples the examples (BatchNorm in training mode), else ``None``."""
+    for layer in net.layers[:-1]:
+        if getattr(layer.activation, "couples", None) == "batch":
+            return layer.module_names[-1]
+    return None
+
+
+def require_coordinatewise(net: Network, who: str) -> None:
+    """Raise a ValueError naming ``who`` unless every activation of ``net`` is coordinate-wise (no normalisation).
+
+    For the code written in terms of the vectors ``g'(z)``, ``g''(z)`` (the book's
+    traced quantities, the printed Algorithm 4, the dependency graph).
+    """
+    bad = [".".join(layer.module_names) for layer in net.layers[:-1] if layer.activation.coupled]
+    if bad:
+        raise ValueError(
+            f"{who} is written for coordinate-wise activations; the normalisation of {', '.join(bad)} is not "
+            "coordinate-wise (its g' is a linear map): use dbpaper.penalty or dbpaper.double_backprop"
+        )

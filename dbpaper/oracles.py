@@ -99,7 +99,6 @@ def traced_quantities(net: Network, x: torch.Tensor, penalty: Penalty, y: torch.
     together with the forward values ``xs``, ``zs`` and ``xis``, ``zetas``.
     """
     net.require_chain("traced_quantities")
-    net.require_coordinatewise("traced_quantities")
     if penalty.num_seeds(net) != 1:
         raise ValueError("traced_quantities supports penalties with a single v")
     penalty = penalty.bind(x, y)

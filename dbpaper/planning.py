@@ -383,3 +383,14 @@ def warn_fallback(model: nn.Module, err: UnsupportedModelError) -> None:
         FallbackWarning,
         stacklevel=caller_stacklevel(),
     )
+
+
+def warn_mixing(mixer: str) -> None:
+    """The :class:`~dbpaper.BatchMixingWarning` for the module ``mixer``: information, on the explicit path and the fallback alike."""
+    warnings.warn(
+        f"dbpaper: {mixer} is BatchNorm in training mode, which mixes the examples of the batch: the penalty "
+        "is that of the batch function (an example's input gradient depends on the others). For the "
+        "per-example penalty, put the model in eval mode (model.eval()) for the penalty's call.",
+        BatchMixingWarning,
+        stacklevel=caller_stacklevel(),
+    )

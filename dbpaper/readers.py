@@ -282,35 +282,6 @@ def _max_pool(m, shape):
     return LinearPart(cls(shape, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode), None, None)
 
 
-def _batch_norm(m: nn.modules.batchnorm._BatchNorm, shape):
-    """BatchNorm in eval mode: ``θ = γ/√(σ² + ε)`` (per channel) and ``b = β − θ μ``, derived afresh on every call."""
-    if m.training or not m.track_running_stats or m.running_mean is None:
-        raise UnsupportedOption(
-            "BatchNorm in training mode (or without running statistics) normalises by the batch's statistics, "
-            "which mixes the examples; eq. (8) reads it in eval mode (model.eval())"
-        )
-    dims = (1, 2) if isinstance(m, nn.BatchNorm1d) else (3,)  # (C,) or (C, L); (C, H, W)
-    if len(shape) not in dims or shape[0] != m.num_features:
-        raise ValueError(f"input of per-example shape {shape} does not fit num_features={m.num_features}")
-
-    def derive():
-        scale = torch.rsqrt(m.running_var + m.eps)
-        theta = m.weight * scale if m.affine else scale
-        bias = (m.bias if m.affine else 0) - theta * m.running_mean
-        return theta, bias
-
-    def param_grads(grad_theta, grad_bias):
-        if not m.affine:
-            return []
-        # b = β − θ μ: the gradient of θ in full is ∇_θ − μ ∇_b; θ = γ/√(σ² + ε)
-        return [(grad_theta - grad_bias * m.running_mean) * torch.rsqrt(m.running_var + m.eps), grad_bias]
-
-    with torch.no_grad():
-        theta, bias = derive()
-    params = (m.weight, m.bias) if m.affine else ()
-    return LinearPart(ChannelScale(shape), theta, bias, params=params, param_grads=param_grads, derive=derive)
-
-
 def fold_channel_scale(first: LinearPart, second: LinearPart) -> LinearPart | None:
     """A dense layer or convolution followed by a per-channel affine map (BatchNorm in eval mode) as one layer.
 
@@ -351,17 +322,6 @@ def fold_channel_scale(first: LinearPart, second: LinearPart) -> LinearPart | No
     with torch.no_grad():
         theta, bias = derive()
     return LinearPart(first.op, theta, bias, params=first.trainable() + second.trainable(), param_grads=param_grads, derive=derive)
-
-
-def _batch_norm_example(cls, channels: int = 2):
-    """A BatchNorm in eval mode with running statistics and affine parameters away from the identity."""
-    m = cls(channels)
-    with torch.no_grad():
-        m.running_mean.uniform_(-0.5, 0.5)
-        m.running_var.uniform_(0.5, 2.0)
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.3, 0.3)
-    return m.eval()
 
 
 def _flatten(m, shape):

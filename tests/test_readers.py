@@ -118,7 +118,7 @@ def _shape_for(module: nn.Module) -> tuple[int, ...]:
     return (4,)
 
 
-@pytest.mark.parametrize("reader", _examples("activation") + _examples("linear"))
+@pytest.mark.parametrize("reader", _examples("activation") + _examples("linear") + _examples("normalisation"))
 def test_every_reader_example_is_read_and_exact(reader):
     module = reader.example()
     shape = _shape_for(module)

@@ -18,6 +18,7 @@ import torch
 
 from ..losses import loss_value
 from ..network import Network
+from ..normalisation import require_coordinatewise
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -52,7 +53,7 @@ class DependencyGraph:
 
 def _named_run(net: Network, x: torch.Tensor, penalty, y):
     net.require_chain("dependency_graph")
-    net.require_coordinatewise("dependency_graph")
+    require_coordinatewise(net, "dependency_graph")
     L = net.depth
     named: dict[str, torch.Tensor] = {}
     with torch.enable_grad():

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..normalisation import require_coordinatewise
 from ..seeds import ConstantSeed, _dot, softmax_jacobian_apply
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def algorithm_4(net: Network, x: torch.Tensor, fixes: Iterable[str] = ()) -> tup
     named in :data:`FIXES` (errata E11–E15). Without them the printed program uses deleted variables.
     """
     net.require_chain("algorithm_4 (the printed program)")
-    net.require_coordinatewise("algorithm_4 (the printed program)")
+    require_coordinatewise(net, "algorithm_4 (the printed program)")
     unknown = set(fixes) - set(FIXES)
     if unknown:
         raise ValueError(f"algorithm_4: unknown corrections {sorted(unknown)}; known: {FIXES}")

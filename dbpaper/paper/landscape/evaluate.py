@@ -11,6 +11,7 @@ import torch
 
 from ...algorithms.passes import backward_backward_pass, backward_pass, forward_backward_pass
 from ...network import Network
+from ...normalisation import require_coordinatewise
 from ...penalties import OutputNodeGradient, Penalty
 from .sine import single_thread
 from .slices import Slice
@@ -50,7 +51,7 @@ def _entry_pairing(layer, index: tuple[int, ...], a: torch.Tensor, b: torch.Tens
 def _per_example_many(net: Network, x: torch.Tensor, penalties: Mapping[str, Penalty], y, sl: Slice | None):
     """``{name: (R_n, ∂_t R_n or None)}`` for several penalties sharing one recorded forward pass."""
     net.require_chain("the loss-landscape evaluation")
-    net.require_coordinatewise("the loss-landscape evaluation")
+    require_coordinatewise(net, "the loss-landscape evaluation")
     out = {}
     with torch.no_grad():
         rec = net.forward(x)
