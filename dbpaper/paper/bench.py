@@ -465,7 +465,7 @@ class Workload:
     """A model, an input batch, what to compute and the methods to run on it."""
 
     name: str
-    group: str  # "main", "realistic", "overhead", "penalties", "classes", "depth" or "batch"
+    group: str  # "main", "realistic", "overhead", "penalties", "classes", "depth", "batch" or "normalisation"
     description: str
     params: dict[str, Any]
     make: Callable  # () -> (model, in_shape, batch, classes)
@@ -649,7 +649,9 @@ def workloads(quick: bool = False) -> list[Workload]:
     out += [sweep(f"classes-{c}", "classes", mlp_w[:-1] + [c], class_batch, c) for c in class_sweep]
     out += [sweep(f"depth-{L}", "depth", [mlp_w[0]] + [mlp_w[1]] * (L - 1) + [mlp_w[-1]], batch, L) for L in depths]
     out += [sweep(f"batch-{b}", "batch", mlp_w, b, b) for b in batches]
-    return out
+    from .bench_norm import workloads as normalisation_workloads  # (it builds on this module's helpers)
+
+    return out + normalisation_workloads(quick)
 
 
 # -- measurements ----------------------------------------------------------------------------------
@@ -1191,7 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run on shrunken workloads (about 20 s on 2 CPU cores)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default; 1 with --quick)")
-    parser.add_argument("--only", nargs="*", default=None, help="workload names or groups (main, realistic, penalties, classes, depth, batch)")
+    parser.add_argument("--only", nargs="*", default=None, help="workload names or groups (main, realistic, penalties, classes, depth, batch, normalisation)")
     parser.add_argument("--repeats", type=int, default=15, help="most timed calls per method (default 15)")
     parser.add_argument("--min-repeats", type=int, default=5, help="fewest timed calls per method (default 5)")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timing per workload that decide the repeats")
