@@ -11,9 +11,8 @@ example under ``torch.compile``'s AOT autograd).
 
 Guarantees (each one tested):
 
-* **Any model.** A model outside the framework of eq. (8) (residual blocks,
-  BatchNorm in training mode, max-pooling, a module no reader knows, hooks, an overridden
-  ``forward``) is evaluated by autograd under ``algorithm="auto"``, with one
+* **Any model.** A model outside the framework of eq. (8) (a module no reader
+  knows, hooks, an overridden ``forward``, a plain callable) is evaluated by autograd under ``algorithm="auto"``, with one
   :class:`~dbpaper.planning.FallbackWarning` naming the first module outside
   the framework; an explicitly named explicit algorithm raises instead.
 * **First order only, and loudly so.** The backward of the returned tensor
@@ -205,8 +204,9 @@ def penalty(
       last dimension of ``(N, ..., F)`` inputs run the autograd fallback, with
       the per-example penalty taken over the whole example.
     * BatchNorm in training mode mixes the examples of the batch: the penalty
-      is then that of the batch function (a :class:`~dbpaper.BatchMixingWarning`
-      says so); ``model.eval()`` gives the per-example penalty.
+      is then that of the batch function (:mod:`dbpaper.normalisation` says
+      which), computed by the explicit algorithms; a :class:`~dbpaper.BatchMixingWarning`
+      says so, as information; ``model.eval()`` gives the per-example penalty.
 
     Examples
     --------

@@ -108,7 +108,10 @@ class FallbackWarning(UserWarning):
 
 
 class BatchMixingWarning(UserWarning):
-    """The model mixes the examples of a batch (BatchNorm in training mode): the penalty is that of the batch function."""
+    """The model mixes the examples of a batch (BatchNorm in training mode): the penalty is that of the batch function.
+
+    Information, not a fallback: the explicit algorithms compute that penalty (:mod:`dbpaper.normalisation`).
+    """
 
 
 def estimate(net: Network, penalty: Penalty, batch: int, algorithm: str) -> Estimate:
@@ -263,7 +266,7 @@ def plan(
     >>> p = dbpaper.plan(model, torch.zeros(128, 784), JacobianFrobenius())
     >>> p.algorithm, p.predicted_flops < p.autograd_flops
     ('optimized-chunked', True)
-    >>> dbpaper.plan(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), torch.zeros(2, 4), JacobianFrobenius()).algorithm
+    >>> dbpaper.plan(nn.Sequential(nn.Linear(4, 4), nn.SELU(), nn.Linear(4, 2)), torch.zeros(2, 4), JacobianFrobenius()).algorithm
     'autograd'
     """
     validate_call(x, penalty, y, algorithm)
