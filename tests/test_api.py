@@ -153,7 +153,6 @@ def _outside_models():
     conv = nn.Sequential(nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 2, 3), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(4, 3))
     return {
         "residual": (nn.Sequential(nn.Linear(6, 5), Residual(5), nn.Linear(5, 3)), "Residual"),
-        "batchnorm-train": (nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)), "BatchNorm1d"),
         "maxpool": (conv, "Unflatten"),
         "unsupported-activation": (nn.Sequential(nn.Linear(6, 5), unsupported_activation(), nn.Linear(5, 3)), type(unsupported_activation()).__name__),
         "custom-module": (Residual(6), "Residual"),
