@@ -370,3 +370,24 @@ def test_a_training_step_with_batchnorm_runs_the_loss_forward_first():
     want = torch.autograd.grad(F.cross_entropy(model(x), y) + 0.1 * dbpaper.penalty(model, x, JacobianFrobenius(), algorithm="autograd"), params)
     assert_matches((torch.zeros(()), got), (torch.zeros(()), want), rtol=1e-10)
     assert int(model[1].num_batches_tracked) == 4
+
+
+@pytest.mark.parametrize("kind", ["layer-norm", "batch-norm-train"])
+def test_a_compiled_training_step_with_normalisations(kind):
+    """``torch.compile`` of a step ``ℓ + λR`` on a pre-norm block or BatchNorm in training mode matches the eager step."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    if kind == "layer-norm":
+        model = nn.Sequential(nn.Linear(6, 8), Residual(nn.LayerNorm(8), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8)), nn.LayerNorm(8), nn.Linear(8, 3))
+    else:
+        model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).train()
+    params = list(model.parameters())
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+
+    def step(x, y):
+        return torch.autograd.grad(F.cross_entropy(model(x), y) + 0.1 * dbpaper.penalty(model, x, JacobianFrobenius()), params)
+
+    eager = step(x, y)
+    got = torch.compile(step, backend="aot_eager")(x, y)
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
