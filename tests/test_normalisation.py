@@ -25,7 +25,16 @@ from dbpaper import normalisation as N
 from dbpaper.nn import Residual
 from dbpaper.penalties import ClassicalDoubleBackprop, JacobianFrobenius
 
-from .helpers import CLASSES, PENALTIES, applicable_algorithms, assert_matches, flat_gradients, oracle, penalty_targets
+from .helpers import (
+    CLASSES,
+    PENALTIES,
+    applicable_algorithms,
+    assert_matches,
+    flat_gradients,
+    oracle,
+    penalty_targets,
+    random_residual_model,
+)
 
 F64 = torch.float64
 TOL = dbpaper.dtype_tolerance(F64, 1e4)  # about 2e-12: a float64 comparison with autograd through several layers
@@ -203,6 +212,32 @@ def test_every_random_network_is_read_with_its_normalisations():
 def test_the_penalty_grid_on_normalised_networks(family, seed, pen_name, algorithm):
     """Every penalty of the grid, every applicable algorithm, against the float64 autograd oracle (1e-10)."""
     assert_matches(_explicit(family, seed, pen_name, algorithm), _oracle(family, seed, pen_name), rtol=1e-10, atol=1e-14, what=(family, seed, pen_name, algorithm))
+
+
+def _residual_batchnorm_seeds(count: int = 6) -> list[int]:
+    """The first seeds of ``helpers.random_residual_model`` whose network holds a BatchNorm (residual blocks, shortcuts, pooling)."""
+    seeds, seed = [], 0
+    while len(seeds) < count:
+        model, _ = random_residual_model(seed)
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
+@pytest.mark.parametrize("seed", _residual_batchnorm_seeds())
+def test_random_residual_networks_with_batchnorm_in_training_mode(seed):
+    """The residual grid's networks (:func:`helpers.random_residual_model`) put in ``train()``: every algorithm that applies."""
+    model, shape = random_residual_model(seed)
+    model.train()
+    x = torch.randn(5, *shape, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    net = dbpaper.Network.from_sequential(model, shape)
+    for pen_name in ("jacobian", "cdb-nll", "opnorm"):
+        pen, y = PENALTIES[pen_name][0](), penalty_targets(pen_name, x, seed)
+        want = oracle(model, x, pen, y)
+        for alg in applicable_algorithms(net, pen):
+            res = dbpaper.double_backprop(net, x, PENALTIES[pen_name][0](), y, algorithm=alg)
+            assert_matches((res.value, flat_gradients(net, res.gradients)), want, rtol=1e-10, atol=1e-14, what=(seed, pen_name, alg))
 
 
 def test_the_algorithms_that_apply_include_algorithm_4_and_its_shortcuts():
