@@ -24,12 +24,18 @@ hyperparameter or ``requires_grad`` makes it read and plan afresh. Parameter
 and the algorithms read the parameters' current values on every call. The
 cache holds the submodules and parameters it has seen, so that their ``id``
 cannot be reused by a new object while an entry refers to it.
+
+The signature is recomputed only where a fast check fails (:class:`_Snapshot`):
+the same submodule, attribute, child, parameter and buffer objects as when
+it was taken, hook registries of the same sizes, tensors of the same shape,
+dtype, device and ``requires_grad``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import operator
 import weakref
 
 import torch
@@ -88,12 +94,58 @@ def model_signature(model: nn.Module) -> tuple[tuple, list]:
     return tuple(sig), objects
 
 
+class _Snapshot:
+    """What the structural signature of a model was computed from, held so that an unchanged model is recognised fast.
+
+    :meth:`current` is true only where every submodule has the same type and
+    the same attribute objects (``is``, not ``==``), every registry of hooks the
+    same size, every child, parameter and buffer the same object with the same
+    shape, dtype, device and ``requires_grad``. The signature of such a model
+    equals the one it was taken with (plain values are immutable, the snapshot
+    keeps every object alive so that no ``id`` is reused). Any difference, even
+    an equal value assigned anew, sends the call to the full signature.
+    """
+
+    __slots__ = ("dicts", "keys", "values", "sized", "lens", "types", "modules", "tensors", "meta")
+
+    def __init__(self, model: nn.Module) -> None:
+        modules = list(model.modules())
+        self.modules = modules[1:]  # the root is the cache's weak key: not held here
+        self.types = [type(m) for m in modules]
+        self.dicts = [vars(m) for m in modules]
+        self.keys = [tuple(d) for d in self.dicts]
+        self.values = [tuple(d.values()) for d in self.dicts]
+        # the registries held in dicts (hooks, _parameters, _buffers, _modules): their size, and their contents below
+        self.sized = [tuple(i for i, v in enumerate(vals) if isinstance(v, dict)) for vals in self.values]
+        self.lens = [tuple(len(vals[i]) for i in idx) for vals, idx in zip(self.values, self.sized)]
+        self.tensors = [
+            t for m in modules for reg in (m._parameters, m._buffers, m._modules) for t in (*reg.keys(), *reg.values())
+        ]
+        self.meta = _tensor_meta(self.tensors)
+
+    def current(self, model: nn.Module) -> bool:
+        modules = [model, *self.modules]
+        for m, t, d, keys, vals, idx, lens in zip(modules, self.types, self.dicts, self.keys, self.values, self.sized, self.lens):
+            if type(m) is not t or vars(m) is not d or len(d) != len(keys) or tuple(d) != keys:
+                return False
+            now = tuple(d.values())
+            if not all(map(operator.is_, now, vals)) or tuple(len(now[i]) for i in idx) != lens:
+                return False
+        now = [t for m in modules for reg in (m._parameters, m._buffers, m._modules) for t in (*reg.keys(), *reg.values())]
+        return len(now) == len(self.tensors) and all(map(operator.is_, now, self.tensors)) and _tensor_meta(now) == self.meta
+
+
+def _tensor_meta(objects: list) -> list:
+    return [(t.shape, t.dtype, t.device, t.requires_grad) for t in objects if isinstance(t, torch.Tensor)]
+
+
 @dataclasses.dataclass(eq=False)
 class _Reading:
     signature: tuple
     keepalive: list
     networks: dict  # per-example input shape -> Network | UnsupportedModelError
     plans: dict  # (input shape, penalty key, batch, algorithm, settings) -> registered name
+    snapshot: _Snapshot | None = None
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -107,11 +159,14 @@ def clear_cache() -> None:
 
 
 def _reading(model: nn.Module) -> _Reading:
-    signature, objects = model_signature(model)
     entry = _CACHE.get(model)
+    if entry is not None and entry.snapshot is not None and entry.snapshot.current(model):
+        return entry  # the same objects as when the signature was taken: the same signature
+    signature, objects = model_signature(model)
     if entry is None or entry.signature != signature:
         entry = _Reading(signature, objects, {}, {})
         _CACHE[model] = entry
+    entry.snapshot = _Snapshot(model)
     return entry
 
 
