@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import operator
 import weakref
+from itertools import chain
 
 import torch
 from torch import nn
@@ -106,33 +107,42 @@ class _Snapshot:
     an equal value assigned anew, sends the call to the full signature.
     """
 
-    __slots__ = ("dicts", "keys", "values", "sized", "lens", "types", "modules", "tensors", "meta")
+    __slots__ = ("modules", "types", "dicts", "dict_lens", "keys", "values", "registries", "lens", "regs", "reg_keys", "reg_values", "tensors", "meta")
 
     def __init__(self, model: nn.Module) -> None:
         modules = list(model.modules())
         self.modules = modules[1:]  # the root is the cache's weak key: not held here
         self.types = [type(m) for m in modules]
         self.dicts = [vars(m) for m in modules]
-        self.keys = [tuple(d) for d in self.dicts]
-        self.values = [tuple(d.values()) for d in self.dicts]
-        # the registries held in dicts (hooks, _parameters, _buffers, _modules): their size, and their contents below
-        self.sized = [tuple(i for i, v in enumerate(vals) if isinstance(v, dict)) for vals in self.values]
-        self.lens = [tuple(len(vals[i]) for i in idx) for vals, idx in zip(self.values, self.sized)]
-        self.tensors = [
-            t for m in modules for reg in (m._parameters, m._buffers, m._modules) for t in (*reg.keys(), *reg.values())
-        ]
+        self.dict_lens = list(map(len, self.dicts))
+        self.keys = list(chain.from_iterable(self.dicts))
+        self.values = list(chain.from_iterable(map(dict.values, self.dicts)))
+        # the registries held in dicts (hooks, _parameters, _buffers, _modules): their sizes
+        self.registries = [v for v in self.values if isinstance(v, dict)]
+        self.lens = list(map(len, self.registries))
+        # the children, parameters and buffers: the same objects under the same names
+        self.regs = [reg for m in modules for reg in (m._parameters, m._buffers, m._modules)]
+        self.reg_keys = list(chain.from_iterable(self.regs))
+        self.reg_values = list(chain.from_iterable(map(dict.values, self.regs)))
+        self.tensors = [t for t in self.reg_values if isinstance(t, torch.Tensor)]
         self.meta = _tensor_meta(self.tensors)
 
     def current(self, model: nn.Module) -> bool:
+        """Whether ``model`` still consists of the objects of the snapshot (C-level comparisons, no Python loop per attribute)."""
         modules = [model, *self.modules]
-        for m, t, d, keys, vals, idx, lens in zip(modules, self.types, self.dicts, self.keys, self.values, self.sized, self.lens):
-            if type(m) is not t or vars(m) is not d or len(d) != len(keys) or tuple(d) != keys:
-                return False
-            now = tuple(d.values())
-            if not all(map(operator.is_, now, vals)) or tuple(len(now[i]) for i in idx) != lens:
-                return False
-        now = [t for m in modules for reg in (m._parameters, m._buffers, m._modules) for t in (*reg.keys(), *reg.values())]
-        return len(now) == len(self.tensors) and all(map(operator.is_, now, self.tensors)) and _tensor_meta(now) == self.meta
+        if not all(map(operator.is_, map(type, modules), self.types)):
+            return False
+        dicts = list(map(vars, modules))
+        return (
+            all(map(operator.is_, dicts, self.dicts))
+            and list(map(len, dicts)) == self.dict_lens
+            and list(chain.from_iterable(dicts)) == self.keys
+            and all(map(operator.is_, chain.from_iterable(map(dict.values, dicts)), self.values))
+            and list(map(len, self.registries)) == self.lens
+            and list(chain.from_iterable(self.regs)) == self.reg_keys
+            and all(map(operator.is_, chain.from_iterable(map(dict.values, self.regs)), self.reg_values))
+            and _tensor_meta(self.tensors) == self.meta
+        )
 
 
 def _tensor_meta(objects: list) -> list:
