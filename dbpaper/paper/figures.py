@@ -205,6 +205,13 @@ def figure_record(fig) -> dict:
     }
 
 
+def _laid_out_by_tight_layout(fig) -> bool:
+    """Whether ``fig.tight_layout()`` laid the figure out once (a constrained layout runs again by itself)."""
+    from matplotlib.layout_engine import PlaceHolderLayoutEngine, TightLayoutEngine
+
+    return isinstance(fig.get_layout_engine(), (PlaceHolderLayoutEngine, TightLayoutEngine))
+
+
 def save_figure(fig, name: str, out: str | os.PathLike | None = None) -> dict[str, Path]:
     """Save ``fig`` as ``name.{pdf,png,svg}`` with byte-stable output, and its record as ``name.json``.
 
@@ -217,7 +224,7 @@ def save_figure(fig, name: str, out: str | os.PathLike | None = None) -> dict[st
     """
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"save_figure: name must be a plain file stem, got {name!r}")
-    if enlarge_scripts(fig) and fig.get_layout_engine() is None:
+    if enlarge_scripts(fig) and _laid_out_by_tight_layout(fig):
         fig.tight_layout(**getattr(fig, "dbpaper_tight_layout", {}))  # the larger texts laid out again
     record = figure_record(fig)
     unreadable = readable(fig)  # shown at the width it is drawn for (72 px per inch), at most the column
