@@ -50,8 +50,14 @@ def copy_mathjax(app, exception) -> None:
     target = Path(app.outdir) / "_static" / TARGET
     if target.exists():
         shutil.rmtree(target)
-    # the bundle, its input/output components and the CHTML fonts it loads on demand
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.map", "node-main.js"))
+    # the one bundle the pages load, and the components it loads on demand (TeX extensions, the CHTML fonts,
+    # the accessibility and menu parts); not the other combined bundles or the SVG output
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        top = Path(folder) == source
+        return [n for n in names if n.endswith(".map") or (top and n.endswith(".js") and n != BUNDLE)
+                or (Path(folder).name == "output" and n.startswith("svg"))]
+
+    shutil.copytree(source, target, ignore=ignore)
 
 
 def setup(app):
