@@ -63,7 +63,8 @@ from dbpaper.paper import figures as F  # noqa: E402
 
 @pytest.mark.parametrize("text,depth", [("$x_0$", 1), ("depth $L$", 0), (r"$\|J\|_F^2$", 1), ("$x_{L_1}$", 2),
                                         (r"$\mathcal{R}_\mathrm{cdb}$", 1), ("a_b outside math", 0), ("$K^{□}$", 1),
-                                        ("$x_{ }$", 0), (r"$e^{(i)}_j$ and $y$", 1)])
+                                        ("$x_{ }$", 0), (r"$e^{(i)}_j$ and $y$", 1), ("$g''(z)$", 1),
+                                        ("it's plain text", 0)])
 def test_script_depth(text, depth):
     assert F.script_depth(text) == depth
     assert F.glyph_pt(10, text) == pytest.approx(10 * 0.7**depth)

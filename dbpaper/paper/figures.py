@@ -56,8 +56,8 @@ SCRIPT_SCALE = 0.7
 def script_depth(text: str) -> int:
     """How deep the sub- and superscripts of ``text`` nest inside its ``$...$`` parts (0: none; ``$x_0$``: 1).
 
-    Only glyphs count: ``$x_{ }$`` has no glyph in its subscript. Outside ``$...$`` an underscore is a
-    glyph like any other.
+    Only glyphs count: ``$x_{ }$`` has no glyph in its subscript. A prime is a superscript (``$g'(z)$``: 1), as
+    mathtext sets it. Outside ``$...$`` an underscore or an apostrophe is a glyph like any other.
     """
     deepest = 0
     for k, part in enumerate(re.split(r"(?<!\\)\$", text)):
@@ -69,6 +69,10 @@ def script_depth(text: str) -> int:
             level = stack[-1] + (1 if pending else 0)
             if c in "^_":
                 pending = True
+                i += 1
+                continue
+            if c == "'":  # mathtext sets a prime as a superscript
+                deepest = max(deepest, stack[-1] + 1)
                 i += 1
                 continue
             if c == "{":
