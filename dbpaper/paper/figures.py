@@ -32,8 +32,13 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
 
 __all__ = ["COLUMN_PX", "FIGURE_FORMATS", "MIN_TEXT_PX", "SCRIPT_SCALE", "enlarge_scripts", "figure_dir",
            "figure_record", "glyph_pt", "page_width", "readable", "save_figure", "script_depth", "style",
@@ -102,14 +107,14 @@ def glyph_pt(fontsize: float, text: str) -> float:
     return float(fontsize) * SCRIPT_SCALE ** script_depth(text)
 
 
-def _texts(fig):
+def _texts(fig: Figure) -> list[Text]:
     from matplotlib.text import Text
 
     fig.canvas.draw()  # tick labels exist only once the figure has been drawn
     return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and t.get_alpha() != 0]
 
 
-def readable(fig, shown_px: float | None = None) -> list[str]:
+def readable(fig: Figure, shown_px: float | None = None) -> list[str]:
     """The texts of ``fig`` whose smallest glyph shows under :data:`MIN_TEXT_PX` CSS px (empty: readable).
 
     ``shown_px`` is the width the page shows the figure at; by default the width it is drawn for
@@ -120,13 +125,13 @@ def readable(fig, shown_px: float | None = None) -> list[str]:
     scale = shown / (72 * width_in)  # CSS px per point
     out = []
     for t in _texts(fig):
-        px = glyph_pt(t.get_fontsize(), t.get_text()) * scale
+        px = glyph_pt(float(t.get_fontsize()), t.get_text()) * scale
         if px < MIN_TEXT_PX - 1e-6:
             out.append(f"{t.get_text()[:40]!r}: {t.get_fontsize():g} pt, smallest glyph {px:.1f} px at {shown:.0f} px")
     return out
 
 
-def enlarge_scripts(fig) -> int:
+def enlarge_scripts(fig: Figure) -> int:
     """Raise the font of every text whose sub- or superscripts would be smaller than the figure's plain text.
 
     A text at ``s`` points whose scripts nest ``d`` deep is set to ``s / 0.7**d`` points at most, and to at least
@@ -141,7 +146,7 @@ def enlarge_scripts(fig) -> int:
         if depth == 0:
             continue
         needed = MIN_TEXT_PX / scale / SCRIPT_SCALE**depth
-        if t.get_fontsize() < needed - 1e-9:
+        if float(t.get_fontsize()) < needed - 1e-9:
             t.set_fontsize(round(needed + 0.05, 1))
             changed += 1
     return changed
@@ -194,10 +199,10 @@ def figure_record(fig) -> dict:
     :data:`MIN_TEXT_PX` px high: at display width ``D`` a font of ``s`` points is ``s D / (72 w)`` px.
     """
     texts = _texts(fig)
-    smallest = min(texts, key=lambda t: glyph_pt(t.get_fontsize(), t.get_text()), default=None)
+    smallest = min(texts, key=lambda t: glyph_pt(float(t.get_fontsize()), t.get_text()), default=None)
     width_in, height_in = (float(v) for v in fig.get_size_inches())
     dpi = float(matplotlib.rcParams["savefig.dpi"]) if matplotlib.rcParams["savefig.dpi"] != "figure" else float(fig.dpi)
-    min_pt = round(glyph_pt(smallest.get_fontsize(), smallest.get_text()), 3) if smallest is not None else None
+    min_pt = round(glyph_pt(float(smallest.get_fontsize()), smallest.get_text()), 3) if smallest is not None else None
     return {
         "width_in": round(width_in, 4),
         "height_in": round(height_in, 4),
@@ -209,7 +214,7 @@ def figure_record(fig) -> dict:
     }
 
 
-def _laid_out_by_tight_layout(fig) -> bool:
+def _laid_out_by_tight_layout(fig: Figure) -> bool:
     """Whether ``fig.tight_layout()`` laid the figure out once (a constrained layout runs again by itself)."""
     from matplotlib.layout_engine import PlaceHolderLayoutEngine, TightLayoutEngine
 

@@ -317,8 +317,9 @@ def activation_curves(activations: Mapping, t, figsize=(COLUMN_IN, 3.9)):
     # the legend below the panels, where it covers no curve (inside the g'' panel it hid ELU's jump)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
-    fig.dbpaper_tight_layout = {"rect": (0, 0.22, 1, 1)}  # save_figure lays it out again the same way
-    fig.tight_layout(**fig.dbpaper_tight_layout)
+    rect = (0.0, 0.22, 1.0, 1.0)
+    setattr(fig, "dbpaper_tight_layout", {"rect": rect})  # noqa: B010 - save_figure lays it out again the same way
+    fig.tight_layout(rect=rect)
     return fig
 
 
