@@ -7,6 +7,7 @@ library and is never imported by it.
 """
 
 from . import activations, algorithms, counting, fallback, nn, numdiff, operators, oracles, penalties, planning, readers
+from ._reduction import REDUCTIONS, Reduction
 from .activations import (
     ELU,
     Activation,
@@ -38,7 +39,6 @@ from .operators import (
     MaxPool1d,
     MaxPool2d,
 )
-from ._reduction import REDUCTIONS, Reduction
 from .planning import ALGORITHM_NAMES, AlgorithmName, BatchMixingWarning, ExecutionPlan, FallbackWarning, plan
 
 # the one place the package registers its built-in layer readers and algorithms (importing a module registers nothing)

@@ -24,18 +24,25 @@ hyperparameter or ``requires_grad`` makes it read and plan afresh. Parameter
 and the algorithms read the parameters' current values on every call. The
 cache holds the submodules and parameters it has seen, so that their ``id``
 cannot be reused by a new object while an entry refers to it.
+
+The signature is recomputed only where a fast check fails (:class:`_Snapshot`):
+the same submodule, attribute, child, parameter and buffer objects as when
+it was taken, hook registries of the same sizes, tensors of the same shape,
+dtype, device and ``requires_grad``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import operator
 import weakref
+from itertools import chain
 
 import torch
 from torch import nn
 
-from ._precomputed import Precomputed, average_over_ranks, flat_gradients, guard_second_order, is_ddp
+from ._precomputed import Precomputed, average_over_ranks, flat_gradients, is_ddp
 from .algorithms import jacobian as J
 from .algorithms._dispatch import compute, compute_objective
 from .algorithms.passes import input_gradient
@@ -89,12 +96,67 @@ def model_signature(model: nn.Module) -> tuple[tuple, list]:
     return tuple(sig), objects
 
 
+class _Snapshot:
+    """What the structural signature of a model was computed from, held so that an unchanged model is recognised fast.
+
+    :meth:`current` is true only where every submodule has the same type and
+    the same attribute objects (``is``, not ``==``), every registry of hooks the
+    same size, every child, parameter and buffer the same object with the same
+    shape, dtype, device and ``requires_grad``. The signature of such a model
+    equals the one it was taken with (plain values are immutable, the snapshot
+    keeps every object alive so that no ``id`` is reused). Any difference, even
+    an equal value assigned anew, sends the call to the full signature.
+    """
+
+    __slots__ = ("modules", "types", "dicts", "dict_lens", "keys", "values", "registries", "lens", "regs", "reg_keys", "reg_values", "tensors", "meta")
+
+    def __init__(self, model: nn.Module) -> None:
+        modules = list(model.modules())
+        self.modules = modules[1:]  # the root is the cache's weak key: not held here
+        self.types = [type(m) for m in modules]
+        self.dicts = [vars(m) for m in modules]
+        self.dict_lens = list(map(len, self.dicts))
+        self.keys = list(chain.from_iterable(self.dicts))
+        self.values = list(chain.from_iterable(map(dict.values, self.dicts)))
+        # the registries held in dicts (hooks, _parameters, _buffers, _modules): their sizes
+        self.registries = [v for v in self.values if isinstance(v, dict)]
+        self.lens = list(map(len, self.registries))
+        # the children, parameters and buffers: the same objects under the same names
+        self.regs = [reg for m in modules for reg in (m._parameters, m._buffers, m._modules)]
+        self.reg_keys = list(chain.from_iterable(self.regs))
+        self.reg_values = list(chain.from_iterable(map(dict.values, self.regs)))
+        self.tensors = [t for t in self.reg_values if isinstance(t, torch.Tensor)]
+        self.meta = _tensor_meta(self.tensors)
+
+    def current(self, model: nn.Module) -> bool:
+        """Whether ``model`` still consists of the objects of the snapshot (C-level comparisons, no Python loop per attribute)."""
+        modules = [model, *self.modules]
+        if not all(map(operator.is_, map(type, modules), self.types)):
+            return False
+        dicts = list(map(vars, modules))
+        return (
+            all(map(operator.is_, dicts, self.dicts))
+            and list(map(len, dicts)) == self.dict_lens
+            and list(chain.from_iterable(dicts)) == self.keys
+            and all(map(operator.is_, chain.from_iterable(map(dict.values, dicts)), self.values))
+            and list(map(len, self.registries)) == self.lens
+            and list(chain.from_iterable(self.regs)) == self.reg_keys
+            and all(map(operator.is_, chain.from_iterable(map(dict.values, self.regs)), self.reg_values))
+            and _tensor_meta(self.tensors) == self.meta
+        )
+
+
+def _tensor_meta(objects: list) -> list:
+    return [(t.shape, t.dtype, t.device, t.requires_grad) for t in objects if isinstance(t, torch.Tensor)]
+
+
 @dataclasses.dataclass(eq=False)
 class _Reading:
     signature: tuple
     keepalive: list
     networks: dict  # per-example input shape -> Network | UnsupportedModelError
     plans: dict  # (input shape, penalty key, batch, algorithm, settings) -> registered name
+    snapshot: _Snapshot | None = None
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -108,11 +170,14 @@ def clear_cache() -> None:
 
 
 def _reading(model: nn.Module) -> _Reading:
-    signature, objects = model_signature(model)
     entry = _CACHE.get(model)
+    if entry is not None and entry.snapshot is not None and entry.snapshot.current(model):
+        return entry  # the same objects as when the signature was taken: the same signature
+    signature, objects = model_signature(model)
     if entry is None or entry.signature != signature:
         entry = _Reading(signature, objects, {}, {})
         _CACHE[model] = entry
+    entry.snapshot = _Snapshot(model)
     return entry
 
 
@@ -228,4 +293,4 @@ def run_recorded(model, net: Network, x, xc, pen, y, name: str, lam: float | Non
     if grad_x is not None:
         grad_x = grad_x.reshape(x.shape).to(x.dtype)
     params = net.parameters()
-    return guard_second_order(Precomputed.apply(res.value, x, grad_x, len(grads), *grads, *params))
+    return Precomputed.apply(res.value, x, grad_x, len(grads), *grads, *params)  # differentiable once (it raises)

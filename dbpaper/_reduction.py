@@ -133,7 +133,7 @@ class PerExample(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, w):
-        ctx.saved_tensors  # checks the version counters of x and the parameters
+        _ = ctx.saved_tensors  # checks the version counters of x and the parameters
         grad_x, grads = ctx.backward_fn(w)
         ctx.backward_fn = None  # the forward record is freed with it
         if grad_x is None and ctx.needs_input_grad[2]:

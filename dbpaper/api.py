@@ -187,7 +187,7 @@ def penalty(
         shape ``(N,)``, whose backward with any weights ``w`` delivers the exact
         gradients of ``Σ_n w_n R_n`` (computed when ``backward`` runs, by the
         explicit algorithms that take a per-example weighted ``p``; see
-        :mod:`dbpaper._reduction`).
+        :data:`dbpaper.Reduction`).
 
     Returns
     -------

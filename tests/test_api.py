@@ -321,7 +321,8 @@ def test_misuse_raises_clear_errors():
     assert P.OutputNodeGradient(np.uint8(1)).index == 1
     r1 = dbpaper.penalty(model, x, P.OutputNodeGradient(np.int32(2)))
     r2 = dbpaper.penalty(model, x, P.OutputNodeGradient(2))
-    assert float(r1) == float(r2)
+    # the same penalty (to rounding: a loaded machine may run the products on other thread partitions)
+    torch.testing.assert_close(r1, r2, rtol=1e-12, atol=0.0)
 
 
 # -- 5. CUDA readiness: no tensor is created without an explicit device ---------------------------

@@ -167,3 +167,50 @@ def test_backward_hands_back_the_stored_gradients_when_seeded_with_one():
     (3.0 * dbpaper.penalty(model, x, JacobianFrobenius())).backward()  # grad_out = 3: scaled
     for a, p in zip(g1, model.parameters()):
         torch.testing.assert_close(3.0 * a, p.grad)
+
+
+def _leaky_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.LeakyReLU(0.1), nn.Linear(7, 4)).double()
+
+
+_IN_PLACE_CHANGES = {
+    "requires-grad": lambda m: m[0].weight.requires_grad_(False),
+    "dtype-in-place": lambda m: setattr(m[2].weight, "data", m[2].weight.data.float()),
+    "shape-in-place": lambda m: setattr(m[2].bias, "data", torch.zeros(5, dtype=torch.float64)),
+    "forward-hook": lambda m: m[1].register_forward_hook(lambda *a: None),
+    "forward-pre-hook-on-root": lambda m: m.register_forward_pre_hook(lambda *a: None),
+    "new-attribute": lambda m: setattr(m[1], "inplace_extra", 3),
+    "replaced-child": lambda m: m.__setitem__(1, nn.LeakyReLU(0.1)),
+    "new-buffer": lambda m: m[0].register_buffer("scale", torch.ones(())),
+    "hyperparameter": lambda m: setattr(m[1], "negative_slope", 0.2),
+    "eval-of-a-submodule": lambda m: m[1].eval(),
+    "class-swapped": lambda m: setattr(m[1], "__class__", nn.ELU),
+    "parameter-deleted": lambda m: setattr(m[2], "bias", None),
+}
+
+
+@pytest.mark.parametrize("change", list(_IN_PLACE_CHANGES), ids=list(_IN_PLACE_CHANGES))
+def test_the_fast_check_sees_every_change_of_the_signature(change):
+    """The snapshot that spares an unchanged model its full signature is never current after a change the
+    signature sees (a stale fast check would serve a stale reading)."""
+    model = _leaky_mlp()
+    entry = pipeline._reading(model)
+    assert entry.snapshot is not None and entry.snapshot.current(model)
+    _IN_PLACE_CHANGES[change](model)
+    assert pipeline.model_signature(model)[0] != entry.signature  # a structural change by the signature's rules
+    assert not entry.snapshot.current(model)
+    assert pipeline._reading(model) is not entry
+
+
+def test_an_equal_value_assigned_anew_keeps_the_reading(monkeypatch):
+    """A value replaced by an equal one fails the fast check (identity) but not the signature: no re-read."""
+    calls = _reads(monkeypatch)
+    model, x = _leaky_mlp(), torch.randn(6, 5, dtype=torch.float64)
+    dbpaper.penalty(model, x, JacobianFrobenius())
+    entry = pipeline._reading(model)
+    model[1].negative_slope = float("0." + "1")  # equal, another float object
+    assert not entry.snapshot.current(model)
+    assert pipeline._reading(model) is entry and entry.snapshot.current(model)
+    dbpaper.penalty(model, x, JacobianFrobenius())
+    assert calls == [(5,)]

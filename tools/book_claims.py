@@ -235,10 +235,8 @@ def compiled_workloads(d: dict) -> list[dict]:
 
 
 def resnet_workload(d: dict, name: str, threads: int, data: Path = DATA) -> dict:
-    """A ResNet workload: from the main file where it is there, else from ``bench-resnet-cpu*.json``."""
-    if name in d["by_name"]:
-        return d["by_name"][name]
-    return load_bench("bench-resnet-cpu.json" if threads == 1 else "bench-resnet-cpu-2threads.json", data)["by_name"][name]
+    """A ResNet workload of the benchmark file ``d`` (the main files hold every workload, the ResNets included)."""
+    return d["by_name"][name]
 
 
 def max_load(d: dict) -> float:

@@ -4,9 +4,11 @@ Pages: every ``*.html`` under the HTML folder except Sphinx's helper pages, whic
 book content (``genindex.html``, ``search.html``), theme template fragments under ``_static/``
 and redirect stubs (the root ``index.html`` is a meta refresh to the first chapter).
 
-Each page is served by a local HTTP server and loaded at 1280 px and 400 px wide. MathJax 3 is
-served from ``node_modules/mathjax`` by intercepting its CDN URL; every other non-local request
-is aborted and reported. A page fails on any of these kinds:
+Each page is served by a local HTTP server and loaded at 1280 px and 400 px wide. The book serves
+its own MathJax (``_static/mathjax``, copied from ``node_modules/mathjax`` by ``tools/book_mathjax.py``);
+a request for MathJax's CDN URL is answered from ``node_modules/mathjax`` so that the other checks
+still run, and reported; every other non-local request is aborted and reported. A page fails on any
+of these kinds:
 
 - ``mathjax``: a TeX error or an undefined macro (shown with its TeX source), ``merror`` output,
   "Math input error", or MathJax not finishing;
@@ -19,6 +21,8 @@ is aborted and reported. A page fails on any of these kinds:
   is the same for code cells and their printed outputs (``<pre>``);
 - ``page-scroll`` (400 px): the page itself scrolls horizontally;
 - ``console``, ``request`` (a local resource failed), ``image`` (broken), ``external``;
+- ``mathjax-cdn``: the page loads MathJax from a CDN instead of the book's own copy (a book built
+  before ``npm ci``, or a change that undid ``tools/book_mathjax.py``);
 - ``tex-escape``: a TeX accent or escape (``\\'``, ``\\"``, ``{\\``, ``\\&``) left in the text, links and
   headings included (a BibTeX field that was not decoded: "Sokoli\\'c");
 - ``broken-word`` (both widths): a word of four or more letters broken across two lines outside
@@ -329,6 +333,8 @@ class Checker:
             return route.continue_()
         match = MATHJAX_URL.match(url)
         if match and (MATHJAX_DIR / match[1]).is_file():
+            if match[1].endswith("-chtml.js") or match[1].endswith("-svg.js"):  # the entry bundle, once per page
+                self.fail("mathjax-cdn", f"MathJax loaded from a CDN ({url}), not from the book's _static/mathjax")
             return route.fulfill(path=MATHJAX_DIR / match[1], headers={"Access-Control-Allow-Origin": "*"})
         self.fail("external", f"blocked request {url}" + (" (not in node_modules/mathjax)" if match else ""))
         route.abort("blockedbyclient")
@@ -496,6 +502,8 @@ SELF_TEST = {
     "alt-text": ("alt-text", '<figure><img src="fig-readable.png" alt="figures/fig-readable.png" style="width: 100px">'
                              '<figcaption><p>Book figure 5. Alt text that is a path.</p></figcaption></figure>'),
     "pseudo-tex": ("pseudo-tex", '<table><tr><td>γ_{L-1} = K_Lᵀ(θ_L, η_L)</td></tr></table>'),
+    "mathjax-cdn": ("mathjax-cdn", '<p>Math from a CDN.</p><script defer '
+                                   'src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'),
 }
 SELF_TEST["clean"] = ("", SELF_TEST["clean"][1].replace("{good_alt}", _GOOD_ALT))
 

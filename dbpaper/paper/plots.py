@@ -284,7 +284,9 @@ def adjoint_defects(errors: Mapping[tuple[str, str], AdjointErrors], names: Sequ
     for (dt, which), (mk, col) in markers.items():
         vals = [max(getattr(errors[(n, dt)], which), floor) for n in names]
         off = -0.12 if which == "transpose" else 0.12
-        label = f"{dt}: {'⟨x, Kᵀ(θ,y)⟩' if which == 'transpose' else '⟨θ, K□(x,y)⟩'}"
+        # typeset as the text writes them, K^T and the weight-adjoint K^□ (a superscript box, not a box after K)
+        label = f"{dt}: " + (r"$\langle x, K^{\mathsf{T}}(\theta,y)\rangle$" if which == "transpose"
+                             else r"$\langle \theta, K^{□}(x,y)\rangle$")
         ax.scatter(pos + off, vals, marker=mk, color=col, label=label, zorder=3)
     for dt, col in (("float32", "C0"), ("float64", "C1")):
         ax.axhline(eps[dt], color=col, ls="--", lw=0.8)
@@ -315,7 +317,9 @@ def activation_curves(activations: Mapping, t, figsize=(COLUMN_IN, 3.9)):
     # the legend below the panels, where it covers no curve (inside the g'' panel it hid ELU's jump)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False)
-    fig.tight_layout(rect=(0, 0.22, 1, 1))
+    rect = (0.0, 0.22, 1.0, 1.0)
+    setattr(fig, "dbpaper_tight_layout", {"rect": rect})  # noqa: B010 - save_figure lays it out again the same way
+    fig.tight_layout(rect=rect)
     return fig
 
 
