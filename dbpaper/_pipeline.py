@@ -42,7 +42,7 @@ from itertools import chain
 import torch
 from torch import nn
 
-from ._precomputed import Precomputed, average_over_ranks, flat_gradients, is_ddp
+from ._precomputed import Precomputed, average_over_ranks, flat_gradients, guard_second_order, is_ddp
 from .algorithms import jacobian as J
 from .algorithms._dispatch import compute, compute_objective
 from .algorithms.passes import input_gradient
@@ -171,13 +171,16 @@ def clear_cache() -> None:
 
 def _reading(model: nn.Module) -> _Reading:
     entry = _CACHE.get(model)
-    if entry is not None and entry.snapshot is not None and entry.snapshot.current(model):
+    # the fast check is an eager-mode saving: a traced call keeps the plain signature (dynamo guards on it)
+    eager = not torch.compiler.is_compiling()
+    if eager and entry is not None and entry.snapshot is not None and entry.snapshot.current(model):
         return entry  # the same objects as when the signature was taken: the same signature
     signature, objects = model_signature(model)
     if entry is None or entry.signature != signature:
         entry = _Reading(signature, objects, {}, {})
         _CACHE[model] = entry
-    entry.snapshot = _Snapshot(model)
+    if eager:
+        entry.snapshot = _Snapshot(model)
     return entry
 
 
@@ -293,4 +296,4 @@ def run_recorded(model, net: Network, x, xc, pen, y, name: str, lam: float | Non
     if grad_x is not None:
         grad_x = grad_x.reshape(x.shape).to(x.dtype)
     params = net.parameters()
-    return Precomputed.apply(res.value, x, grad_x, len(grads), *grads, *params)  # differentiable once (it raises)
+    return guard_second_order(Precomputed.apply(res.value, x, grad_x, len(grads), *grads, *params))

@@ -4,13 +4,14 @@
 back the stored gradients (times ``grad_out``; as they are when
 ``R.backward()`` seeds 1), with the parameters and ``x`` saved so that an in-place change
 before ``backward()`` raises as autograd's version counter does;
-:func:`guard_second_order` makes ``create_graph=True`` through another tensor raise (``Precomputed`` raises by itself);
+:func:`guard_second_order` makes ``create_graph=True`` through it raise;
 :func:`average_over_ranks` averages gradients over the ranks of a DDP model.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .algorithms.passes import LayerGradients
 from .network import Network
@@ -53,9 +54,6 @@ _SECOND_ORDER = (
 class Precomputed(torch.autograd.Function):
     """A scalar whose gradients were computed at call time: ``grad_out *`` the stored gradients.
 
-    Differentiable once: a backward with ``create_graph=True`` raises (the check
-    is the backward's own, so the result needs no :func:`guard_second_order` hook).
-
     ``Precomputed.apply(value, x, grad_x, n, *grads, *params)``: ``grads`` are
     the gradients of the ``n`` tensors ``params``, ``grad_x`` that of ``x``
     (``None`` where ``x`` does not require grad). Tensors only, so that
@@ -72,10 +70,8 @@ class Precomputed(torch.autograd.Function):
         return value.detach().clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
-        # create_graph=True runs a backward with grad mode on: the stored gradients have no graph to extend
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            raise RuntimeError(_SECOND_ORDER)
         saved = ctx.saved_tensors  # checks the version counters of x and the parameters
         n = ctx.n
         grads, x = saved[:n], saved[n]

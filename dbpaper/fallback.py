@@ -13,7 +13,7 @@ from typing import Literal, overload
 import torch
 from torch import nn
 
-from ._precomputed import Precomputed, average_over_ranks, is_ddp
+from ._precomputed import Precomputed, average_over_ranks, guard_second_order, is_ddp
 from .losses import loss_value
 from .network import UnsupportedModelError, output_map_of, unwrap
 from .penalties import (
@@ -94,7 +94,8 @@ def autograd_value(
         grads = torch.autograd.grad(value, params + ([x] if wants_x else []), allow_unused=True, materialize_grads=True)
         gx = grads[-1] if wants_x else None
         grads = average_over_ranks(list(grads[: len(params)]), model.process_group)
-        return Precomputed.apply(value.detach(), x, gx, len(grads), *grads, *params)  # differentiable once (it raises)
+        value = Precomputed.apply(value.detach(), x, gx, len(grads), *grads, *params)
+        return guard_second_order(value)
     return value
 
 
