@@ -199,7 +199,7 @@ def test_intro_against_compiled_autograd(bench):
 def test_intro_single_vector_penalties(bench):
     """For single-vector penalties, over every such workload of both files: the range of speed-ups and the
     workloads where the default call is slower; at one thread the range of FLOPs and of working memory against
-    summed autograd, and never more FLOPs or memory than autograd."""
+    summed autograd, and never more FLOPs than autograd."""
     numbers = bc.bench_numbers()
     for t, name in ((1, "bench-cpu.json"), (2, "bench-cpu-2threads.json")):
         singles = bc.single_vector_workloads(bench[name])
@@ -212,7 +212,7 @@ def test_intro_single_vector_penalties(bench):
         share = r["default"]["flops"] / r["autograd-summed"]["flops"]
         mem = r["default"]["working_mib"] / r["autograd-summed"]["working_mib"]
         assert numbers["single-flops-min"] <= share <= numbers["single-flops-max"] <= 1, w["name"]
-        assert numbers["single-memory-min"] <= mem <= numbers["single-memory-max"] <= 1, w["name"]
+        assert numbers["single-memory-min"] <= mem <= numbers["single-memory-max"], w["name"]  # the range the intro states (above 1 on the normalised networks)
 
 
 def test_intro_resnet(bench):
