@@ -6,7 +6,20 @@ landscapes of Section 6) lives in :mod:`dbpaper.paper`, which imports this
 library and is never imported by it.
 """
 
-from . import activations, algorithms, counting, fallback, nn, numdiff, operators, oracles, penalties, planning, readers
+from . import (
+    activations,
+    algorithms,
+    counting,
+    fallback,
+    nn,
+    normalisation,
+    numdiff,
+    operators,
+    oracles,
+    penalties,
+    planning,
+    readers,
+)
 from ._reduction import REDUCTIONS, Reduction
 from .activations import (
     ELU,
@@ -99,6 +112,7 @@ __all__ = [
     "activations",
     "adjoint_errors",
     "dtype_tolerance",
+    "normalisation",
     "operators",
     "theorem_2_3_errors",
 ]

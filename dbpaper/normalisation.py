@@ -24,7 +24,7 @@ activation multiplies by ``g'(z)`` and ``curvature`` where it forms
 ``g''(z) ⊙ h ⊙ ξ`` (eq. (28)); closed forms, no autograd inside.
 
 The affine parts ``γ ⊙ x + β`` of these modules are read as a layer of their
-own after the normalisation (:class:`~dbpaper.operators.ChannelScale` per
+own after the normalisation (:class:`~dbpaper.ChannelScale` per
 channel, :class:`~dbpaper.operators.FeatureScale` per feature).
 
 BatchNorm in training mode couples the examples: the network is then one
@@ -99,13 +99,13 @@ class Normalisation(Activation):
     """A normalisation ``g`` of groups of coordinates (see the module docstring): ``slope`` and ``curvature`` in closed form.
 
     Subclasses say which coordinates form a group (:attr:`couples` and
-    :meth:`_layout`) and whether ``g`` centres. The coordinate-wise interface
+    ``_layout``) and whether ``g`` centres. The coordinate-wise interface
     (``df``, ``d2f``) does not exist for them and raises a ``TypeError``.
     """
 
     coupled = True
     slope_reads: str = "z"
-    #: the coordinates one group holds: ``"features"`` of an example, a ``"group"`` of channels, or the ``"batch"``
+    #: which coordinates one group holds (``"features"`` of an example, a ``"group"`` of channels, or the ``"batch"``)
     couples: str = "features"
     #: ``True`` for ``(z − μ)/σ``, ``False`` for ``z / rms(z)``
     center: bool = True
@@ -176,6 +176,7 @@ class Normalisation(Activation):
         )
 
     def second(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        """Not defined: a normalisation's second derivative is the bilinear :meth:`curvature`, read from its :meth:`record`."""
         raise TypeError(f"{self!r} is not coordinate-wise: the forward pass keeps its record (Normalisation.record)")
 
     def output_invertible(self) -> bool:

@@ -419,9 +419,10 @@ API_GROUPS: list[tuple[str, str, list[str]]] = [
     ("Operators", "The bilinear operators of Section 2.1: K, its transpose and its weight-adjoint.",
      ["BilinearOperator", "Dense", "Conv1d", "Conv2d", "LocallyConnected2d", "AvgPool2d", "MaxPool1d",
       "MaxPool2d", "InvertibleDownsampling", "ChannelScale", "Hadamard", "IdentityMap", "operators"]),
-    ("Activations and output maps", "Coordinate-wise activations (Definition 3.1) and the output maps of Appendix B.",
+    ("Activations and output maps", "Coordinate-wise activations (Definition 3.1), the normalisation layers read as "
+     "activations that are not coordinate-wise, and the output maps of Appendix B.",
      ["Activation", "ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh", "Softplus", "Identity", "OutputMap",
-      "Softmax", "IdentityOutput", "CoordinatewiseOutput", "activations"]),
+      "Softmax", "IdentityOutput", "CoordinatewiseOutput", "activations", "normalisation"]),
     ("The network model", "Eq. (8) and its residual extension, read from a torch model.",
      ["Network", "UnsupportedModelError", "nn"]),
     ("Counting, checks and references", "The operation counter, the adjoint checks of Section 2, finite "
